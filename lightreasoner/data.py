@@ -1,0 +1,217 @@
+"""Problems to sample, train and evaluate on: benchmark names or JSONL files -> :class:`Problem`.
+
+A benchmark name is looked up as ``<data_dir>/<name>/<split>.jsonl`` (the layout of
+``shared/data``), with ``data_dir`` from the caller, else ``$LIGHTREASONER_DATA_DIR``, else the
+Hugging Face Hub for the benchmarks that have a canonical Hub copy. Field names and gold-answer
+parsing follow the Qwen2.5-Math evaluation toolkit (``parse_question`` / ``parse_ground_truth``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import LightReasonerError
+from .records import iter_jsonl
+
+DATA_DIR_ENV = "LIGHTREASONER_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question. ``gold`` is the final answer as a string (already extracted), if known."""
+
+    id: str
+    question: str
+    gold: str | None = None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, nested braces matched."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    rest = text[start:].split("box", 1)[1]
+    if rest.startswith(" ") and not rest.startswith(" {"):  # "\boxed 5" form
+        return rest[1:].split("$")[0].strip() or None
+    open_at = rest.find("{")
+    if open_at < 0:
+        return None
+    depth = 0
+    for index in range(open_at, len(rest)):
+        if rest[index] == "{":
+            depth += 1
+        elif rest[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return rest[open_at + 1:index]
+    return None
+
+
+def _number_text(value: Any) -> str:
+    """145.0 -> '145'; 1.84 -> '1.84'."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _strip_dollars(text: str) -> str:
+    return text.strip().strip("$").strip()
+
+
+def _join(body: str, question: str) -> str:
+    body = body.strip()
+    if body and not body.endswith("."):
+        body += "."
+    return f"{body} {question.strip()}".strip()
+
+
+def _mmlu_question(record: dict[str, Any]) -> str:
+    options = " ".join(f"({letter}) {choice}" for letter, choice in zip("ABCD", record["choices"]))
+    return f"{record['question'].strip()}\nAnswer Choices: {options}"
+
+
+def _gsm8k_gold(record: dict[str, Any]) -> str:
+    return record["answer"].split("####")[-1].strip().replace(",", "")
+
+
+def _olympiad_gold(record: dict[str, Any]) -> str:
+    return _strip_dollars(record["final_answer"][0])
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    question: Callable[[dict[str, Any]], str]
+    gold: Callable[[dict[str, Any]], str | None]
+    fields: tuple[str, ...]  # fields every record must have
+    hub: tuple[str, str | None, dict[str, str]] | None = None  # (dataset, config, split renames)
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "gsm8k": BenchmarkSpec(lambda r: r["question"], _gsm8k_gold, ("question", "answer"),
+                           hub=("openai/gsm8k", "main", {})),
+    "math": BenchmarkSpec(lambda r: r["problem"], lambda r: last_boxed(r["solution"]), ("problem", "solution"),
+                          hub=("EleutherAI/hendrycks_math", None, {})),
+    "math500": BenchmarkSpec(lambda r: r["problem"], lambda r: r["answer"], ("problem", "answer"),
+                             hub=("HuggingFaceH4/MATH-500", None, {})),
+    "minerva_math": BenchmarkSpec(lambda r: r["problem"], lambda r: last_boxed(r["solution"]),
+                                  ("problem", "solution")),
+    "svamp": BenchmarkSpec(lambda r: _join(r["Body"], r["Question"]), lambda r: _number_text(r["Answer"]),
+                           ("Body", "Question", "Answer")),
+    "asdiv": BenchmarkSpec(lambda r: _join(r["body"], r["question"]),
+                           lambda r: re.sub(r"\(.*?\)", "", r["answer"]).strip(), ("body", "question", "answer")),
+    "mawps": BenchmarkSpec(lambda r: r["input"], lambda r: _number_text(r["target"]), ("input", "target")),
+    "olympiadbench": BenchmarkSpec(lambda r: r["question"], _olympiad_gold, ("question", "final_answer")),
+    "mmlu_stem": BenchmarkSpec(_mmlu_question, lambda r: "ABCD"[int(r["answer"])], ("question", "choices", "answer")),
+    "college_math": BenchmarkSpec(lambda r: r["question"], lambda r: _strip_dollars(r["answer"]),
+                                  ("question", "answer")),
+}
+
+# Generated offline (see :mod:`lightreasoner.problems`): needs no data folder.
+GENERATED = ("arith",)
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    if data_dir:
+        return Path(data_dir)
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else None
+
+
+def _generic_problem(record: dict[str, Any], where: str, index: int) -> Problem:
+    question = record.get("question", record.get("problem"))
+    if not isinstance(question, str) or not question.strip():
+        raise LightReasonerError(f"{where}: missing field 'question' (or 'problem')")
+    gold = record.get("gold", record.get("answer"))
+    if isinstance(gold, str) and "####" in gold:
+        gold = gold.split("####")[-1].strip().replace(",", "")
+    elif isinstance(gold, (int, float)) and not isinstance(gold, bool):
+        gold = _number_text(gold)
+    elif gold is not None and not isinstance(gold, str):
+        raise LightReasonerError(f"{where}: field 'answer' must be a string or a number")
+    return Problem(str(record.get("id", record.get("idx", index))), question, gold)
+
+
+def _benchmark_problem(spec: BenchmarkSpec, record: dict[str, Any], where: str, index: int) -> Problem:
+    missing = [name for name in spec.fields if name not in record]
+    if missing:
+        raise LightReasonerError(f"{where}: missing field {missing[0]!r}")
+    try:
+        question, gold = spec.question(record), spec.gold(record)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise LightReasonerError(f"{where}: cannot read question/answer ({exc!r})") from None
+    identifier = record.get("id", record.get("idx", record.get("unique_id", index)))
+    return Problem(str(identifier), question, gold)
+
+
+def _from_hub(name: str, split: str) -> list[dict[str, Any]]:
+    spec = BENCHMARKS[name]
+    if spec.hub is None:
+        raise LightReasonerError(
+            f"benchmark {name!r}: no data folder given (--data-dir or ${DATA_DIR_ENV}) and no Hub copy known")
+    dataset_id, config, renames = spec.hub
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(dataset_id, config, split=renames.get(split, split))
+    except Exception as exc:  # offline, unknown split, ...: one line, then stop
+        raise LightReasonerError(
+            f"benchmark {name!r}: no data folder given (--data-dir or ${DATA_DIR_ENV}) and the Hub copy "
+            f"{dataset_id} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    return [dict(row) for row in dataset]
+
+
+def load_problems(source: str | Path, *, split: str = "test", data_dir: str | Path | None = None,
+                  limit: int | None = None, seed: int | None = None, sample: int | None = None) -> list[Problem]:
+    """Problems from a benchmark name or a JSONL path, in file order.
+
+    ``limit`` keeps the first N; ``sample`` keeps a seeded random N (in file order). Ids are
+    made unique so that records can be keyed by them.
+    """
+    text = str(source)
+    if text in GENERATED:
+        from .problems import generate_problems
+
+        problems = generate_problems(split=split, seed=seed or 0)
+    elif text in BENCHMARKS:
+        spec = BENCHMARKS[text]
+        folder = resolve_data_dir(data_dir)
+        if folder is not None:
+            path = folder / text / f"{split}.jsonl"
+            if not path.is_file():
+                raise LightReasonerError(f"{path}: benchmark file not found (benchmark {text!r}, split {split!r})")
+            problems = [_benchmark_problem(spec, r, f"{path}:{n}", i)
+                        for i, (n, r) in enumerate(iter_jsonl(path))]
+        else:
+            problems = [_benchmark_problem(spec, r, f"{text} (Hub) row {i}", i)
+                        for i, r in enumerate(_from_hub(text, split))]
+    elif text.endswith(".jsonl") or Path(text).is_file():
+        path = Path(text)
+        problems = [_generic_problem(r, f"{path}:{n}", i) for i, (n, r) in enumerate(iter_jsonl(path))]
+        if not problems:
+            raise LightReasonerError(f"{path}: no problems in file (empty)")
+    else:
+        known = ", ".join(sorted(BENCHMARKS) + list(GENERATED))
+        raise LightReasonerError(f"unknown data source {text!r}: not a file, and not one of the benchmarks {known}")
+    problems = _unique_ids(problems)
+    if sample is not None and sample < len(problems):
+        import random
+
+        chosen = sorted(random.Random(seed or 0).sample(range(len(problems)), sample))
+        problems = [problems[i] for i in chosen]
+    if limit is not None:
+        problems = problems[:limit]
+    return problems
+
+
+def _unique_ids(problems: list[Problem]) -> list[Problem]:
+    seen: dict[str, int] = {}
+    unique = []
+    for problem in problems:
+        count = seen.get(problem.id, 0)
+        seen[problem.id] = count + 1
+        unique.append(problem if count == 0 else Problem(f"{problem.id}#{count}", problem.question, problem.gold))
+    return unique
