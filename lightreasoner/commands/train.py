@@ -1,0 +1,32 @@
+"""``lightreasoner train``: fine-tune the expert on a sample file (ours or the authors' format)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import add_config_arguments, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..training import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train", help="fine-tune the expert on kept steps (LoRA by default)",
+        description="Packed soft-label KL fine-tuning of the expert on a sample file. Run it directly for one "
+                    "process or under `accelerate launch` for several (DDP; FSDP/DeepSpeed via accelerate config).")
+    parser.add_argument("--model", required=True, help="expert: short name, model folder, .gguf file or Hub id")
+    parser.add_argument("--samples", required=True, type=Path, help="sample file (ours or the authors' per-step JSONL)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (adapter or model, tokenizer, log)")
+    add_config_arguments(parser, TrainConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import TrainConfig, train_from_file
+
+    config = config_from_args(TrainConfig, args, section="train")
+    summary = train_from_file(args.model, args.samples, config, args.out)
+    print(f"trained {summary['optimizer_steps']} steps on {summary['tokens_tuned']} kept steps "
+          f"in {summary['seconds']:.1f} s -> {args.out}")
+    return 0
