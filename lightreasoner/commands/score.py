@@ -1,0 +1,35 @@
+"""``lightreasoner score``: grade completions produced elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..grading import DEFAULT_TIMEOUT
+
+    parser = subparsers.add_parser(
+        "score", help="grade completions made elsewhere",
+        description="Each input line has 'completion' and either 'gold' (the final answer) or an 'id' of the "
+                    "benchmark's data. Each output line is the input line plus 'pred' and 'correct', in input order.")
+    parser.add_argument("--benchmark", required=True, help="benchmark whose answer rules apply (e.g. gsm8k)")
+    parser.add_argument("--input", type=Path, required=True, metavar="FILE", help="JSONL with completions")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="graded JSONL to write")
+    parser.add_argument("--data-dir", default=None, help="folder with <benchmark>/<split>.jsonl (for 'id' lines)")
+    parser.add_argument("--split", default="test", help="data split for 'id' lines (default: test)")
+    parser.add_argument("--grading-timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds allowed to grade one answer (default: {DEFAULT_TIMEOUT})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import score
+
+    summary = score(args.benchmark, args.input, args.out, data_dir=args.data_dir, split=args.split,
+                    timeout=args.grading_timeout, progress=not args.quiet)
+    low, high = summary["ci95"]
+    print(f"{summary['benchmark']}: {summary['correct']}/{summary['n']} correct, accuracy "
+          f"{100 * summary['accuracy']:.1f} (95% CI {100 * low:.1f}-{100 * high:.1f}); graded lines: {args.out}")
+    return 0
