@@ -24,13 +24,18 @@ when it overruns. See docs/EVALUATION.md.
 
 from __future__ import annotations
 
+import json
 import math
-import multiprocessing
+import os
+import queue
 import re
 import signal
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 DEFAULT_TIMEOUT = 5.0  # seconds per answer (math-verify's default per operation)
@@ -284,53 +289,74 @@ def is_correct(completion: str, gold: str, benchmark: str | None = None, *,
 # --------------------------------------------------------------------------- off-main-thread worker
 
 
-def _worker_loop(connection: Any) -> None:
-    """Runs in the helper process's main thread, so the signal-based limit works there."""
-    while True:
-        try:
-            pred, gold, timeout = connection.recv()
-        except EOFError:
-            return
-        connection.send(is_equivalent(pred, gold, timeout=timeout))
+def _serve() -> None:
+    """Helper-process main loop: one JSON ``[pred, gold, timeout]`` per stdin line -> one JSON bool.
+
+    It runs in the helper's main thread, so the signal-based limit works here too.
+    """
+    replies = sys.stdout
+    sys.stdout = sys.stderr  # a library print must not corrupt the reply stream
+    for line in sys.stdin:
+        pred, gold, timeout = json.loads(line)
+        replies.write(json.dumps(is_equivalent(pred, gold, timeout=timeout)) + "\n")
+        replies.flush()
 
 
 class _WorkerProcess:
-    """One helper process for comparisons requested off the main thread; killed if it overruns."""
+    """One helper process for comparisons requested off the main thread; killed if it overruns.
+
+    A plain subprocess rather than multiprocessing: "spawn" would re-import the caller's
+    ``__main__`` and "fork" is unsafe in a threaded process.
+    """
 
     GRACE = 2.0  # seconds on top of the limit for process overhead before we kill it
     STARTUP = 60.0  # extra seconds for a fresh process to import sympy and math-verify
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._process: Any = None
-        self._connection: Any = None
+        self._process: subprocess.Popen[str] | None = None
+        self._replies: queue.Queue[str | None] = queue.Queue()
         self._started = False  # the first answer also waits for the process start and its imports
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._connection, child = context.Pipe()
-        self._process = context.Process(target=_worker_loop, args=(child,), daemon=True)
-        self._process.start()
-        child.close()
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent,
+                                                                           os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from lightreasoner.grading import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8", env=env)
+        self._replies = queue.Queue()
+        threading.Thread(target=self._read, args=(self._process.stdout, self._replies), daemon=True).start()
         self._started = False
+
+    @staticmethod
+    def _read(stream: Any, replies: queue.Queue) -> None:
+        for line in stream:
+            replies.put(line)
+        replies.put(None)  # the process ended
 
     def _stop(self) -> None:
         if self._process is not None:
             self._process.kill()
-            self._process.join()
-        self._process = self._connection = None
+            self._process.wait()
+        self._process = None
 
     def compare(self, pred: str, gold: str, timeout: float) -> bool:
         with self._lock:
-            if self._process is None or not self._process.is_alive():
+            if self._process is None or self._process.poll() is not None:
                 self._start()
-            self._connection.send((pred, gold, timeout))
-            startup = 0.0 if self._started else self.STARTUP
-            if self._connection.poll(timeout + self.GRACE + startup):
-                self._started = True
-                return bool(self._connection.recv())
-            self._stop()
-            return False
+            assert self._process is not None and self._process.stdin is not None
+            try:
+                self._process.stdin.write(json.dumps([pred, gold, timeout]) + "\n")
+                self._process.stdin.flush()
+                reply = self._replies.get(timeout=timeout + self.GRACE + (0.0 if self._started else self.STARTUP))
+            except (OSError, queue.Empty):  # died, or overran even the signal limit: kill, count wrong
+                reply = None
+            if reply is None:
+                self._stop()
+                return False
+            self._started = True
+            return bool(json.loads(reply))
 
 
 _WORKER: _WorkerProcess | None = None
