@@ -28,13 +28,13 @@ CORPUS = [
 VOCAB_ROWS = 320  # model rows; the tokenizer has fewer tokens
 
 
-def make_tokenizer(vocab_size: int = 280) -> PreTrainedTokenizerFast:
+def make_tokenizer(vocab_size: int = 280, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(CORPUS, trainer)
+    backend.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>")
     tokenizer.chat_template = CHAT_TEMPLATE

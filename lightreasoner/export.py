@@ -1,0 +1,42 @@
+"""Write our sample files in other tools' formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from .records import JsonlAppender
+from .sampling import read_samples
+
+
+def reference_records(record: dict, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
+    """One sample record -> the authors' per-step lines (``LightR_sampling.py`` output).
+
+    Their fine-tuning script reads the question from ``prompt_id``, so that field holds the
+    question text; ``prefix`` is the decoded assistant prefix y_<t without the prompt.
+    """
+    completion = record["completion_ids"]
+    return [{
+        "prompt_id": record["question"],
+        "step": step["step"],
+        "prefix": tokenizer.decode(completion[:step["step"]]),
+        "tokens": [tokenizer.decode([i]) for i in step["ids"]],
+        "token_ids": step["ids"],
+        "weights": step["weights"],
+        "kl_divergence": step["kl"],
+    } for step in record["steps"]]
+
+
+def export_reference(samples: str | Path, out: str | Path, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Write every kept step of ``samples`` to ``out`` in the reference format; returns the line count."""
+    _, records = read_samples(samples)
+    out = Path(out)
+    out.unlink(missing_ok=True)
+    count = 0
+    with JsonlAppender(out) as writer:
+        for record in records:
+            lines = reference_records(record, tokenizer)
+            writer.write(lines)
+            count += len(lines)
+    return count
