@@ -89,7 +89,7 @@ class Trajectory:
         return {
             "type": "sample", "id": self.problem.id, "question": self.problem.question, "gold": self.problem.gold,
             "prompt": self.prompt, "prompt_ids": self.prompt_ids, "completion_ids": self.completion_ids,
-            "finish": self.finish,
+            "finish": self.finish, "kl": self.kl,
             "steps": [{"step": s.step, "kl": s.kl, "ids": s.token_ids, "weights": s.weights} for s in self.steps],
         }
 
@@ -222,7 +222,6 @@ class SampleStats:
     seconds: float = 0.0
     sessions: int = 0
     complete: bool = False
-    kl_histogram: dict[str, int] = field(default_factory=dict)  # per-step KL counts in bins of 0.1 (last: >= 5)
     versions: dict[str, str] = field(default_factory=dict)
 
     def add(self, trajectories: list[Trajectory]) -> None:
@@ -230,9 +229,6 @@ class SampleStats:
             self.questions += 1
             self.kept_steps += len(t.steps)
             self.tokens_generated += len(t.completion_ids)
-            for value in t.kl:
-                key = f"{min(int(value * 10), 50) / 10:.1f}"
-                self.kl_histogram[key] = self.kl_histogram.get(key, 0) + 1
 
 
 def meta_path(out: Path) -> Path:
@@ -282,7 +278,6 @@ def _resume_state(out: Path, config: SampleConfig) -> tuple[set[str], SampleStat
     recount.questions = len(records)
     recount.kept_steps = sum(len(r["steps"]) for r in records)
     recount.tokens_generated = sum(len(r["completion_ids"]) for r in records)
-    recount.kl_histogram = stats.kl_histogram if stats.questions == recount.questions else {}
     return {r["id"] for r in records}, recount
 
 
@@ -326,8 +321,7 @@ def sample(config: SampleConfig, out: str | Path, *, progress: bool = True,
 
 def summary(stats: SampleStats, out: Path, config: SampleConfig) -> str:
     """One paragraph for the end of a run."""
-    steps = sum(stats.kl_histogram.values())
-    share = f"{stats.kept_steps / steps:.1%} of {steps:,} steps" if steps else f"{stats.kept_steps:,} steps"
+    share = f"{stats.kept_steps / max(stats.tokens_generated, 1):.1%} of all steps"
     rate = stats.tokens_generated / stats.seconds if stats.seconds else 0.0
     return (f"Sampled {stats.questions:,} questions with expert {config.expert} and amateur {config.amateur}: "
             f"{stats.tokens_generated:,} tokens generated ({rate:.1f} tok/s over {stats.seconds:.0f} s), "
