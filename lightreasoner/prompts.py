@@ -64,11 +64,3 @@ def build_prompt(name: str, question: str, tokenizer: PreTrainedTokenizerBase | 
     messages = [{"role": "system", "content": template.system}, {"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-
-def cut_at_stop_strings(completion: str, name: str) -> str:
-    """Drop everything from the first stop string of template ``name`` on."""
-    for stop in get_template(name).stop_strings:
-        index = completion.find(stop)
-        if index >= 0:
-            completion = completion[:index]
-    return completion
