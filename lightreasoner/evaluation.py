@@ -30,7 +30,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from . import grading, prompts
 from .config import config_to_dict
-from .data import BENCHMARKS, Problem, load_problems
+from .data import BENCHMARKS, GENERATED, Problem, load_problems
 from .errors import LightReasonerError
 from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
 
@@ -61,9 +61,10 @@ class EvalConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the model folder"})
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.benchmarks if name not in BENCHMARKS]
+        known = [*BENCHMARKS, *GENERATED]
+        unknown = [name for name in self.benchmarks if name not in known]
         if unknown:
-            raise ValueError(f"--benchmarks: unknown benchmark {unknown[0]!r} (choose from {', '.join(BENCHMARKS)})")
+            raise ValueError(f"--benchmarks: unknown benchmark {unknown[0]!r} (choose from {', '.join(known)})")
         if not self.benchmarks:
             raise ValueError("--benchmarks: no benchmark given")
         if self.backend not in ("hf", "vllm"):

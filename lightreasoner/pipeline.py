@@ -1,0 +1,171 @@
+"""``lightreasoner run``: sample -> train -> evaluate before and after -> report, in one run folder.
+
+Layout of the run folder::
+
+    run.json                 the settings (a rerun with other settings is refused)
+    stages.json              per stage: done, seconds
+    samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
+    adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
+    eval_before/ eval_after/ evaluation of the expert without and with the adapter
+    report.md report.html kl.png loss.png
+
+Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
+work finishes), and a finished stage is skipped, so rerunning the same command after a crash
+continues where it stopped. The defaults need nothing: the embedded offline pair and the
+project's generated arithmetic problems, at a budget that finishes in minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import build_config, config_to_dict
+from .errors import LightReasonerError
+from .evaluation import EvalConfig, evaluate, load_for_eval
+from .records import read_json, write_json_atomic
+from .report import build_report
+from .sampling import SampleConfig, load_pair, sample
+from .training import TrainConfig, train_from_file
+
+
+@dataclass
+class RunConfig:
+    """The headline settings of a run. Any other setting of a stage goes in the YAML sections
+    ``sample:``, ``train:`` and ``eval:`` (names as in ``lightreasoner sample/train/eval --help``)."""
+
+    expert: str = field(default="coder-1.5b", metadata={"help": "expert model"})
+    amateur: str = field(default="coder-0.5b", metadata={"help": "amateur model"})
+    data: str = field(default="arith", metadata={"help": "training questions: benchmark name or JSONL file"})
+    split: str = field(default="train", metadata={"help": "split of the training questions"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder with <benchmark>/<split>.jsonl files"})
+    questions: int | None = field(default=48, metadata={"help": "training questions to sample (None: all)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "trajectory length when sampling"})
+    alpha: float = field(default=0.2, metadata={"help": "plausibility threshold"})
+    beta: float = field(default=0.4, metadata={"help": "KL threshold for keeping a step"})
+    max_steps: int = field(default=40, metadata={"help": "optimizer steps (16 kept steps each)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    benchmarks: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "evaluation benchmarks"})
+    eval_limit: int | None = field(default=60, metadata={"help": "questions per benchmark (None: all)"})
+    eval_max_new_tokens: int = field(default=320, metadata={"help": "generation limit when evaluating"})
+    batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16), bfloat16, float16, float32"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
+    seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
+
+
+STAGES = ("eval_before", "sample", "train", "eval_after", "report")
+
+
+def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None = None
+                  ) -> tuple[SampleConfig, TrainConfig, EvalConfig]:
+    """The three stage configs a run uses: headline settings first, then the YAML sections."""
+    overrides = overrides or {}
+    sample_config = SampleConfig(expert=config.expert, amateur=config.amateur, data=config.data, split=config.split,
+                                 data_dir=config.data_dir, limit=config.questions, max_new_tokens=config.max_new_tokens,
+                                 alpha=config.alpha, beta=config.beta, batch_size=config.batch_size,
+                                 dtype=config.dtype, device=config.device, seed=config.seed)
+    train_config = TrainConfig(max_steps=config.max_steps, learning_rate=config.learning_rate, dtype=config.dtype,
+                               seed=config.seed, save_steps=10, resume=True)
+    eval_config = EvalConfig(model=config.expert, benchmarks=config.benchmarks, data_dir=config.data_dir,
+                             limit=config.eval_limit, max_new_tokens=config.eval_max_new_tokens,
+                             batch_size=config.batch_size, dtype=config.dtype, device=config.device,
+                             seed=config.seed)
+    result = []
+    for name, base in (("sample", sample_config), ("train", train_config), ("eval", eval_config)):
+        values = {**config_to_dict(base), **overrides.get(name, {})}
+        result.append(build_config(type(base), values, source=f"run config section {name!r}"))
+    return result[0], result[1], result[2]
+
+
+class _Stages:
+    """stages.json: which stages are done and the seconds each took (summed over resumed attempts)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "stages.json"
+        self.state: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
+
+    def done(self, name: str) -> bool:
+        return bool(self.state.get(name, {}).get("done"))
+
+    def run(self, name: str, work: Callable[[], Any], say: Callable[[str], None]) -> Any:
+        if self.done(name):
+            say(f"[{name}] already done, skipping")
+            return None
+        say(f"[{name}] ...")
+        entry = self.state.setdefault(name, {"done": False, "seconds": 0.0})
+        started = time.perf_counter()
+        try:
+            return work()
+        finally:
+            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - started, 2)
+            write_json_atomic(self.path, self.state)
+
+    def finish(self, name: str) -> None:
+        self.state[name]["done"] = True
+        write_json_atomic(self.path, self.state)
+
+
+def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
+        progress: bool = True, say: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the whole method into ``run_dir``; returns the path of report.html."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sample_config, train_config, eval_config = stage_configs(config, overrides)
+    settings = config_to_dict(config)
+    record = {"settings": settings, "sample": config_to_dict(sample_config), "train": config_to_dict(train_config),
+              "eval": config_to_dict(eval_config)}
+    if (run_dir / "run.json").exists():
+        previous = read_json(run_dir / "run.json")
+        for section in ("sample", "train", "eval"):
+            for key, value in record[section].items():
+                if previous.get(section, {}).get(key) != value and key not in ("resume",):
+                    raise LightReasonerError(f"{run_dir}: this run folder was made with {section}.{key}="
+                                             f"{previous.get(section, {}).get(key)!r}, now {value!r}; "
+                                             "use another --out")
+    write_json_atomic(run_dir / "run.json", record)
+    stages = _Stages(run_dir)
+    pair = None
+
+    def get_pair():
+        nonlocal pair
+        pair = pair or load_pair(sample_config)
+        return pair
+
+    def eval_before() -> None:
+        loaded = get_pair()
+        evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
+                 progress=progress)
+
+    stages.run("eval_before", eval_before, say)
+    stages.finish("eval_before")
+    stages.run("sample", lambda: sample(sample_config, run_dir / "samples.jsonl", progress=progress,
+                                        pair=get_pair()), say)
+    stages.finish("sample")
+    tokenizer = pair.tokenizer if pair is not None else None
+    pair = None  # free both models before training
+    gc.collect()
+
+    stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,
+                                                run_dir / "adapter"), say)
+    stages.finish("train")
+    after = replace(eval_config, adapter=str(run_dir / "adapter"))
+    stages.run("eval_after", lambda: evaluate(after, run_dir / "eval_after", progress=progress), say)
+    stages.finish("eval_after")
+
+    if tokenizer is None:
+        from .models import load_tokenizer
+
+        tokenizer = load_tokenizer(sample_config.expert)
+    _, html_path = stages.run("report", lambda: build_report(run_dir, tokenizer=tokenizer), say)
+    stages.finish("report")
+    stages.state.pop("report", None)  # the report is redrawn on every run; it is not a stage to skip
+    write_json_atomic(stages.path, stages.state)
+    return html_path
+
+
+def run_fields() -> list[str]:
+    return [f.name for f in fields(RunConfig)]

@@ -1,0 +1,266 @@
+"""The report of a run folder: ``report.md`` and a self-contained ``report.html``.
+
+It reads only the files the stages wrote (run.json, stages.json, samples.jsonl, the training
+summary and log, the evaluation folders), so ``lightreasoner report DIR`` can redraw it at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import LightReasonerError
+from .records import iter_jsonl, read_json
+from .tables import _render
+
+TOKEN_VIEW_TRAJECTORIES = 3
+
+
+# ----------------------------------------------------------------------------------- statistics
+
+
+def paired_difference(before: Sequence[bool], after: Sequence[bool], *, resamples: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Accuracy difference after - before on the same questions, with a paired-bootstrap 95% interval
+    and the McNemar discordant counts (``gained``: wrong before, right after; ``lost``: the reverse)."""
+    if len(before) != len(after):
+        raise ValueError("paired_difference needs the same questions on both sides")
+    n = len(before)
+    deltas = [int(a) - int(b) for b, a in zip(before, after)]
+    if n == 0:
+        return {"n": 0, "diff": 0.0, "low": 0.0, "high": 0.0, "gained": 0, "lost": 0}
+    rng = random.Random(seed)
+    means = sorted(sum(deltas[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return {"n": n, "diff": sum(deltas) / n, "low": means[int(0.025 * resamples)],
+            "high": means[int(0.975 * resamples) - 1], "gained": deltas.count(1), "lost": deltas.count(-1)}
+
+
+def _correct_by_id(eval_dir: Path, benchmark: str) -> dict[str, bool]:
+    path = eval_dir / f"{benchmark}.jsonl"
+    return {r["id"]: bool(r["correct"]) for _, r in iter_jsonl(path)} if path.exists() else {}
+
+
+def accuracy_rows(before_dir: Path, after_dir: Path) -> list[list[str]]:
+    """Per benchmark: n, accuracy before/after with 95% intervals, paired difference with its interval."""
+    before, after = read_json(before_dir / "summary.json"), read_json(after_dir / "summary.json")
+    rows = []
+    for name, b in before["benchmarks"].items():
+        a = after["benchmarks"].get(name)
+        if a is None:
+            continue
+        b_ids, a_ids = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
+        shared = [i for i in b_ids if i in a_ids]
+        paired = paired_difference([b_ids[i] for i in shared], [a_ids[i] for i in shared])
+        rows.append([name, str(b["n"]), _pct_ci(b), _pct_ci(a),
+                     f"{100 * paired['diff']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]",
+                     f"+{paired['gained']} / -{paired['lost']}"])
+    return rows
+
+
+def _pct_ci(result: dict[str, Any]) -> str:
+    low, high = result["ci95"]
+    return f"{100 * result['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+# ---------------------------------------------------------------------------------------- plots
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def kl_plot(kl_values: Sequence[float], beta: float) -> bytes:
+    """Histogram of per-step KL on a log axis, with the beta threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.clip(np.asarray(kl_values, dtype=float), 1e-5, None)
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    axis.hist(values, bins=np.logspace(-5, max(1.5, np.log10(values.max()) + 0.1), 60), color="#4c72b0")
+    axis.axvline(beta, color="#c44e52", linestyle="--", label=f"beta = {beta}")
+    kept = float((values >= beta).mean()) if len(values) else 0.0
+    axis.set(xscale="log", xlabel="KL(pi_E || pi_A) per step (nats)", ylabel="steps",
+             title=f"{len(values):,} steps, {kept:.1%} kept")
+    axis.legend()
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def loss_plot(log_records: Sequence[dict[str, Any]]) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(r["step"], r["loss"]) for r in log_records if "loss" in r and "step" in r]
+    if not points:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 3))
+    axis.plot([p[0] for p in points], [p[1] for p in points], color="#4c72b0")
+    axis.set(xlabel="optimizer step", ylabel="loss (mean KL over kept steps)", title="training loss")
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+# ----------------------------------------------------------------------------------- token view
+
+
+def token_view_html(record: dict[str, Any], tokenizer: Any) -> str:
+    """A trajectory with every token shaded by expert-amateur KL; kept steps boxed, labels on hover."""
+    kept = {s["step"]: s for s in record["steps"]}
+    spans = []
+    for step, (token_id, kl) in enumerate(zip(record["completion_ids"], record.get("kl", []))):
+        text = tokenizer.decode([token_id])
+        shade = min(kl / 2.0, 1.0)
+        style = f"background: rgba(196, 78, 82, {shade:.2f})"
+        tip = f"step {step} · KL {kl:.3f}"
+        css = "tok"
+        if step in kept:
+            labels = sorted(zip(kept[step]["weights"], kept[step]["ids"]), reverse=True)
+            tip += " · kept · soft label: " + ", ".join(f"{tokenizer.decode([i])!r} {w:.2f}" for w, i in labels)
+            css += " kept"
+        spans.append(f'<span class="{css}" style="{style}" title="{html.escape(tip)}">{html.escape(text)}</span>')
+    return (f'<div class="traj"><div class="q">{html.escape(record["question"])}</div>'
+            f'<div class="y">{"".join(spans)}</div></div>')
+
+
+def token_view_text(record: dict[str, Any], tokenizer: Any) -> str:
+    """Plain-text form for the Markdown report: kept steps in [brackets] with their KL."""
+    kept = {s["step"]: s for s in record["steps"]}
+    parts = []
+    for step, token_id in enumerate(record["completion_ids"]):
+        text = tokenizer.decode([token_id])
+        parts.append(f"[{text}|{kept[step]['kl']:.2f}]" if step in kept else text)
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def _read_optional(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
+
+
+def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` and the figures into ``run_dir``; return both paths."""
+    run_dir = Path(run_dir)
+    run = _read_optional(run_dir / "run.json")
+    if run is None:
+        raise LightReasonerError(f"{run_dir}: no run.json here (not a `lightreasoner run` folder)")
+    stages = _read_optional(run_dir / "stages.json") or {}
+    sample_meta = _read_optional(run_dir / "samples.jsonl.meta.json") or {}
+    train_summary = _read_optional(run_dir / "adapter" / "train_summary.json") or {}
+    records = [r for _, r in iter_jsonl(run_dir / "samples.jsonl") if r.get("type") == "sample"] \
+        if (run_dir / "samples.jsonl").exists() else []
+    train_log = [r for _, r in iter_jsonl(run_dir / "adapter" / "train_log.jsonl")] \
+        if (run_dir / "adapter" / "train_log.jsonl").exists() else []
+    settings = run["settings"]
+
+    md = [f"# LightReasoner run: {run_dir.name}", "",
+          f"Expert `{settings['expert']}`, amateur `{settings['amateur']}`, trained on "
+          f"`{settings['data']}` ({settings['split']}).", ""]
+    html_parts = [f"<h1>LightReasoner run: {html.escape(run_dir.name)}</h1>",
+                  f"<p>Expert <code>{html.escape(settings['expert'])}</code>, amateur "
+                  f"<code>{html.escape(settings['amateur'])}</code>, trained on "
+                  f"<code>{html.escape(settings['data'])}</code> ({html.escape(settings['split'])}).</p>"]
+
+    def section(title: str, header: list[str], rows: list[list[str]]) -> None:
+        md.extend([f"## {title}", "", _markdown_table(header, rows), ""])
+        html_parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
+
+    if (run_dir / "eval_before" / "summary.json").exists() and (run_dir / "eval_after" / "summary.json").exists():
+        section("Accuracy (zero-shot, greedy pass@1)",
+                ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
+                 "changed answers"], accuracy_rows(run_dir / "eval_before", run_dir / "eval_after"))
+
+    tokens_tuned = train_summary.get("tokens_tuned")
+    efficiency = [[name, f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
+                  for name, info in stages.items()]
+    section("Time per stage", ["stage", "seconds", "status"], efficiency)
+    section("Efficiency", ["quantity", "value"], [
+        ["questions sampled", f"{sample_meta.get('questions', len(records)):,}"],
+        ["tokens generated (sampling)", f"{sample_meta.get('tokens_generated', 0):,}"],
+        ["kept steps", f"{sum(len(r['steps']) for r in records):,}"],
+        ["optimizer steps", f"{train_summary.get('optimizer_steps', '-')}"],
+        ["tokens tuned (positions carrying loss)", f"{tokens_tuned:,}" if tokens_tuned is not None else "-"],
+        ["forward tokens (training)", f"{train_summary.get('forward_tokens', 0):,}"],
+    ])
+    section("Settings", ["setting", "value"], [[k, f"`{v}`"] for k, v in settings.items()])
+
+    kl_values = [v for r in records for v in r.get("kl", [])]
+    figures = {}
+    if kl_values:
+        figures["kl.png"] = kl_plot(kl_values, settings["beta"])
+    loss = loss_plot(train_log)
+    if loss:
+        figures["loss.png"] = loss
+    for name, data in figures.items():
+        (run_dir / name).write_bytes(data)
+        md.extend([f"![{name}]({name})", ""])
+        html_parts.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+    shown = [r for r in records if r["steps"]][:TOKEN_VIEW_TRAJECTORIES]
+    if shown and tokenizer is not None:
+        md.extend(["## Trajectories", "", "Kept steps in [token|KL]; the HTML report shades every token by KL "
+                   "and shows the soft labels on hover.", ""])
+        html_parts.append("<h2>Trajectories</h2><p>Tokens shaded by expert-amateur KL; kept steps boxed; "
+                          "hover for the soft label.</p>")
+        for record in shown:
+            md.extend([f"**{record['question']}**", "", "```", token_view_text(record, tokenizer), "```", ""])
+            html_parts.append(token_view_html(record, tokenizer))
+
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    html_path.write_text(_HTML.format(title=html.escape(run_dir.name), body="\n".join(html_parts)), encoding="utf-8")
+    return md_path, html_path
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c).strip('`'))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def text_summary(run_dir: str | Path) -> str:
+    """The accuracy table for the terminal."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "eval_after" / "summary.json").exists():
+        return ""
+    header = ["benchmark", "n", "before [95% CI]", "after [95% CI]", "diff [paired 95% CI]", "changed"]
+    return _render(header, accuracy_rows(run_dir / "eval_before", run_dir / "eval_after"))
+
+
+_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>LightReasoner run {title}</title>
+<style>
+body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; }}
+.traj {{ border: 1px solid #ddd; border-radius: 6px; padding: 10px; margin: 1em 0; }}
+.q {{ font-weight: 600; margin-bottom: 6px; }}
+.y {{ font-family: ui-monospace, monospace; white-space: pre-wrap; }}
+.tok.kept {{ outline: 2px solid #222; border-radius: 2px; }}
+</style></head><body>
+{body}
+</body></html>
+"""
