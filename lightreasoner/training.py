@@ -26,6 +26,7 @@ same optimizer steps), DDP/FSDP/DeepSpeed come from ``accelerate launch``. See d
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import time
@@ -324,7 +325,7 @@ def load_samples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_
 # Data order: optimizer steps of a fixed number of kept steps, and micro-batches
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Piece:
     """Labels ``[start, stop)`` of example ``example`` (a whole trajectory or a slice of it)."""
 
@@ -493,8 +494,8 @@ def _prepare_model(model_spec: str, config: TrainConfig, dtype: torch.dtype) -> 
 
 def _checkpoint_dirs(out_dir: Path) -> list[Path]:
     root = out_dir / CHECKPOINTS
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -590,6 +591,11 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
     dtype = models.resolve_dtype(config.dtype, device_guess)
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                               mixed_precision=_mixed_precision(config, dtype))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        # e.g. torchrun on a machine without GPUs: every process would train alone and race on --out.
+        raise LightReasonerError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}; "
+                                 "on CPU set ACCELERATE_USE_CPU=1 (see docs/TRAINING.md)")
     world, rank, accumulate = accelerator.num_processes, accelerator.process_index, config.gradient_accumulation_steps
 
     run = _run_record(config, data, str(model_spec), samples)

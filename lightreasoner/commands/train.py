@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(TrainConfig, args, section="train")
     summary = train_from_file(args.model, args.samples, config, args.out)
-    print(f"trained {summary['optimizer_steps']} steps on {summary['tokens_tuned']} kept steps "
-          f"in {summary['seconds']:.1f} s -> {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every process returns here
+        print(f"trained {summary['optimizer_steps']} steps on {summary['tokens_tuned']} kept steps "
+              f"in {summary['seconds']:.1f} s -> {args.out}")
     return 0
