@@ -9,7 +9,7 @@ from .. import zoo
 
 def list_models() -> str:
     """A table of the known models, their state in the cache and where they live."""
-    rows = [("NAME", "ROLE", "MODEL", "GGUF SIZE", "STATUS", "FOLDER")]
+    rows = [("NAME", "ROLE", "MODEL", "GGUF SIZE", "STATUS", "PATH")]
     for name, model in zoo.MODELS.items():
         status = zoo.status(name)
         where = zoo.model_dir(name) if status == "ready" else zoo.gguf_path(name) if status == "downloaded" else "-"
