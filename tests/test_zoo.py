@@ -331,3 +331,20 @@ def test_real_pair_fetches_and_generates():
                                  eos_token_id=models.stop_token_ids(tokenizer, model))
         answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         assert "42" in answer, (folder.name, answer)
+
+
+def test_hub_source_verifies_the_same_bytes(tiny_gguf, cache, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    data = tiny_gguf[0].read_bytes()
+    entry, index = register_fake(monkeypatch, tmp_path, data, parts=2)
+    requested = []
+
+    def fake_hub_download(repo, filename):
+        requested.append((repo, filename))
+        return str(tiny_gguf[0])
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub_download)
+    path = zoo.fetch("tiny", source="hub", progress=False)
+    assert requested == [(entry.hub_repo, entry.hub_file)] and index.calls == []
+    assert path.read_bytes() == data and path != tiny_gguf[0]
