@@ -39,7 +39,7 @@ PLANTS = ["tomato plants", "sunflowers", "rose bushes", "pepper plants", "tulips
 TREATS = ["cookies", "muffins", "cupcakes", "brownies", "bagels", "pretzels"]
 CONTAINERS = ["boxes", "bags", "crates", "baskets"]
 
-_COUNT_WORDS = {3: "three", 4: "four"}
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 
 Template = Callable[[random.Random], tuple[str, list[str], int]]
 
@@ -60,14 +60,22 @@ def _two_people(rng: random.Random) -> tuple[str, str]:
 
 def shopping_change(rng: random.Random) -> tuple[str, list[str], int]:
     name, pronoun, _ = _person(rng)
-    (one, many), (one2, many2) = rng.sample(GOODS, 2)
+    (_, many), (_, many2) = rng.sample(GOODS, 2)
     a, p, b, q = rng.randint(2, 9), rng.randint(2, 15), rng.randint(2, 9), rng.randint(2, 15)
     total = a * p + b * q
-    bill = next(bill for bill in (20, 50, 100, 200, 500) if bill > total)
+    if total < 100:
+        bill = next(note for note in (20, 50, 100) if note > total)
+        paid_with = f"a ${bill} bill"
+    else:  # at most 9 * 15 * 2 = 270
+        count = total // 100 + 1
+        bill, paid_with = 100 * count, f"{_COUNT_WORDS[count]} $100 bills"
     question = (f"{name} buys {a} {many} for ${p} each and {b} {many2} for ${q} each. "
-                f"{pronoun.capitalize()} pays with a ${bill} bill. How much change does {pronoun} get, in dollars?")
+                f"{pronoun.capitalize()} pays with {paid_with}. How much change does {pronoun} get, in dollars?")
     steps = [f"The {many} cost {a} * {p} = ${a * p}.", f"The {many2} cost {b} * {q} = ${b * q}.",
-             f"Together they cost {a * p} + {b * q} = ${total}.", f"The change is {bill} - {total} = ${bill - total}."]
+             f"Together they cost {a * p} + {b * q} = ${total}."]
+    if bill > 100:
+        steps.append(f"{pronoun.capitalize()} pays {bill // 100} * 100 = ${bill}.")
+    steps.append(f"The change is {bill} - {total} = ${bill - total}.")
     return question, steps, bill - total
 
 

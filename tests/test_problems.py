@@ -28,7 +28,7 @@ def arithmetic(expression: str) -> float:
 
 
 WORD_NUMBERS = {"twice": "2", "three times": "3", "half": "2", "a third": "3", "a quarter": "4", "a fifth": "5",
-                "three": "3", "four": "4"}
+                "two": "2", "three": "3", "four": "4"}
 STEP = re.compile(r"([\d][\d\s+\-*/]*[\d])\s*=\s*\$?(\d+)")
 
 
@@ -85,8 +85,8 @@ def test_every_step_is_right_and_ends_in_gold(worked):
 def test_independent_solutions_for_some_templates(worked):
     """Re-solve a few templates from the question text alone."""
     solvers = {
-        r"buys (\d+) .+ for \$(\d+) each and (\d+) .+ for \$(\d+) each\. \w+ pays with a \$(\d+) bill":
-            lambda a, p, b, q, bill: bill - a * p - b * q,
+        r"buys (\d+) .+ for \$(\d+) each and (\d+) .+ for \$(\d+) each\. \w+ pays with (a|two|three) \$(\d+) "
+        r"bills?": lambda a, p, b, q, count, bill: {"a": 1, "two": 2, "three": 3}[count] * bill - a * p - b * q,
         r"at (\d+) miles per hour for (\d+) hours, then at (\d+) miles per hour for another (\d+) hours":
             lambda v, t, w, u: v * t + w * u,
         r"adult ticket costs \$(\d+) and a child ticket costs \$(\d+)\. A family of (\d+) adults? and (\d+) "

@@ -242,9 +242,13 @@ def test_bad_wheel_is_one_line_error(cache, tmp_path, monkeypatch):
 
 def test_convert_gguf_cached_converts_once(tiny_gguf, cache, monkeypatch):
     path = tiny_gguf[0]
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    stale = cache / "models" / f".tmp-tiny-q-{sha[:12]}-99999"  # left by a conversion killed with SIGKILL
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
     folder = zoo.convert_gguf_cached(path)
-    assert zoo.is_converted(folder)
-    assert folder.name == f"tiny-q-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+    assert zoo.is_converted(folder) and not stale.exists()
+    assert folder.name == f"tiny-q-{sha[:12]}"
     assert models.resolve_model_path(path) == str(folder)
 
     def no_second_conversion(*args, **kwargs):
