@@ -390,14 +390,13 @@ def assign_slots(pieces: list[Piece], examples: list[PackedExample], num_slots: 
 
 @dataclass
 class Batch:
-    """Right-padded sequences and, per label, its row and its column in the kept logits."""
+    """Right-padded sequences, which positions need logits, and which of those each label reads."""
 
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
     position_ids: torch.Tensor  # [B, L]
-    keep: torch.Tensor  # [P] sequence positions whose logits are computed
-    rows: torch.Tensor  # [N]
-    cols: torch.Tensor  # [N] index into keep
+    keep: torch.Tensor  # [B, L] bool: positions whose logits are computed (row-major order)
+    index: torch.Tensor  # [N] label -> row of the kept logits
     label_ids: torch.Tensor  # [N, K]
     label_weights: torch.Tensor  # [N, K]
 
@@ -415,17 +414,18 @@ def collate(pieces: list[Piece], examples: list[PackedExample], pad_id: int) -> 
     width = max(lengths)
     input_ids = torch.full((len(pieces), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(pieces), width), dtype=torch.long)
-    rows, positions, labels = [], [], []
+    keep = torch.zeros((len(pieces), width), dtype=torch.bool)
+    cells, labels = [], []
     for row, (piece, length) in enumerate(zip(pieces, lengths)):
         example = examples[piece.example]
         input_ids[row, :length] = torch.tensor(example.input_ids[:length])
         attention_mask[row, :length] = 1
         for i in range(piece.start, piece.stop):
-            rows.append(row)
-            positions.append(example.positions[i])
+            keep[row, example.positions[i]] = True
+            cells.append(row * width + example.positions[i])
             labels.append((example.label_ids[i], example.label_weights[i]))
-    keep = sorted(set(positions))
-    column = {p: c for c, p in enumerate(keep)}
+    # The model returns kept logits in row-major order; label n reads the one at its (row, position).
+    order = torch.cumsum(keep.flatten().long(), 0) - 1
     k = max(len(ids) for ids, _ in labels)
     # Pad labels with id 0 at weight 0: xlogy(0, 0) = 0 and 0 * log p = 0, so they add nothing.
     label_ids = torch.zeros((len(labels), k), dtype=torch.long)
@@ -433,16 +433,21 @@ def collate(pieces: list[Piece], examples: list[PackedExample], pad_id: int) -> 
     for n, (ids, weights) in enumerate(labels):
         label_ids[n, :len(ids)] = torch.tensor(ids)
         label_weights[n, :len(ids)] = torch.tensor(weights)
-    return Batch(input_ids, attention_mask, torch.arange(width).expand(len(pieces), width).contiguous(),
-                 torch.tensor(keep), torch.tensor(rows), torch.tensor([column[p] for p in positions]),
-                 label_ids, label_weights)
+    return Batch(input_ids, attention_mask, torch.arange(width).expand(len(pieces), width).contiguous(), keep,
+                 order[torch.tensor(cells)], label_ids, label_weights)
 
 
 def packed_kl(model: torch.nn.Module, batch: Batch, vocab_size: int) -> torch.Tensor:
-    """KL(v || pi_theta) of every label in the batch, ``[N]``; logits only at labelled positions."""
+    """KL(v || pi_theta) of every label in the batch, ``[N]``; logits only at labelled positions.
+
+    ``logits_to_keep`` as a boolean ``[B, L]`` mask makes the model apply its output layer to the
+    labelled positions only and return them flattened (transformers >= 5).
+    """
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    position_ids=batch.position_ids, logits_to_keep=batch.keep, use_cache=False).logits
-    return soft_label_kl(logits[batch.rows, batch.cols], batch.label_ids, batch.label_weights, vocab_size)
+    if logits.dim() != 2:
+        raise RuntimeError("this transformers version ignores a boolean logits_to_keep mask; upgrade transformers")
+    return soft_label_kl(logits[batch.index], batch.label_ids, batch.label_weights, vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------
