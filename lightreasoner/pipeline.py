@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -156,6 +156,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     stages.run("eval_after", lambda: evaluate(after, run_dir / "eval_after", progress=progress), say)
     stages.finish("eval_after")
 
+    write_json_atomic(run_dir / "efficiency.json", efficiency(run_dir))
     if tokenizer is None:
         from .models import load_tokenizer
 
@@ -167,5 +168,14 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     return html_path
 
 
-def run_fields() -> list[str]:
-    return [f.name for f in fields(RunConfig)]
+def efficiency(run_dir: Path) -> dict[str, Any]:
+    """The paper's cost accounting for this arm: time to build and train on the examples (sampling +
+    training, not evaluation), problems sampled, tokens generated, examples kept, tokens tuned."""
+    stages = read_json(run_dir / "stages.json")
+    meta = read_json(run_dir / "samples.jsonl.meta.json")
+    trained = read_json(run_dir / "adapter" / "train_summary.json")
+    seconds = {"sample": stages["sample"]["seconds"], "train": stages["train"]["seconds"]}
+    return {"arm": "lightreasoner", "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
+            "problems_sampled": meta["questions"], "tokens_generated": meta["tokens_generated"],
+            "examples_kept": meta["kept_steps"], "tokens_tuned": trained["tokens_tuned"],
+            "optimizer_steps": trained["optimizer_steps"]}
