@@ -1,0 +1,138 @@
+"""`lightreasoner run` end to end: tiny random models (every artefact), and the real embedded pair (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightreasoner.cli import main
+from lightreasoner.pipeline import RunConfig, run
+from lightreasoner.report import paired_difference
+from lightreasoner.sampling import read_samples
+
+from tiny import save_pair
+
+
+def tiny_config(pair: tuple[Path, Path], **overrides) -> RunConfig:
+    settings = dict(expert=str(pair[0]), amateur=str(pair[1]), questions=6, max_new_tokens=10, max_steps=3,
+                    eval_limit=5, eval_max_new_tokens=8, batch_size=4, dtype="float32", device="cpu")
+    settings.update(overrides)
+    return RunConfig(**settings)
+
+
+def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
+    pair = save_pair(tmp_path / "pair")
+    config = tiny_config(pair)
+    out = tmp_path / "run"
+    run(config, out, progress=False, say=lambda _: None)
+
+    header, records = read_samples(out / "samples.jsonl")
+    assert len(records) == 6 and header["settings"]["max_new_tokens"] == 10
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    for name in ("eval_before", "eval_after"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["benchmarks"]["arith"]["n"] == 5
+    assert json.loads((out / "eval_after" / "run.json").read_text())["adapter"] == str(out / "adapter")
+    stages = json.loads((out / "stages.json").read_text())
+    assert all(stages[s]["done"] for s in ("eval_before", "sample", "train", "eval_after"))
+    efficiency = json.loads((out / "efficiency.json").read_text())
+    assert efficiency["problems_sampled"] == 6
+    assert efficiency["tokens_generated"] == sum(len(r["completion_ids"]) for r in records)
+    assert efficiency["examples_kept"] == sum(len(r["steps"]) for r in records)
+    assert efficiency["optimizer_steps"] == 3
+    assert efficiency["total_seconds"] == pytest.approx(stages["sample"]["seconds"] + stages["train"]["seconds"],
+                                                        abs=0.02)
+
+    report = (out / "report.md").read_text()
+    assert "| arith | 5 |" in report and "## Efficiency" in report
+    assert (out / "kl.png").read_bytes()[:4] == b"\x89PNG" and (out / "loss.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page  # self-contained
+    assert 'class="tok kept"' in page and "soft label:" in page  # token view with hover labels
+
+    # A rerun skips every finished stage (no model is even loaded) and redraws the report.
+    import lightreasoner.pipeline as pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("load_pair", "sample", "train_from_file", "evaluate"):
+        monkeypatch.setattr(pipeline, name, refuse)
+    (out / "report.md").unlink()
+    run(config, out, progress=False, say=lambda _: None)
+    assert (out / "report.md").read_text() == report
+
+
+def test_run_resumes_after_a_crash_in_training(tmp_path, monkeypatch):
+    pair = save_pair(tmp_path / "pair")
+    config = tiny_config(pair)
+    import lightreasoner.pipeline as pipeline
+
+    real_train = pipeline.train_from_file
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train_from_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "run", progress=False, say=lambda _: None)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert stages["sample"]["done"] and not stages["train"]["done"]
+    samples = (tmp_path / "run" / "samples.jsonl").read_bytes()
+
+    monkeypatch.setattr(pipeline, "train_from_file", real_train)
+    monkeypatch.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampling ran again"))
+    run(config, tmp_path / "run", progress=False, say=lambda _: None)
+    assert (tmp_path / "run" / "samples.jsonl").read_bytes() == samples
+    assert json.loads((tmp_path / "run" / "stages.json").read_text())["train"]["done"]
+
+
+def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
+    pair = save_pair(tmp_path / "pair")
+    (tmp_path / "run.yaml").write_text(
+        f"expert: {pair[0]}\namateur: {pair[1]}\nquestions: 4\nmax_new_tokens: 6\nmax_steps: 2\neval_limit: 3\n"
+        "eval_max_new_tokens: 4\nbatch_size: 4\ndtype: float32\nsample:\n  contrast_every: 2\n"
+        "train:\n  lora_r: 4\n")
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "arith" in printed and f"Report: {out / 'report.html'}" in printed
+    header, _ = read_samples(out / "samples.jsonl")
+    assert header["settings"]["contrast_every"] == 2
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(out), "--beta", "0.9", "--quiet"]) == 2
+    assert "sample.beta=0.4, now 0.9" in capsys.readouterr().err
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+def test_paired_difference_against_direct_counts():
+    before = [True, False, False, True, True, False, False, False]
+    after = [True, True, True, False, True, False, True, False]
+    result = paired_difference(before, after, resamples=4000, seed=1)
+    assert result["gained"] == 3 and result["lost"] == 1
+    assert result["diff"] == pytest.approx((sum(after) - sum(before)) / len(before))
+    assert result["low"] < result["diff"] < result["high"]
+    assert -1 <= result["low"] and result["high"] <= 1
+    same = paired_difference(before, before)
+    assert same["diff"] == same["low"] == same["high"] == 0
+
+
+@pytest.mark.slow
+def test_micro_pipeline_on_the_real_embedded_pair(tmp_path):
+    """The real offline pair (fetched on first use): a few questions, tokens, updates and eval questions."""
+    config = RunConfig(questions=4, max_new_tokens=24, max_steps=2, eval_limit=4, eval_max_new_tokens=48,
+                       batch_size=4)
+    out = tmp_path / "run"
+    run(config, out, progress=False, say=lambda _: None)
+    header, records = read_samples(out / "samples.jsonl")
+    assert header["tokenizer"]["vocab_size"] == 151665  # Qwen2.5's real vocabulary, padding rows excluded
+    assert sum(len(r["steps"]) for r in records) > 0
+    for record in records:
+        for step in record["steps"]:
+            assert step["kl"] >= 0.4 and abs(sum(step["weights"]) - 1) < 1e-4
+            assert all(i < 151665 for i in step["ids"])
+    before = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
+    assert before["n"] == 4 and before["correct"] >= 1  # the expert can do easy arithmetic
+    assert (out / "report.html").is_file() and json.loads((out / "efficiency.json").read_text())["optimizer_steps"] == 2
