@@ -100,7 +100,7 @@ class TrainConfig:
 
 
 # Settings that may change between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit", "gradient_accumulation_steps"}
+RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit"}
 
 
 # ----------------------------------------------------------------------------------------------
