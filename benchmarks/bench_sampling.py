@@ -22,7 +22,7 @@ import torch
 from transformers import GenerationConfig
 
 from lightreasoner.data import load_problems
-from lightreasoner.models import chat_prompt
+from lightreasoner.models import chat_prompt, only_this_generation_config
 from lightreasoner.sampling import SampleConfig, load_pair, sample_batch
 
 
@@ -35,7 +35,8 @@ def floor(pair, prompts: list[str], max_new_tokens: int, batch_size: int) -> tup
         for i in range(0, len(prompts), batch_size):
             inputs = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
                                add_special_tokens=False).to(pair.expert.device)
-            sequences = pair.expert.generate(**inputs, generation_config=greedy)
+            with only_this_generation_config(pair.expert, greedy):
+                sequences = pair.expert.generate(**inputs, generation_config=greedy)
             mask = (sequences != tokenizer.pad_token_id).long()
             mask[:, :inputs["attention_mask"].shape[1]] = inputs["attention_mask"]
             generated += int(mask[:, inputs["attention_mask"].shape[1]:].sum())

@@ -131,7 +131,7 @@ def hf_generate(model: Any, tokenizer: Any, prompt_texts: Sequence[str], *, max_
     """
     from tqdm.auto import tqdm
 
-    from .models import encode_prompt, real_vocab_size, stop_token_ids
+    from .models import encode_prompt, only_this_generation_config, real_vocab_size, stop_token_ids
 
     stops = stop_token_ids(tokenizer, model)
     vocab = real_vocab_size(tokenizer, model)
@@ -152,7 +152,7 @@ def hf_generate(model: Any, tokenizer: Any, prompt_texts: Sequence[str], *, max_
         attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
                                  device=device)
         began = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), only_this_generation_config(model, config):
             output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
                                     logits_processor=processors, **extra)
         seconds = (time.perf_counter() - began) / len(batch)

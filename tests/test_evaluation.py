@@ -35,6 +35,10 @@ def tiny_dir(tmp_path_factory) -> Path:
             * model.lm_head.weight[:vocab].abs().max()
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.do_sample = True  # must be ignored: evaluation is greedy
+    # Hub checkpoints ship processors (Qwen2.5-Instruct: repetition_penalty 1.1); transformers applies a
+    # model's generation config under any generation_config passed in: they must be neutralised too.
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.no_repeat_ngram_size = 1
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root / "model"
