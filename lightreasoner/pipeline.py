@@ -7,7 +7,10 @@ Layout of the run folder::
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
     eval_before/ eval_after/ evaluation of the expert without and with the adapter
-    report.md report.html kl.png loss.png
+    efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
+    sft/ format-only/        the other arms when asked for (``--arms``): each an arm folder of
+                             :mod:`lightreasoner.sft` (adapter/, efficiency.json, ...) plus eval_after/
+    report.md report.html kl.png loss.png (arms.png)
 
 Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash
@@ -29,7 +32,10 @@ from .evaluation import EvalConfig, evaluate, load_for_eval
 from .records import read_json, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
+from .sft import SFTConfig, control, sft, sft_config_dict, sft_train_config
 from .training import TrainConfig, train_from_file
+
+ARMS = ("baseline", "lightreasoner", "sft", "format-only")
 
 
 @dataclass
@@ -55,6 +61,16 @@ class RunConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bfloat16), bfloat16, float16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
+    arms: list[str] = field(default_factory=lambda: ["baseline", "lightreasoner"], metadata={
+        "help": "what to train and evaluate on the same questions: baseline (the expert as is), lightreasoner, "
+                "sft (rejection-sampled SFT), format-only (one-hot control at the kept steps)"})
+    sft_samples_per_question: int = field(default=4, metadata={
+        "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)"})
+
+    def __post_init__(self) -> None:
+        unknown = [arm for arm in self.arms if arm not in ARMS]
+        if unknown or not self.arms:
+            raise ValueError(f"arms: unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
 
 
 STAGES = ("eval_before", "sample", "train", "eval_after", "report")
@@ -81,7 +97,27 @@ def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None
     return result[0], result[1], result[2]
 
 
-class _Stages:
+def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any] | None = None
+                     ) -> SFTConfig:
+    """The sft arm's settings: the run's questions and LoRA/optimizer settings, SFT's own training
+    length (one epoch over the kept solutions), solutions as long as evaluation answers; then the
+    YAML section ``sft:`` (any option of ``lightreasoner sft``)."""
+    shared = {k: v for k, v in config_to_dict(train_config).items()
+              if k not in ("max_steps", "epochs", "steps_per_update")}
+    names = set(config_to_dict(SFTConfig(train=train_config)))
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
+    train = sft_train_config({**shared, **{k: v for k, v in overrides.items() if k not in names}})
+    values = {"model": config.expert, "data": config.data, "split": config.split, "data_dir": config.data_dir,
+              "limit": config.questions, "samples_per_question": config.sft_samples_per_question,
+              "max_new_tokens": config.eval_max_new_tokens, "batch_size": config.batch_size, "device": config.device,
+              **{k: v for k, v in overrides.items() if k in names and k != "train"}}
+    try:
+        return SFTConfig(**values, train=train)
+    except (TypeError, ValueError) as exc:
+        raise LightReasonerError(f"run config section 'sft': {exc}") from None
+
+
+class Stages:
     """stages.json: which stages are done and the seconds each took (summed over resumed attempts)."""
 
     def __init__(self, run_dir: Path):
@@ -111,23 +147,30 @@ class _Stages:
 
 def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
         progress: bool = True, say: Callable[[str], None] = print) -> Path:
-    """Run (or resume) the whole method into ``run_dir``; returns the path of report.html."""
+    """Run (or resume) the whole method, and any other arms asked for, into ``run_dir``; returns the
+    path of report.html. Every arm trains on the same questions and is evaluated on the same ones."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sample_config, train_config, eval_config = stage_configs(config, overrides)
+    arms = config.arms
     settings = config_to_dict(config)
     record = {"settings": settings, "sample": config_to_dict(sample_config), "train": config_to_dict(train_config),
               "eval": config_to_dict(eval_config)}
+    sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft")) if "sft" in arms else None
+    if sft_config is not None:
+        record["sft"] = sft_config_dict(sft_config)
     if (run_dir / "run.json").exists():
         previous = read_json(run_dir / "run.json")
-        for section in ("sample", "train", "eval"):
+        # An arm added to an existing run folder brings its own section; the shared ones must match.
+        for section in ("sample", "train", "eval", *(["sft"] if "sft" in previous and "sft" in record else [])):
             for key, value in record[section].items():
                 if previous.get(section, {}).get(key) != value and key not in ("resume",):
                     raise LightReasonerError(f"{run_dir}: this run folder was made with {section}.{key}="
                                              f"{previous.get(section, {}).get(key)!r}, now {value!r}; "
                                              "use another --out")
+        record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
-    stages = _Stages(run_dir)
+    stages = Stages(run_dir)
     pair = None
 
     def get_pair():
@@ -140,23 +183,43 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
                  progress=progress)
 
-    stages.run("eval_before", eval_before, say)
-    stages.finish("eval_before")
-    stages.run("sample", lambda: sample(sample_config, run_dir / "samples.jsonl", progress=progress,
-                                        pair=get_pair()), say)
-    stages.finish("sample")
+    def eval_arm(folder: Path, stage: str) -> None:
+        after = replace(eval_config, adapter=str(folder / "adapter"))
+        stages.run(stage, lambda: evaluate(after, folder / "eval_after", progress=progress), say)
+        stages.finish(stage)
+
+    if "baseline" in arms:
+        stages.run("eval_before", eval_before, say)
+        stages.finish("eval_before")
+    if "lightreasoner" in arms or "format-only" in arms:  # the control trains on the kept steps too
+        stages.run("sample", lambda: sample(sample_config, run_dir / "samples.jsonl", progress=progress,
+                                            pair=get_pair()), say)
+        stages.finish("sample")
     tokenizer = pair.tokenizer if pair is not None else None
     pair = None  # free both models before training
     gc.collect()
 
-    stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,
-                                                run_dir / "adapter"), say)
-    stages.finish("train")
-    after = replace(eval_config, adapter=str(run_dir / "adapter"))
-    stages.run("eval_after", lambda: evaluate(after, run_dir / "eval_after", progress=progress), say)
-    stages.finish("eval_after")
+    if "lightreasoner" in arms:
+        stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,
+                                                    run_dir / "adapter"), say)
+        stages.finish("train")
+        eval_arm(run_dir, "eval_after")
+        write_json_atomic(run_dir / "efficiency.json", efficiency(run_dir))
+    if sft_config is not None:
+        stages.run("sft", lambda: sft(sft_config, run_dir / "sft", progress=progress,
+                                      say=lambda text: say(f"[sft] {text}")), say)
+        stages.finish("sft")
+        eval_arm(run_dir / "sft", "sft/eval_after")
+    if "format-only" in arms:
+        # Same samples, same training settings, same optimizer steps as the lightreasoner arm; its
+        # cost includes that arm's sampling, which chose the positions.
+        stages.run("format-only", lambda: control(sample_config.expert, run_dir / "samples.jsonl", train_config,
+                                                  run_dir / "format-only",
+                                                  sample_seconds=stages.state["sample"]["seconds"],
+                                                  say=lambda text: say(f"[format-only] {text}")), say)
+        stages.finish("format-only")
+        eval_arm(run_dir / "format-only", "format-only/eval_after")
 
-    write_json_atomic(run_dir / "efficiency.json", efficiency(run_dir))
     if tokenizer is None:
         from .models import load_tokenizer
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .errors import LightReasonerError
 from .records import iter_jsonl, read_json
-from .tables import _render
+from .tables import _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms, savings_line
 
 TOKEN_VIEW_TRAJECTORIES = 3
 
@@ -184,6 +184,15 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
                 ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
                  "changed answers"], accuracy_rows(run_dir / "eval_before", run_dir / "eval_after"))
 
+    arms = _compared_arms(run_dir)
+    if arms:
+        section("Arms: accuracy and gain over the baseline", *arms_accuracy(arms))
+        section("Arms: efficiency (time = sampling + training)", *arms_efficiency(arms))
+        line = savings_line(arms)
+        if line:
+            md.extend([line, ""])
+            html_parts.append(f"<p>{html.escape(line)}</p>")
+
     tokens_tuned = train_summary.get("tokens_tuned")
     efficiency = [[name, f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
                   for name, info in stages.items()]
@@ -199,7 +208,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     section("Settings", ["setting", "value"], [[k, f"`{v}`"] for k, v in settings.items()])
 
     kl_values = [v for r in records for v in r.get("kl", [])]
-    figures = {}
+    figures = {"arms.png": arms_plot(arms)} if arms else {}
     if kl_values:
         figures["kl.png"] = kl_plot(kl_values, settings["beta"])
     loss = loss_plot(train_log)
@@ -239,13 +248,25 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _compared_arms(run_dir: Path) -> list:
+    """The run's arms when it has more than baseline and lightreasoner (and any is evaluated)."""
+    if not any((run_dir / name).is_dir() for name in ("sft", "format-only")):
+        return []
+    arms = find_arms([run_dir])
+    return arms if any(arm.eval_dir is not None for arm in arms) else []
+
+
 def text_summary(run_dir: str | Path) -> str:
-    """The accuracy table for the terminal."""
+    """The accuracy table for the terminal (and the arms' two tables when the run has other arms)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "eval_after" / "summary.json").exists():
-        return ""
-    header = ["benchmark", "n", "before [95% CI]", "after [95% CI]", "diff [paired 95% CI]", "changed"]
-    return _render(header, accuracy_rows(run_dir / "eval_before", run_dir / "eval_after"))
+    parts = []
+    if (run_dir / "eval_before" / "summary.json").exists() and (run_dir / "eval_after" / "summary.json").exists():
+        header = ["benchmark", "n", "before [95% CI]", "after [95% CI]", "diff [paired 95% CI]", "changed"]
+        parts.append(_render(header, accuracy_rows(run_dir / "eval_before", run_dir / "eval_after")))
+    arms = _compared_arms(run_dir)
+    if arms:
+        parts.append(arms_report(arms))
+    return "\n\n".join(parts)
 
 
 _HTML = """<!doctype html>

@@ -1,11 +1,14 @@
-"""Plain-text tables of evaluation results: one run, and several runs side by side.
+"""Plain-text tables of evaluation results: one run, several side by side, and arms compared.
 
-Kept apart from the evaluation loop so that other stages (``lightreasoner run``, the SFT
-baseline) can add their own tables, e.g. an efficiency table, next to these.
+Kept apart from the evaluation loop so that other stages can add their own tables next to these:
+the arms comparison (baseline, sft, lightreasoner, format-only) prints the paper's two tables,
+accuracy with the gain over the baseline and the efficiency table, from run and arm folders.
 """
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,13 +57,28 @@ def compare_table(result_dirs: Sequence[str | Path]) -> str:
     """
     if not result_dirs:
         raise LightReasonerError("compare: give at least one evaluation output folder")
-    summaries = [load_summary(d) for d in result_dirs]
-    labels = _labels(result_dirs)
+    header, rows = _accuracy_rows([load_summary(d) for d in result_dirs], _labels(result_dirs), "diff")
+    return _render(header, rows)
+
+
+def _common_benchmarks(summaries: Sequence[dict[str, Any]]) -> list[str]:
     names = list(dict.fromkeys(name for s in summaries for name in s["benchmarks"]))
-    common = [n for n in names if all(n in s["benchmarks"] for s in summaries)]
+    return [n for n in names if all(n in s["benchmarks"] for s in summaries)]
+
+
+def _average(summary: dict[str, Any], names: Sequence[str]) -> float:
+    return sum(summary["benchmarks"][n]["accuracy"] for n in names) / len(names)
+
+
+def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str],
+                   diff_name: str) -> tuple[list[str], list[list[str]]]:
+    """Rows of accuracy (%) per benchmark, one column per summary, each after the first with its
+    difference to the first; the average row over the benchmarks every summary has."""
+    names = list(dict.fromkeys(name for s in summaries for name in s["benchmarks"]))
+    common = _common_benchmarks(summaries)
     header = ["benchmark"]
     for index, label in enumerate(labels):
-        header += [label] if index == 0 else [label, "diff"]
+        header += [label] if index == 0 else [label, diff_name]
 
     def row(name: str, values: list[float | None], n: str) -> list[str]:
         cells = [f"{name} ({n})"]
@@ -77,9 +95,181 @@ def compare_table(result_dirs: Sequence[str | Path]) -> str:
         ns = sorted({str(r["n"]) for r in results if r})
         rows.append(row(name, [r["accuracy"] if r else None for r in results], "/".join(ns)))
     if common:
-        averages = [sum(s["benchmarks"][n]["accuracy"] for n in common) / len(common) for s in summaries]
-        rows.append(row("average", averages, f"{len(common)} benchmarks"))
-    return _render(header, rows)
+        rows.append(row("average", [_average(s, common) for s in summaries], f"{len(common)} benchmarks"))
+    return header, rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Arms: the paper's two tables (accuracy with the gain over the baseline; efficiency)
+
+ARM_ORDER = ("baseline", "sft", "lightreasoner", "format-only")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared arm: its evaluation folder (if evaluated) and, for a trained arm, its costs
+    (the ``efficiency.json`` contract of :func:`lightreasoner.pipeline.efficiency`)."""
+
+    label: str
+    eval_dir: Path | None
+    efficiency: dict[str, Any] | None = None
+    baseline: bool = False
+
+
+def _evaluated(folder: Path) -> Path | None:
+    return folder if (folder / "summary.json").is_file() else None
+
+
+def _read_efficiency(folder: Path) -> dict[str, Any] | None:
+    path = folder / "efficiency.json"
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    missing = [k for k in ("arm", "total_seconds", "problems_sampled", "tokens_tuned") if k not in record]
+    if missing:
+        raise LightReasonerError(f"{path}: not an efficiency record (no {missing[0]!r})")
+    return record
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """A `lightreasoner run` folder (its run.json has a settings section; an eval folder's has none)."""
+    path = folder / "run.json"
+    return path.is_file() and "settings" in read_json(path)
+
+
+def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
+    """The arms in run folders (baseline = eval_before, lightreasoner, and sft/ and format-only/ when
+    present), arm folders (``lightreasoner sft``/``control`` output, with eval_after/ once evaluated)
+    and plain evaluation folders; labels get the folder name in front where two would be equal."""
+    found: list[tuple[Path, Arm]] = []
+    for folder in map(Path, folders):
+        if _is_run_folder(folder):
+            arms = [Arm("baseline", _evaluated(folder / "eval_before"), None, True),
+                    Arm("lightreasoner", _evaluated(folder / "eval_after"), _read_efficiency(folder))]
+            for name in ("sft", "format-only"):
+                if (folder / name).is_dir():
+                    efficiency = _read_efficiency(folder / name)
+                    arms.append(Arm(name, _evaluated(folder / name / "eval_after"), efficiency))
+            arms = [a for a in arms if a.eval_dir is not None or a.efficiency is not None]
+            arms.sort(key=lambda a: ARM_ORDER.index(a.label))
+            found += [(folder, a) for a in arms]
+        elif (efficiency := _read_efficiency(folder)) is not None:
+            found.append((folder, Arm(str(efficiency["arm"]), _evaluated(folder / "eval_after"), efficiency)))
+        elif _evaluated(folder) is not None:
+            load_summary(folder)  # a clear error for a malformed summary
+            found.append((folder, Arm(folder.name, folder)))
+        else:
+            raise LightReasonerError(f"{folder}: neither a `lightreasoner run` folder, an arm folder "
+                                     "(efficiency.json) nor an evaluation folder (summary.json)")
+    labels = [arm.label for _, arm in found]
+    names = dict(zip(map(Path, folders), _labels(folders)))
+    return [Arm(f"{names[folder]}/{arm.label}" if labels.count(arm.label) > 1 else arm.label,
+                arm.eval_dir, arm.efficiency, arm.baseline) for folder, arm in found]
+
+
+def _reference(arms: Sequence[Arm]) -> Arm | None:
+    """The arm gains are measured from: the first baseline, else the first evaluated arm."""
+    evaluated = [a for a in arms if a.eval_dir is not None]
+    return next((a for a in evaluated if a.baseline), evaluated[0] if evaluated else None)
+
+
+def arms_accuracy(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
+    """Accuracy per benchmark of every evaluated arm, each with its gain over the baseline."""
+    reference = _reference(arms)
+    if reference is None:
+        raise LightReasonerError("compare: none of the arms has been evaluated (no eval_after/summary.json)")
+    evaluated = [reference] + [a for a in arms if a.eval_dir is not None and a is not reference]
+    return _accuracy_rows([load_summary(a.eval_dir) for a in evaluated], [a.label for a in evaluated], "gain")
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def arms_efficiency(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
+    """The paper's efficiency table for every trained arm: time (sampling + training), sampled
+    problems, tokens generated, examples kept, tuned tokens (tokens carrying loss), optimizer
+    steps, and the average gain over the baseline (in points, on the benchmarks all arms share)."""
+    reference = _reference(arms)
+    summaries = {a.label: load_summary(a.eval_dir) for a in arms if a.eval_dir is not None}
+    common = _common_benchmarks(list(summaries.values()))
+    header = ["arm", "total time", "sampled problems", "tokens generated", "examples kept", "tuned tokens",
+              "optimizer steps", "average gain"]
+    rows = []
+    for arm in arms:
+        if arm.efficiency is None:
+            continue
+        e = arm.efficiency
+        gain = "-"
+        if reference is not None and reference.baseline and arm.label in summaries and common:
+            gain = f"{100 * (_average(summaries[arm.label], common) - _average(summaries[reference.label], common)):+.1f}"
+        rows.append([arm.label, format_seconds(float(e["total_seconds"])), f"{e['problems_sampled']:,}",
+                     f"{e.get('tokens_generated', 0):,}", f"{e.get('examples_kept', 0):,}", f"{e['tokens_tuned']:,}",
+                     f"{e.get('optimizer_steps', 0):,}", gain])
+    return header, rows
+
+
+def savings_line(arms: Sequence[Arm]) -> str:
+    """"lightreasoner vs sft: X% less time, ..." (the paper's claim), when both arms were run."""
+    costs = {a.label: a.efficiency for a in arms if a.efficiency is not None}
+    if "lightreasoner" not in costs or "sft" not in costs:
+        return ""
+
+    def less(key: str) -> str:
+        ours, theirs = float(costs["lightreasoner"][key]), float(costs["sft"][key])
+        return f"{100 * (1 - ours / theirs):.0f}%" if theirs else "-"
+
+    return (f"lightreasoner vs sft: {less('total_seconds')} less time, {less('problems_sampled')} fewer sampled "
+            f"problems, {less('tokens_tuned')} fewer tuned tokens (paper: about 90%, 80%, 99%)")
+
+
+def arms_report(arms: Sequence[Arm]) -> str:
+    """Both tables for the terminal."""
+    parts = ["Accuracy (%) and gain over the baseline", _render(*arms_accuracy(arms))]
+    header, rows = arms_efficiency(arms)
+    if rows:
+        parts += ["", "Efficiency (time = sampling + training)", _render(header, rows)]
+        line = savings_line(arms)
+        if line:
+            parts.append(line)
+    return "\n".join(parts)
+
+
+def arms_plot(arms: Sequence[Arm]) -> bytes:
+    """Grouped bar chart (PNG bytes): accuracy per benchmark and on average, one bar per evaluated arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluated = [a for a in arms if a.eval_dir is not None]
+    if not evaluated:
+        raise LightReasonerError("compare: none of the arms has been evaluated (no eval_after/summary.json)")
+    summaries = [load_summary(a.eval_dir) for a in evaluated]
+    labels = [a.label for a in evaluated]
+    groups = list(dict.fromkeys(name for s in summaries for name in s["benchmarks"]))
+    values = [[100 * s["benchmarks"][g]["accuracy"] if g in s["benchmarks"] else 0.0 for s in summaries]
+              for g in groups]
+    common = _common_benchmarks(summaries)
+    if len(groups) > 1 and common:
+        groups.append(f"average ({len(common)})")
+        values.append([100 * _average(s, common) for s in summaries])
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(labels)) / 2), 3.6))
+    width = 0.8 / len(labels)
+    for index, label in enumerate(labels):
+        offsets = [g + (index - (len(labels) - 1) / 2) * width for g in range(len(groups))]
+        axis.bar(offsets, [v[index] for v in values], width, label=label)
+    axis.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 5 else 0)
+    axis.set(ylabel="accuracy (%)", title="accuracy per arm", ylim=(0, 100))
+    axis.legend(fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def _labels(result_dirs: Sequence[str | Path]) -> list[str]:

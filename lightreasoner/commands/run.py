@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="sample -> train -> evaluate before/after -> report, in one run folder",
         description=__doc__ + " With no options: the embedded offline pair on generated arithmetic problems. "
-        "Rerun the same command to resume. YAML sections sample:, train:, eval: set any other option of a stage.")
+        "Rerun the same command to resume. YAML sections sample:, train:, eval:, sft: set any other option of a stage.")
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder (default: runs/<expert>-<amateur>-<data>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     overrides = {}
     if args.config:
         data = load_yaml(args.config)
-        for section in ("sample", "train", "eval"):
+        for section in ("sample", "train", "eval", "sft"):
             if section in data:
                 if not isinstance(data[section], dict):
                     raise LightReasonerError(f"{args.config}: section {section!r} must be a mapping")

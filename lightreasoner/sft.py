@@ -1,0 +1,425 @@
+"""The paper's baseline and a control arm, both trained by :func:`lightreasoner.training.train`.
+
+* **Rejection-sampled SFT** (:func:`sft`): the expert samples K solutions per training question
+  (temperature sampling, batched with left padding and a KV cache); each is graded against the
+  gold answer by the evaluation harness's grader; the finished, correct, distinct ones are kept;
+  the expert is fine-tuned with cross-entropy on their completion tokens (prompt masked):
+  :func:`training.one_hot_example` with every completion step, since KL to a one-hot label is
+  cross-entropy.
+* **Format-only control** (:func:`control`): the positions LightReasoner keeps, labelled one-hot
+  with the expert's own greedy token instead of the contrastive soft label. Same sequences, same
+  positions, same optimizer steps; only the contrast is missing. It separates the gain of the
+  contrast from the gain of merely adapting to the prompt format.
+
+Both write an arm folder like ``lightreasoner run`` does for its own arm: ``adapter/`` (LoRA
+adapter, tokenizer, train log and summary), ``stages.json`` (wall seconds per stage, summed over
+resumed attempts) and ``efficiency.json`` (the paper's cost accounting, see
+:func:`lightreasoner.pipeline.efficiency`). Rerunning the same call resumes. See docs/SFT.md.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import grading, training
+from .config import config_to_dict
+from .data import BENCHMARKS, Problem, load_problems, resolve_data_dir
+from .errors import LightReasonerError
+from .models import (chat_prompt, encode_prompt, load_model, load_tokenizer, only_this_generation_config,
+                     real_vocab_size, resolve_device, resolve_dtype, stop_token_ids, tokenizer_fingerprint)
+from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .training import SampleSet, TrainConfig, one_hot_example
+
+SFT_FORMAT = "lightreasoner-sft-samples"
+FORMAT_VERSION = 1
+SAMPLES_FILE = "samples.jsonl"
+ADAPTER_DIR = "adapter"
+SETTINGS_FILE = "arm.json"
+EFFICIENCY_FILE = "efficiency.json"
+# SFT trains on whole solutions: 4,096 completion tokens per optimizer step is about the paper's
+# 16 trajectories per step; 16 tokens (LightReasoner's 16 kept steps) would re-run each solution's
+# prefix dozens of times per epoch.
+SFT_TOKENS_PER_UPDATE = 4096
+# Settings that decide what the sample file holds: a resumed run must use the same ones.
+RESULT_SETTINGS = ("model", "data", "split", "samples_per_question", "temperature", "top_p", "max_new_tokens",
+                   "batch_size", "benchmark")
+RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
+
+
+def sft_train_config(values: dict[str, Any] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` with SFT's defaults: one pass over every kept completion token (unless
+    ``max_steps`` or ``epochs`` is given) at :data:`SFT_TOKENS_PER_UPDATE` tokens per optimizer step;
+    the LoRA and optimizer settings are TrainConfig's (the paper's), as the baseline requires."""
+    values = {key.replace("-", "_"): value for key, value in (values or {}).items()}
+    if values.get("epochs") is None and "max_steps" not in values:
+        values["epochs"] = 1.0
+    values.setdefault("steps_per_update", SFT_TOKENS_PER_UPDATE)
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise LightReasonerError(f"sft training settings: {exc}") from None
+
+
+@dataclass
+class SFTConfig:
+    """Rejection sampling settings. Training settings (LoRA, optimizer, dtype, seed, system prompt)
+    are the nested :class:`TrainConfig` ``train``; its ``system_prompt`` is the sampling prompt and its
+    ``dtype`` the sampling dtype too."""
+
+    model: str = field(default="coder-1.5b", metadata={"help": "expert: short name, folder, .gguf or Hub id"})
+    data: str = field(default="gsm8k", metadata={"help": "benchmark name or JSONL file of questions with gold answers"})
+    split: str = field(default="train", metadata={"help": "benchmark split"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder holding <benchmark>/<split>.jsonl"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N questions"})
+    samples_per_question: int = field(default=4, metadata={"help": "K solutions sampled per question"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold (1 = off)"})
+    max_new_tokens: int = field(default=512, metadata={
+        "help": "generation limit per solution (a solution cut off here is not kept)"})
+    batch_size: int = field(default=16, metadata={
+        "help": "sequences decoded together (batch_size // K questions at a time, at least one)"})
+    benchmark: str | None = field(default=None, metadata={
+        "help": "grading rules of this benchmark (default: --data when it is a benchmark name)"})
+    device: str = field(default="auto", metadata={"help": "sampling device: auto, cpu, cuda, cuda:1, mps"})
+    train: TrainConfig = field(default_factory=sft_train_config, metadata={"help": "training settings"})
+
+    def __post_init__(self) -> None:
+        for name in ("samples_per_question", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (SFT samples), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def grading_benchmark(self) -> str | None:
+        return self.benchmark or (self.data if self.data in BENCHMARKS else None)
+
+
+def sft_config_dict(config: SFTConfig) -> dict[str, Any]:
+    return {**config_to_dict(config), "train": config_to_dict(config.train)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Rejection sampling
+
+
+@dataclass(frozen=True)
+class Completion:
+    ids: list[int]  # generated tokens, the end token included when it stopped on one
+    text: str  # decoded without special tokens: what is graded
+    finish: str  # "eos" (an end token) or "length"
+
+
+def generate_samples(model: Any, tokenizer: Any, prompts: list[list[int]], *, num_samples: int, temperature: float,
+                     top_p: float, max_new_tokens: int, seed: int) -> list[list[Completion]]:
+    """``num_samples`` sampled completions of each prompt (token ids), in one left-padded batch.
+
+    Only this generation config applies: the checkpoint's own (Qwen2.5-Instruct ships top-k and a
+    repetition penalty) is set aside. Vocabulary rows past the real vocabulary are never sampled.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from .evaluation import SuppressRows
+
+    stops = stop_token_ids(tokenizer, model)
+    vocab = real_vocab_size(tokenizer, model)
+    rows = model.get_output_embeddings().weight.shape[0]
+    processors = LogitsProcessorList([SuppressRows(vocab)] if vocab < rows else [])
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_beams=1,
+                              num_return_sequences=num_samples, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                              pad_token_id=tokenizer.pad_token_id)
+    width, pad = max(len(p) for p in prompts), tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    torch.manual_seed(seed)
+    with torch.inference_mode(), only_this_generation_config(model, config):
+        output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                logits_processor=processors)
+    results: list[list[Completion]] = [[] for _ in prompts]
+    for row, new in enumerate(output[:, width:].tolist()):  # rows come grouped by prompt
+        end = next((i for i, token in enumerate(new) if token in stops), None)
+        if end is None:
+            completion = Completion(new, tokenizer.decode(new, skip_special_tokens=True), "length")
+        else:
+            completion = Completion(new[:end + 1], tokenizer.decode(new[:end], skip_special_tokens=True), "eos")
+        results[row // num_samples].append(completion)
+    return results
+
+
+def _problem_source(config: SFTConfig) -> Path | None:
+    """The JSONL file the questions come from, when there is one (for file:line messages)."""
+    if config.data in BENCHMARKS:
+        folder = resolve_data_dir(config.data_dir)
+        return folder / config.data / f"{config.split}.jsonl" if folder is not None else None
+    path = Path(config.data)
+    return path if path.is_file() else None
+
+
+def check_golds(problems: list[Problem], config: SFTConfig) -> None:
+    """Refuse questions without a gold answer, naming the first one's file:line."""
+    missing = [index for index, problem in enumerate(problems) if not (problem.gold or "").strip()]
+    if not missing:
+        return
+    index = missing[0]
+    source = _problem_source(config)
+    if source is not None:
+        # load_problems keeps file order and takes the first --limit, so index i is the i-th record.
+        line = next(number for i, (number, _) in enumerate(iter_jsonl(source)) if i == index)
+        where = f"{source}:{line}"
+    else:
+        where = f"{config.data} ({config.split}) question {problems[index].id!r}"
+    raise LightReasonerError(f"{where}: no gold answer ({len(missing)} of {len(problems)} questions lack one); "
+                             "SFT keeps only sampled solutions graded correct against it (LightReasoner "
+                             "sampling needs no answers)")
+
+
+def _header(config: SFTConfig, tokenizer: Any) -> dict[str, Any]:
+    return {"type": "header", "format": SFT_FORMAT, "version": FORMAT_VERSION, "model": config.model,
+            "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": real_vocab_size(tokenizer)},
+            "settings": sft_config_dict(config)}
+
+
+def read_sft_samples(path: str | Path) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
+    """The header and the ``(line number, record)`` pairs of an SFT sample file."""
+    path = Path(path)
+    lines = iter_jsonl(path)
+    first = next(lines, None)
+    if first is None:
+        raise LightReasonerError(f"{path}: empty SFT sample file")
+    number, header = first
+    if header.get("format") != SFT_FORMAT or header.get("version") != FORMAT_VERSION:
+        raise LightReasonerError(f"{path}:{number}: expected a '{SFT_FORMAT}' version {FORMAT_VERSION} header line")
+    return header, list(lines)
+
+
+def _check_resumable(path: Path, config: SFTConfig) -> set[str]:
+    """Ids already sampled into ``path`` (a torn last line is cut and redone); settings must match."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    repair_torn_tail(path)
+    header, records = read_sft_samples(path)
+    previous, current = header.get("settings", {}), sft_config_dict(config)
+    for key in RESULT_SETTINGS:
+        if previous.get(key) != current[key]:
+            raise LightReasonerError(f"{path}: sampled with {key}={previous.get(key)!r}, now {current[key]!r}; "
+                                     "use another --out")
+    for key in RESULT_TRAIN_SETTINGS:
+        if previous.get("train", {}).get(key) != current["train"][key]:
+            raise LightReasonerError(f"{path}: sampled with {key}={previous.get('train', {}).get(key)!r}, now "
+                                     f"{current['train'][key]!r}; use another --out")
+    return {str(record["id"]) for _, record in records}
+
+
+def _batch_seed(seed: int, start: int) -> int:
+    # A batch's seed depends on its place in the question list, not on what ran before it, so a
+    # resumed run samples what an uninterrupted one would have.
+    return random.Random(f"lightreasoner-sft:{seed}:{start}").getrandbits(62)
+
+
+def grade_samples(problem: Problem, completions: list[Completion], benchmark: str | None,
+                  timeout: float = grading.DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+    """Grade each completion; ``kept`` = correct, finished (not cut off), and not a repeat of a kept one."""
+    graded, seen = [], set()
+    for completion in completions:
+        result = grading.grade(completion.text, problem.gold or "", benchmark, timeout=timeout)
+        key = completion.text.strip()
+        kept = result.correct and completion.finish == "eos" and key not in seen
+        if kept:
+            seen.add(key)
+        graded.append({"completion": completion.text, "completion_ids": completion.ids, "finish": completion.finish,
+                       "pred": result.pred, "correct": result.correct, "kept": kept})
+    return graded
+
+
+def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = True) -> dict[str, int]:
+    """Rejection sampling into ``out`` (JSONL, one line per question with its K graded samples).
+
+    Appended one batch at a time; rerunning resumes. Returns the counts of the whole file.
+    """
+    out = Path(out)
+    problems = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=config.limit,
+                             seed=config.train.seed)
+    check_golds(problems, config)
+    done = _check_resumable(out, config)
+    tokenizer = load_tokenizer(config.model, trust_remote_code=config.train.trust_remote_code)
+    if not out.exists() or out.stat().st_size == 0:
+        with JsonlAppender(out) as writer:
+            writer.write([_header(config, tokenizer)])
+    per_batch = max(1, config.batch_size // config.samples_per_question)
+    batches = [(start, [p for p in problems[start:start + per_batch] if p.id not in done])
+               for start in range(0, len(problems), per_batch)]
+    batches = [(start, todo) for start, todo in batches if todo]
+    model = None
+    if batches:
+        device = resolve_device(config.device)
+        model = load_model(config.model, dtype=resolve_dtype(config.train.dtype, device), device=device,
+                           trust_remote_code=config.train.trust_remote_code)
+    bar = tqdm(total=len(problems), initial=len(problems) - sum(len(t) for _, t in batches), desc="sft sampling",
+               unit="q", disable=not progress, dynamic_ncols=True)
+    with JsonlAppender(out) as writer:
+        for start, todo in batches:
+            texts = [chat_prompt(tokenizer, p.question, config.train.system_prompt) for p in todo]
+            prompt_ids = [encode_prompt(tokenizer, text) for text in texts]
+            completions = generate_samples(model, tokenizer, prompt_ids, num_samples=config.samples_per_question,
+                                           temperature=config.temperature, top_p=config.top_p,
+                                           max_new_tokens=config.max_new_tokens,
+                                           seed=_batch_seed(config.train.seed, start))
+            records = [{"type": "question", "id": p.id, "question": p.question, "gold": p.gold, "prompt": text,
+                        "prompt_ids": ids, "samples": grade_samples(p, c, config.grading_benchmark)}
+                       for p, text, ids, c in zip(todo, texts, prompt_ids, completions)]
+            writer.write(records)
+            bar.update(len(todo))
+            bar.set_postfix(kept=sum(s["kept"] for r in records for s in r["samples"]))
+    bar.close()
+    return sample_counts(out)
+
+
+def sample_counts(path: str | Path) -> dict[str, int]:
+    """Questions sampled, tokens generated, solutions sampled/correct/kept, and kept completion tokens."""
+    _, records = read_sft_samples(path)
+    samples = [s for _, r in records for s in r["samples"]]
+    return {"problems_sampled": len(records), "tokens_generated": sum(len(s["completion_ids"]) for s in samples),
+            "solutions_sampled": len(samples), "solutions_correct": sum(bool(s["correct"]) for s in samples),
+            "examples_kept": sum(bool(s["kept"]) for s in samples),
+            "kept_tokens": sum(len(s["completion_ids"]) for s in samples if s["kept"])}
+
+
+def sft_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) -> SampleSet:
+    """One example per kept solution: one-hot labels on every completion token, the prompt masked."""
+    path = Path(path)
+    header, records = read_sft_samples(path)
+    info = header.get("tokenizer") or {}
+    if info.get("fingerprint") != tokenizer_fingerprint(tokenizer):
+        raise LightReasonerError(f"{path}:1: sampled with a different tokenizer than the model being trained")
+    examples = [one_hot_example(record["prompt_ids"], sample["completion_ids"], source=f"{path}:{number}")
+                for number, record in records for sample in record["samples"] if sample["kept"]]
+    if not examples:
+        raise LightReasonerError(f"{path}: no sampled solution was graded correct, so there is nothing to fine-tune "
+                                 "on; sample more questions, more --samples-per-question or a larger --max-new-tokens")
+    # training's own loader tail: drop labels past max_length (with a warning) as for every other format
+    return training._finish(examples, info["vocab_size"], "sft", path, max_length)
+
+
+# ----------------------------------------------------------------------------------------------
+# The format-only control
+
+
+def format_only_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) -> SampleSet:
+    """A LightReasoner sample file's kept steps, each labelled one-hot with the expert's own greedy token.
+
+    The file is first read by :func:`training.read_samples` (header, tokenizer, step checks), so
+    the control trains exactly the positions the soft-label run trains.
+    """
+    path = Path(path)
+    soft = training.read_samples(path, tokenizer, max_length=max_length)
+    lines = iter_jsonl(path)
+    next(lines)  # header, checked above
+    examples = [one_hot_example(record["prompt_ids"], record["completion_ids"], [s["step"] for s in record["steps"]],
+                                source=f"{path}:{number}")
+                for number, record in lines if record["steps"]]
+    return training._finish(examples, soft.vocab_size, "format-only", path, max_length)
+
+
+# ----------------------------------------------------------------------------------------------
+# Arm folders
+
+
+def _check_arm_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """``arm.json`` records what the folder was made with; a rerun with other settings is refused."""
+    path = out_dir / SETTINGS_FILE
+    if path.exists():
+        previous = read_json(path)
+        for key, value in settings.items():
+            old = previous.get(key)
+            if isinstance(value, dict):
+                changed = [k for k, v in value.items() if k not in training.RESUMABLE_CHANGES
+                           and (old or {}).get(k) != v]
+                if changed:
+                    raise LightReasonerError(f"{path}: made with {key}.{changed[0]}={(old or {}).get(changed[0])!r}, "
+                                             f"now {value[changed[0]]!r}; use another --out")
+            elif old != value:
+                raise LightReasonerError(f"{path}: made with {key}={old!r}, now {value!r}; use another --out")
+    write_json_atomic(path, settings)
+
+
+def _efficiency(arm: str, seconds: dict[str, float], counts: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    return {"arm": arm, "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
+            "problems_sampled": counts["problems_sampled"], "tokens_generated": counts["tokens_generated"],
+            "examples_kept": counts["examples_kept"], "tokens_tuned": summary["tokens_tuned"],
+            "optimizer_steps": summary["optimizer_steps"]}
+
+
+def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
+        say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Rejection-sampled SFT into ``out_dir`` (samples.jsonl, adapter/, efficiency.json); resumes.
+
+    Returns the efficiency record (arm ``"sft"``).
+    """
+    from .pipeline import Stages  # the run's stage bookkeeping (pipeline imports this module)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = replace(config, train=replace(config.train, resume=True))  # a rerun continues the folder
+    _check_arm_settings(out_dir, {"arm": "sft", **sft_config_dict(config)})
+    stages = Stages(out_dir)
+    samples = out_dir / SAMPLES_FILE
+    stages.run("sample", lambda: sample_solutions(config, samples, progress=progress), say)
+    stages.finish("sample")
+
+    def fine_tune() -> None:
+        tokenizer = load_tokenizer(config.model, trust_remote_code=config.train.trust_remote_code)
+        data = sft_examples(samples, tokenizer, max_length=config.train.max_length)
+        training.train(config.model, data, config.train, out_dir / ADAPTER_DIR, samples=str(samples))
+
+    stages.run("train", fine_tune, say)
+    stages.finish("train")
+    seconds = {name: stages.state[name]["seconds"] for name in ("sample", "train")}
+    record = _efficiency("sft", seconds, sample_counts(samples),
+                         read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
+    write_json_atomic(out_dir / EFFICIENCY_FILE, record)
+    return record
+
+
+def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str | Path, *,
+            sample_seconds: float | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The format-only control into ``out_dir`` (adapter/, efficiency.json); resumes.
+
+    Its cost includes the LightReasoner sampling that chose the positions: ``sample_seconds``, or
+    the seconds in the sample file's ``.meta.json`` sidecar. Returns the efficiency record.
+    """
+    from .pipeline import Stages
+    from .sampling import meta_path, read_samples
+
+    out_dir, samples = Path(out_dir), Path(samples)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = replace(config, resume=True)
+    _check_arm_settings(out_dir, {"arm": "format-only", "model": str(model), "samples": str(samples),
+                                  "train": config_to_dict(config)})
+    stages = Stages(out_dir)
+
+    def fine_tune() -> None:
+        tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
+        data = format_only_examples(samples, tokenizer, max_length=config.max_length)
+        training.train(model, data, config, out_dir / ADAPTER_DIR, samples=str(samples))
+
+    stages.run("train", fine_tune, say)
+    stages.finish("train")
+    _, records = read_samples(samples)
+    if sample_seconds is None:
+        meta = meta_path(samples)
+        sample_seconds = float(read_json(meta).get("seconds", 0.0)) if meta.exists() else 0.0
+    counts = {"problems_sampled": len(records), "tokens_generated": sum(len(r["completion_ids"]) for r in records),
+              "examples_kept": sum(len(r["steps"]) for r in records)}
+    seconds = {"sample": round(sample_seconds, 2), "train": stages.state["train"]["seconds"]}
+    record = _efficiency("format-only", seconds, counts, read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
+    write_json_atomic(out_dir / EFFICIENCY_FILE, record)
+    return record
