@@ -41,7 +41,8 @@ ARMS = ("baseline", "lightreasoner", "sft", "format-only")
 @dataclass
 class RunConfig:
     """The headline settings of a run. Any other setting of a stage goes in the YAML sections
-    ``sample:``, ``train:`` and ``eval:`` (names as in ``lightreasoner sample/train/eval --help``)."""
+    ``sample:``, ``train:``, ``eval:`` and ``sft:`` (names as in ``lightreasoner sample/train/eval/sft
+    --help``)."""
 
     expert: str = field(default="coder-1.5b", metadata={"help": "expert model"})
     amateur: str = field(default="coder-0.5b", metadata={"help": "amateur model"})

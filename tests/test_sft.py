@@ -356,3 +356,33 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
     run(config, out, progress=False, say=lambda _: None)
     assert (out / "report.md").read_text() == report
+
+
+def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys):
+    generate, calls = scripted_generation(tokenizer)
+    monkeypatch.setattr(sft_module, "generate_samples", generate)
+    data = write_questions(tmp_path / "q.jsonl")
+    (tmp_path / "sft.yaml").write_text("sft:\n  samples_per_question: 3\n  lora_r: 4\n  temperature: 0.5\n")
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(pair[0]), "--data", str(data), "--out", str(out), "--config",
+                 str(tmp_path / "sft.yaml"), "--max-steps", "1", "--dtype", "float32", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "sampled 9 solutions to 3 questions" in printed and "trained 1 steps" in printed
+    settings = json.loads((out / "arm.json").read_text())
+    assert settings["temperature"] == 0.5 and settings["train"]["lora_r"] == 4
+    assert settings["train"]["max_steps"] == 1 and settings["train"]["epochs"] is None  # --max-steps replaces 1 epoch
+    assert settings["train"]["steps_per_update"] == sft_module.SFT_TOKENS_PER_UPDATE
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert sft_train_config().epochs == 1.0 and sft_train_config({"epochs": 2}).epochs == 2
+
+    samples = tmp_path / "samples.jsonl"
+    sample(SampleConfig(expert=str(pair[0]), amateur=str(pair[1]), data=str(data), max_new_tokens=8, beta=0.05,
+                        dtype="float32", device="cpu"), samples, progress=False)
+    assert main(["control", "--model", str(pair[0]), "--samples", str(samples), "--out", str(tmp_path / "c"),
+                 "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 0
+    assert "format-only control: trained 2 steps on 4 kept steps" in capsys.readouterr().out
+    assert main(["control", "--model", str(pair[0]), "--samples", str(samples), "--out", str(tmp_path / "c"),
+                 "--max-steps", "3", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 2
+    assert "train.max_steps=2, now 3" in capsys.readouterr().err
+    assert main(["run", "--arms", "baseline,sft,contrast", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown arm 'contrast'" in capsys.readouterr().err
