@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,13 +105,16 @@ def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: di
     YAML section ``sft:`` (any option of ``lightreasoner sft``)."""
     shared = {k: v for k, v in config_to_dict(train_config).items()
               if k not in ("max_steps", "epochs", "steps_per_update")}
-    names = set(config_to_dict(SFTConfig(train=train_config)))
+    names = {f.name for f in fields(SFTConfig)} - {"train"}
     overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
+    unknown = set(overrides) - names - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise LightReasonerError(f"run config section 'sft': unknown setting {sorted(unknown)[0]!r}")
     train = sft_train_config({**shared, **{k: v for k, v in overrides.items() if k not in names}})
     values = {"model": config.expert, "data": config.data, "split": config.split, "data_dir": config.data_dir,
               "limit": config.questions, "samples_per_question": config.sft_samples_per_question,
               "max_new_tokens": config.eval_max_new_tokens, "batch_size": config.batch_size, "device": config.device,
-              **{k: v for k, v in overrides.items() if k in names and k != "train"}}
+              **{k: v for k, v in overrides.items() if k in names}}
     try:
         return SFTConfig(**values, train=train)
     except (TypeError, ValueError) as exc:
