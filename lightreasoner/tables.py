@@ -206,7 +206,8 @@ def arms_efficiency(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
         e = arm.efficiency
         gain = "-"
         if reference is not None and reference.baseline and arm.label in summaries and common:
-            gain = f"{100 * (_average(summaries[arm.label], common) - _average(summaries[reference.label], common)):+.1f}"
+            difference = _average(summaries[arm.label], common) - _average(summaries[reference.label], common)
+            gain = f"{100 * difference:+.1f}"
         rows.append([arm.label, format_seconds(float(e["total_seconds"])), f"{e['problems_sampled']:,}",
                      f"{e.get('tokens_generated', 0):,}", f"{e.get('examples_kept', 0):,}", f"{e['tokens_tuned']:,}",
                      f"{e.get('optimizer_steps', 0):,}", gain])

@@ -110,7 +110,10 @@ def test_rejection_sampling_keeps_exactly_the_graded_correct(pair, tokenizer, tm
 
     # The accounting, counted here independently of the code under test.
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    token_count = lambda text, finished: len(tokenizer(text, add_special_tokens=False)["input_ids"]) + finished  # noqa: E731
+
+    def token_count(text: str, finished: bool) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + finished
+
     generated = sum(token_count(t, f) for _, _, c in SCRIPT for t, f, _ in c)
     kept = [(q, t) for q, _, c in SCRIPT for t, f, k in c if k]
     tuned = sum(token_count(t, True) for _, t in kept)
