@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from .config import build_config, config_to_dict
 from .errors import LightReasonerError
-from .evaluation import EvalConfig, evaluate, load_for_eval
+from .evaluation import EvalConfig, evaluate
 from .records import read_json, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
@@ -73,8 +73,6 @@ class RunConfig:
         if unknown or not self.arms:
             raise ValueError(f"arms: unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
 
-
-STAGES = ("eval_before", "sample", "train", "eval_after", "report")
 
 
 def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None = None
