@@ -136,3 +136,17 @@ def test_micro_pipeline_on_the_real_embedded_pair(tmp_path):
     before = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
     assert before["n"] == 4 and before["correct"] >= 1  # the expert can do easy arithmetic
     assert (out / "report.html").is_file() and json.loads((out / "efficiency.json").read_text())["optimizer_steps"] == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    import argparse
+
+    from lightreasoner.config import config_from_args, load_yaml
+    from lightreasoner.pipeline import stage_configs
+
+    config = config_from_args(RunConfig, argparse.Namespace(config=path))
+    sections = {k: v for k, v in load_yaml(path).items() if isinstance(v, dict)}
+    sample_config, train_config, eval_config = stage_configs(config, sections)
+    assert sample_config.expert == config.expert and train_config.max_steps == config.max_steps
+    assert eval_config.benchmarks == config.benchmarks
