@@ -15,7 +15,8 @@ Layout of the run folder::
 Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash
 continues where it stopped. The defaults need nothing: the embedded offline pair and the
-project's generated arithmetic problems, at a budget that finishes in minutes on a laptop CPU.
+project's generated arithmetic problems, at a demonstration budget (16 questions, 8 optimizer steps,
+16 evaluation questions): it shows every stage working, it is not a reproduction (configs/ has those).
 """
 
 from __future__ import annotations
@@ -49,15 +50,15 @@ class RunConfig:
     data: str = field(default="arith", metadata={"help": "training questions: benchmark name or JSONL file"})
     split: str = field(default="train", metadata={"help": "split of the training questions"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with <benchmark>/<split>.jsonl files"})
-    questions: int | None = field(default=48, metadata={"help": "training questions to sample (None: all)"})
+    questions: int | None = field(default=16, metadata={"help": "training questions to sample (None: all)"})
     max_new_tokens: int = field(default=128, metadata={"help": "trajectory length when sampling"})
     alpha: float = field(default=0.2, metadata={"help": "plausibility threshold"})
     beta: float = field(default=0.4, metadata={"help": "KL threshold for keeping a step"})
-    max_steps: int = field(default=40, metadata={"help": "optimizer steps (16 kept steps each)"})
+    max_steps: int = field(default=8, metadata={"help": "optimizer steps (16 kept steps each)"})
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
     benchmarks: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "evaluation benchmarks"})
-    eval_limit: int | None = field(default=60, metadata={"help": "questions per benchmark (None: all)"})
-    eval_max_new_tokens: int = field(default=320, metadata={"help": "generation limit when evaluating"})
+    eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)"})
+    eval_max_new_tokens: int = field(default=256, metadata={"help": "generation limit when evaluating"})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)"})
     dtype: str = field(default="auto", metadata={"help": "auto (bfloat16), bfloat16, float16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
