@@ -55,7 +55,7 @@ class EvalConfig:
     batch_size: int = field(default=16, metadata={"help": "questions decoded together (HF backend)"})
     backend: str = field(default="hf", metadata={"help": "hf or vllm (optional extra)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16), bfloat16, float16 or float32"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16 or float32"})
     grading_timeout: float = field(default=grading.DEFAULT_TIMEOUT,
                                    metadata={"help": "seconds allowed to grade one answer"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the model folder"})

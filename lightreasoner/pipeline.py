@@ -60,7 +60,7 @@ class RunConfig:
     eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)"})
     eval_max_new_tokens: int = field(default=256, metadata={"help": "generation limit when evaluating"})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16), bfloat16, float16, float32"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
     arms: list[str] = field(default_factory=lambda: ["baseline", "lightreasoner"], metadata={

@@ -58,7 +58,7 @@ class SampleConfig:
     system_prompt: str = field(default="Please reason step by step.", metadata={"help": "system prompt"})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together"})
     contrast_every: int = field(default=16, metadata={"help": "amateur catches up every N decoding steps"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype: auto (bfloat16), float32, float16"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype: auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float32, float16"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     seed: int = field(default=0, metadata={"help": "seed (for sampled data subsets)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repositories' own code"})
