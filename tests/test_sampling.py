@@ -188,7 +188,7 @@ def test_cli_and_yaml_config(pair, questions, tmp_path, capsys):
     assert "Sampled 2 questions" in capsys.readouterr().out
 
 
-def test_export_reference_format(pair, questions, tmp_path):
+def test_export_reference_format(pair, questions, tmp_path, capsys):
     sample(config(pair, questions), tmp_path / "out.jsonl", progress=False)
     assert main(["export", "--samples", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "ref.jsonl")]) == 0
     _, records = read_samples(tmp_path / "out.jsonl")
@@ -202,6 +202,12 @@ def test_export_reference_format(pair, questions, tmp_path):
     assert line["prefix"] == tokenizer.decode(first["completion_ids"][:step["step"]])
     assert line["tokens"] == [tokenizer.decode([i]) for i in step["ids"]]
     assert line["token_ids"] == step["ids"] and line["weights"] == step["weights"]
+    other = tmp_path / "other"
+    make_tokenizer(corpus=["Zebras quietly juggle seventy purple xylophones."] * 3).save_pretrained(other)
+    (other / "config.json").write_text((pair[0] / "config.json").read_text())
+    assert main(["export", "--samples", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "x.jsonl"),
+                 "--tokenizer", str(other)]) == 2
+    assert "made with another tokenizer" in capsys.readouterr().err
 
 
 def write(path: Path, text: str) -> Path:

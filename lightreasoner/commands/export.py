@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..export import export_reference
-from ..models import load_tokenizer
+from ..errors import LightReasonerError
+from ..models import load_tokenizer, tokenizer_fingerprint
 from ..sampling import read_samples
 
 
@@ -25,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     header, _ = read_samples(args.samples)
     tokenizer = load_tokenizer(args.tokenizer or header["expert"])
+    if tokenizer_fingerprint(tokenizer) != header["tokenizer"]["fingerprint"]:
+        raise LightReasonerError(f"{args.samples}: made with another tokenizer than {args.tokenizer or header['expert']}")
     count = export_reference(args.samples, args.out, tokenizer)
     print(f"Wrote {count:,} steps in the reference format to {args.out}")
     return 0
