@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import LightReasonerError
+from .grading import find_last_boxed
 from .records import iter_jsonl
 
 DATA_DIR_ENV = "LIGHTREASONER_DATA_DIR"
@@ -27,28 +28,6 @@ class Problem:
     id: str
     question: str
     gold: str | None = None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, nested braces matched."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    rest = text[start:].split("box", 1)[1]
-    if rest.startswith(" ") and not rest.startswith(" {"):  # "\boxed 5" form
-        return rest[1:].split("$")[0].strip() or None
-    open_at = rest.find("{")
-    if open_at < 0:
-        return None
-    depth = 0
-    for index in range(open_at, len(rest)):
-        if rest[index] == "{":
-            depth += 1
-        elif rest[index] == "}":
-            depth -= 1
-            if depth == 0:
-                return rest[open_at + 1:index]
-    return None
 
 
 def _number_text(value: Any) -> str:
@@ -92,11 +71,11 @@ class BenchmarkSpec:
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "gsm8k": BenchmarkSpec(lambda r: r["question"], _gsm8k_gold, ("question", "answer"),
                            hub=("openai/gsm8k", "main", {})),
-    "math": BenchmarkSpec(lambda r: r["problem"], lambda r: last_boxed(r["solution"]), ("problem", "solution"),
+    "math": BenchmarkSpec(lambda r: r["problem"], lambda r: find_last_boxed(r["solution"]), ("problem", "solution"),
                           hub=("EleutherAI/hendrycks_math", None, {})),
     "math500": BenchmarkSpec(lambda r: r["problem"], lambda r: r["answer"], ("problem", "answer"),
                              hub=("HuggingFaceH4/MATH-500", None, {})),
-    "minerva_math": BenchmarkSpec(lambda r: r["problem"], lambda r: last_boxed(r["solution"]),
+    "minerva_math": BenchmarkSpec(lambda r: r["problem"], lambda r: find_last_boxed(r["solution"]),
                                   ("problem", "solution")),
     "svamp": BenchmarkSpec(lambda r: _join(r["Body"], r["Question"]), lambda r: _number_text(r["Answer"]),
                            ("Body", "Question", "Answer")),
