@@ -33,7 +33,7 @@ from .evaluation import EvalConfig, evaluate
 from .records import read_json, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .sft import SFTConfig, control, sft, sft_config_dict, sft_train_config
+from .sft import SFTConfig, control, efficiency_record, sft, sft_config_dict, sft_train_config
 from .training import TrainConfig, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", "format-only")
@@ -241,7 +241,6 @@ def efficiency(run_dir: Path) -> dict[str, Any]:
     meta = read_json(run_dir / "samples.jsonl.meta.json")
     trained = read_json(run_dir / "adapter" / "train_summary.json")
     seconds = {"sample": stages["sample"]["seconds"], "train": stages["train"]["seconds"]}
-    return {"arm": "lightreasoner", "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
-            "problems_sampled": meta["questions"], "tokens_generated": meta["tokens_generated"],
-            "examples_kept": meta["kept_steps"], "tokens_tuned": trained["tokens_tuned"],
-            "optimizer_steps": trained["optimizer_steps"]}
+    counts = {"problems_sampled": meta["questions"], "tokens_generated": meta["tokens_generated"],
+              "examples_kept": meta["kept_steps"]}
+    return efficiency_record("lightreasoner", seconds, counts, trained)

@@ -306,7 +306,7 @@ def sft_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) ->
         raise LightReasonerError(f"{path}: no sampled solution was graded correct, so there is nothing to fine-tune "
                                  "on; sample more questions, more --samples-per-question or a larger --max-new-tokens")
     # training's own loader tail: drop labels past max_length (with a warning) as for every other format
-    return training._finish(examples, info["vocab_size"], "sft", path, max_length)
+    return training.make_sample_set(examples, info["vocab_size"], "sft", path, max_length)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def format_only_examples(path: str | Path, tokenizer: Any, *, max_length: int = 
     examples = [one_hot_example(record["prompt_ids"], record["completion_ids"], [s["step"] for s in record["steps"]],
                                 source=f"{path}:{number}")
                 for number, record in lines if record["steps"]]
-    return training._finish(examples, soft.vocab_size, "format-only", path, max_length)
+    return training.make_sample_set(examples, soft.vocab_size, "format-only", path, max_length)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,7 +351,10 @@ def _check_arm_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     write_json_atomic(path, settings)
 
 
-def _efficiency(arm: str, seconds: dict[str, float], counts: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+def efficiency_record(arm: str, seconds: dict[str, float], counts: dict[str, Any],
+                      summary: dict[str, Any]) -> dict[str, Any]:
+    """An arm's efficiency.json: seconds to build and train on its examples, problems sampled, tokens
+    generated, examples kept, tokens tuned, optimizer steps (the paper's cost accounting)."""
     return {"arm": arm, "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
             "problems_sampled": counts["problems_sampled"], "tokens_generated": counts["tokens_generated"],
             "examples_kept": counts["examples_kept"], "tokens_tuned": summary["tokens_tuned"],
@@ -383,7 +386,7 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
     stages.run("train", fine_tune, say)
     stages.finish("train")
     seconds = {name: stages.state[name]["seconds"] for name in ("sample", "train")}
-    record = _efficiency("sft", seconds, sample_counts(samples),
+    record = efficiency_record("sft", seconds, sample_counts(samples),
                          read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
     write_json_atomic(out_dir / EFFICIENCY_FILE, record)
     return record
@@ -420,6 +423,6 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     counts = {"problems_sampled": len(records), "tokens_generated": sum(len(r["completion_ids"]) for r in records),
               "examples_kept": sum(len(r["steps"]) for r in records)}
     seconds = {"sample": round(sample_seconds, 2), "train": stages.state["train"]["seconds"]}
-    record = _efficiency("format-only", seconds, counts, read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
+    record = efficiency_record("format-only", seconds, counts, read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
     write_json_atomic(out_dir / EFFICIENCY_FILE, record)
     return record

@@ -200,7 +200,9 @@ def _trim(example: PackedExample, max_length: int) -> tuple[PackedExample | None
                          example.label_weights[:keep], example.source), dropped
 
 
-def _finish(examples: list[PackedExample], vocab_size: int, fmt: str, path: Path, max_length: int) -> SampleSet:
+def make_sample_set(examples: list[PackedExample], vocab_size: int, fmt: str, path: Path,
+                    max_length: int) -> SampleSet:
+    """Trim examples to ``max_length`` (dropping, with a warning, kept steps past it) into a SampleSet."""
     trimmed, dropped = [], 0
     for example in examples:
         kept, lost = _trim(example, max_length)
@@ -259,7 +261,7 @@ def read_samples(path: str | Path, tokenizer, *, max_length: int = 2048) -> Samp
             label_ids.append(ids)
             label_weights.append(weights)
         examples.append(PackedExample(prompt + completion[:previous], positions, label_ids, label_weights, where))
-    return _finish(examples, vocab_size, "lightreasoner", path, max_length)
+    return make_sample_set(examples, vocab_size, "lightreasoner", path, max_length)
 
 
 def read_reference_samples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_SYSTEM_PROMPT,
@@ -302,7 +304,7 @@ def read_reference_samples(path: str | Path, tokenizer, *, system_prompt: str = 
             labels.sort(key=lambda label: label[0])
             examples.append(PackedExample(tokens, [p for p, _, _, _ in labels], [i for _, _, i, _ in labels],
                                           [w for _, _, _, w in labels], f"{path}:{min(n for _, n, _, _ in labels)}"))
-    return _finish(examples, vocab_size, "reference", path, max_length)
+    return make_sample_set(examples, vocab_size, "reference", path, max_length)
 
 
 def load_samples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_SYSTEM_PROMPT,
