@@ -34,6 +34,16 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _sizes(text: str) -> int | dict[str, int]:
+    """``300`` -> 300; ``gsm8k=300,math500=100`` -> {"gsm8k": 300, "math500": 100}."""
+    try:
+        if "=" not in text:
+            return int(text)
+        return {name.strip(): int(size) for name, size in (part.split("=") for part in _comma_list(text))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or NAME=N,NAME=N, got {text!r}") from None
+
+
 def _base_type(annotation: Any) -> Any:
     """``int | None`` -> int; ``list[str]`` -> list; anything else unchanged."""
     origin = typing.get_origin(annotation)
@@ -58,7 +68,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, e
         default = field.default if field.default is not dataclasses.MISSING else None
         help_text = field.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        if kind is bool:
+        if dict in {typing.get_origin(a) for a in typing.get_args(hints[field.name])}:
+            group.add_argument(option, type=_sizes, default=argparse.SUPPRESS, metavar="N|NAME=N,..", help=help_text)
+        elif kind is bool:
             group.add_argument(option, type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
                                metavar="BOOL", help=help_text)
         elif kind is list:

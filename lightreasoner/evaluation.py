@@ -48,7 +48,9 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "data split file <data-dir>/<name>/<split>.jsonl"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with <benchmark>/<split>.jsonl files"})
     limit: int | None = field(default=None, metadata={"help": "only the first N questions of each benchmark"})
-    sample: int | None = field(default=None, metadata={"help": "a seeded random N questions of each benchmark"})
+    sample: int | dict[str, int] | None = field(default=None, metadata={
+        "help": "a seeded random N questions of each benchmark, or per benchmark: gsm8k=300,math500=100 "
+                "(benchmarks not named: all questions); a smaller N of the same seed is a subset of a larger one"})
     seed: int = field(default=0, metadata={"help": "seed for --sample"})
     prompt: str = field(default=prompts.DEFAULT_PROMPT, metadata={"help": "prompt template: qwen25-math-cot or plain"})
     max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer"})
@@ -74,6 +76,17 @@ class EvalConfig:
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+        sizes = self.sample if isinstance(self.sample, dict) else {}
+        stray = [name for name in sizes if name not in self.benchmarks]
+        if stray:
+            raise ValueError(f"--sample: {stray[0]!r} is not one of the benchmarks {', '.join(self.benchmarks)}")
+        if any(not isinstance(n, int) or n < 1 for n in [*sizes.values(), *([self.sample] if isinstance(
+                self.sample, int) else [])]):
+            raise ValueError(f"--sample: sizes must be whole numbers of at least 1, got {self.sample!r}")
+
+    def sample_size(self, benchmark: str) -> int | None:
+        """How many seeded random questions of ``benchmark`` to use (None: all)."""
+        return self.sample.get(benchmark) if isinstance(self.sample, dict) else self.sample
 
 
 @dataclass(frozen=True)
@@ -269,7 +282,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     _check_run_settings(out_dir, config)
     template = prompts.get_template(config.prompt)
     problems = {name: load_problems(name, split=config.split, data_dir=config.data_dir, limit=config.limit,
-                                    sample=config.sample, seed=config.seed) for name in config.benchmarks}
+                                    sample=config.sample_size(name), seed=config.seed) for name in config.benchmarks}
     results: dict[str, dict[str, Any]] = {}
     for name, items in problems.items():
         path = out_dir / f"{name}.jsonl"

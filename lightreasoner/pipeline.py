@@ -2,7 +2,7 @@
 
 Layout of the run folder::
 
-    run.json                 the settings (a rerun with other settings is refused)
+    run.json                 the settings (a rerun that changes a setting of a started stage is refused)
     stages.json              per stage: done, seconds
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
@@ -37,6 +37,10 @@ from .sft import SFTConfig, control, efficiency_record, sft, sft_config_dict, sf
 from .training import TrainConfig, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", "format-only")
+
+# The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
+SECTION_STAGES = {"sample": ("sample",), "train": ("train", "format-only", "sft"), "sft": ("sft",),
+                  "eval": ("eval_before", "eval_after", "sft/eval_after", "format-only/eval_after")}
 
 
 @dataclass
@@ -164,8 +168,12 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         record["sft"] = sft_config_dict(sft_config)
     if (run_dir / "run.json").exists():
         previous = read_json(run_dir / "run.json")
-        # An arm added to an existing run folder brings its own section; the shared ones must match.
+        started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+        # An arm added to an existing run folder brings its own section; a section whose stages have
+        # not started yet may still change; the others must match, or results would be mixed.
         for section in ("sample", "train", "eval", *(["sft"] if "sft" in previous and "sft" in record else [])):
+            if not any(stage in started for stage in SECTION_STAGES[section]):
+                continue
             for key, value in record[section].items():
                 if previous.get(section, {}).get(key) != value and key not in ("resume",):
                     raise LightReasonerError(f"{run_dir}: this run folder was made with {section}.{key}="

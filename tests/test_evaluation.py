@@ -273,3 +273,32 @@ def test_bad_benchmark_and_missing_data(tiny_dir, data_dir, tmp_path, capsys):
     (data_dir / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\nnot json\n')
     with pytest.raises(LightReasonerError, match="gsm8k/test.jsonl:2: not valid JSON"):
         evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), tmp_path / "o3", progress=False)
+
+
+def test_sample_sizes_per_benchmark_and_nested_subsets(tiny_dir, data_dir, tmp_path, capsys):
+    """--sample gsm8k=3 evaluates a seeded 3 of gsm8k and all of mmlu_stem; a smaller seeded sample
+    is a subset of a larger one, so an evaluation can grow without redoing answers."""
+    from lightreasoner.data import load_problems
+
+    out = tmp_path / "out"
+    code = cli.main(["eval", "--model", str(tiny_dir), "--benchmarks", "gsm8k,mmlu_stem", "--data-dir", str(data_dir),
+                     "--out", str(out), "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32",
+                     "--sample", "gsm8k=3", "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())["benchmarks"]
+    assert (summary["gsm8k"]["n"], summary["mmlu_stem"]["n"]) == (3, 3)
+    chosen = {p.id for p in load_problems("gsm8k", data_dir=data_dir, sample=3, seed=0)}
+    assert {r["id"] for r in read_lines(out / "gsm8k.jsonl")} == chosen
+
+    for seed in range(20):
+        sizes = [1, 2, 3, 4]
+        subsets = [{p.id for p in load_problems("gsm8k", data_dir=data_dir, sample=n, seed=seed)} for n in sizes]
+        assert all(small <= large for small, large in zip(subsets, subsets[1:]))
+        assert [len(s) for s in subsets] == sizes
+
+    command = ["eval", "--model", str(tiny_dir), "--benchmarks", "gsm8k,mmlu_stem", "--out", str(out), "--sample"]
+    for bad, message in (("svamp=3", "'svamp' is not one of the benchmarks"), ("gsm8k=0", "at least 1")):
+        assert cli.main([*command, bad]) == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*command, "gsm8k:3"])
+    assert exited.value.code == 2 and "expected N or NAME=N" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 
 from lightreasoner.cli import main
 from lightreasoner.pipeline import RunConfig, run
-from lightreasoner.report import paired_difference
+from lightreasoner.report import kept_step_statistics, paired_difference
 from lightreasoner.sampling import read_samples
 
 from tiny import save_pair
@@ -51,6 +51,24 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page  # self-contained
     assert 'class="tok kept"' in page and "soft label:" in page  # token view with hover labels
+
+    # Publishing keeps what the run shows, not what it was made from, and an evaluation resumes from it.
+    published = tmp_path / "published"
+    assert main(["publish", str(out), str(published)]) == 0
+    names = {p.relative_to(published).as_posix() for p in published.rglob("*") if p.is_file()}
+    assert {"run.json", "stages.json", "report.html", "kl.png", "eval_before/summary.json",
+            "eval_after/arith.jsonl", "adapter/train_summary.json", "samples.jsonl.meta.json"} <= names
+    assert not any(name.endswith((".safetensors", "samples.jsonl")) or "checkpoint-" in name for name in names)
+    answers = [json.loads(line) for line in (published / "eval_before" / "arith.jsonl").read_text().splitlines()]
+    originals = [json.loads(line) for line in (out / "eval_before" / "arith.jsonl").read_text().splitlines()]
+    assert [(a["id"], a["correct"], a["completion"]) for a in answers] == \
+        [(o["id"], o["correct"], o["completion"]) for o in originals]
+    assert not any("prompt" in a or "gold" in a for a in answers)
+    from lightreasoner.evaluation import evaluate
+    from lightreasoner.pipeline import stage_configs
+
+    resumed = evaluate(stage_configs(config)[2], published / "eval_before", progress=False)  # nothing left to do
+    assert resumed["benchmarks"] == json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]
 
     # A rerun skips every finished stage (no model is even loaded) and redraws the report.
     import lightreasoner.pipeline as pipeline
@@ -107,6 +125,21 @@ def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
 
 
+def test_a_setting_may_change_until_its_stage_starts(tmp_path):
+    pair = save_pair(tmp_path / "pair")
+    out = tmp_path / "run"
+    run(tiny_config(pair, arms=["baseline"]), out, progress=False, say=lambda _: None)
+    # Training has not started in this folder, so its settings are still free; evaluation has.
+    run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, overrides={"train": {"lora_r": 4}},
+        progress=False, say=lambda _: None)
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    with pytest.raises(Exception, match="train.lora_r=4, now 8"):
+        run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, progress=False, say=lambda _: None)
+    with pytest.raises(Exception, match="eval.max_new_tokens=8, now 9"):
+        run(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=9), out, overrides={"train": {"lora_r": 4}},
+            progress=False, say=lambda _: None)
+
+
 def test_paired_difference_against_direct_counts():
     before = [True, False, False, True, True, False, False, False]
     after = [True, True, True, False, True, False, True, False]
@@ -119,10 +152,52 @@ def test_paired_difference_against_direct_counts():
     assert same["diff"] == same["low"] == same["high"] == 0
 
 
+def test_kept_step_statistics_against_a_direct_count():
+    import random
+
+    rng = random.Random(3)
+    records, beta = [], 0.4
+    for _ in range(7):
+        length = rng.randint(0, 12)
+        completion = [rng.randrange(50) for _ in range(length)]
+        kl = [rng.choice([0.0, 0.01, 0.3, 0.5, 1.7, 2.4]) for _ in range(length)]
+        steps = []
+        for step in range(length):
+            if kl[step] >= beta:
+                others = sorted(rng.sample([i for i in range(50) if i != completion[step]], rng.randint(0, 3)))
+                ids = sorted(others + [completion[step]])
+                raw = [rng.random() + 0.01 for _ in ids]
+                steps.append({"step": step, "kl": kl[step], "ids": ids, "weights": [w / sum(raw) for w in raw]})
+        records.append({"completion_ids": completion, "kl": kl, "steps": steps})
+
+    stats = kept_step_statistics(records, beta)
+    all_kl = sorted(v for r in records for v in r["kl"])
+    kept = [(r, s) for r in records for s in r["steps"]]
+    assert stats["steps"] == len(all_kl) and stats["kept_steps"] == len(kept) > 0
+    assert stats["kept_share"] == pytest.approx(sum(v >= beta for v in all_kl) / len(all_kl))
+    assert stats["kept_share"] == pytest.approx(len(kept) / len(all_kl))
+    assert stats["kl_mean"] == pytest.approx(sum(all_kl) / len(all_kl))
+    assert stats["questions_without_kept_step"] == sum(1 for r in records if not r["steps"])
+    own, moved = [], 0
+    for record, step in kept:
+        token = record["completion_ids"][step["step"]]
+        by_token = dict(zip(step["ids"], step["weights"]))
+        own.append(by_token[token])
+        moved += max(by_token, key=by_token.get) != token
+    assert stats["own_token_weight"] == pytest.approx(sum(own) / len(own))
+    assert stats["label_disagrees"] == pytest.approx(moved / len(kept))
+    assert stats["plausible_set_size"] == pytest.approx(sum(len(s["ids"]) for _, s in kept) / len(kept))
+    assert kept_step_statistics([], beta)["kept_steps"] == 0
+
+
 @pytest.mark.slow
 def test_micro_pipeline_on_the_real_embedded_pair(tmp_path):
-    """The real offline pair (fetched on first use): a few questions, tokens, updates and eval questions."""
-    config = RunConfig(questions=2, max_new_tokens=24, max_steps=1, eval_limit=2, eval_max_new_tokens=40,
+    """The real offline pair (fetched on first use): a few questions, tokens, updates and eval questions.
+
+    beta is lowered so that 48 steps surely keep some (at the paper's 0.4, about 9% of steps pass,
+    and in float32 the first 24 tokens of these two questions happen to keep none)."""
+    beta = 0.05
+    config = RunConfig(questions=2, max_new_tokens=24, beta=beta, max_steps=1, eval_limit=2, eval_max_new_tokens=40,
                        batch_size=2)
     out = tmp_path / "run"
     run(config, out, progress=False, say=lambda _: None)
@@ -131,7 +206,7 @@ def test_micro_pipeline_on_the_real_embedded_pair(tmp_path):
     assert sum(len(r["steps"]) for r in records) > 0
     for record in records:
         for step in record["steps"]:
-            assert step["kl"] >= 0.4 and abs(sum(step["weights"]) - 1) < 1e-4
+            assert step["kl"] >= beta and abs(sum(step["weights"]) - 1) < 1e-4
             assert all(i < 151665 for i in step["ids"])
     before = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
     assert before["n"] == 2 and before["tokens"] > 0
