@@ -3,22 +3,23 @@
 ``evaluate(config, out_dir)`` writes into ``out_dir``:
 
 * ``<benchmark>.jsonl``: one line per question (id, prompt, completion, pred, gold, correct,
-  tokens, finish, seconds), appended and fsynced one batch at a time. A rerun with the same
+  tokens, finish, seconds), appended and fsynced as each answer ends. A rerun with the same
   ``out_dir`` skips the questions already there, so a killed evaluation resumes where it stopped.
 * ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
   dtype, backend); a rerun with different ones is refused rather than mixed into old results.
 * ``summary.json``: per benchmark n, correct, accuracy, its 95% Wilson interval, tokens and
   seconds, plus the unweighted average over benchmarks (the paper's "Avg.").
 
-Generation is greedy pass@1 like the Qwen2.5-Math toolkit: HF ``generate`` with left padding, KV
-cache and length-sorted batches (or vLLM, imported only when asked for), stopping on every end
-token of :func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real
-vocabulary are masked out, so they are never generated. The model's own generation config
-(which may sample) is ignored.
+Generation is greedy pass@1 like the Qwen2.5-Math toolkit: a cached decoding loop with continuous
+batching (:mod:`lightreasoner.decoding`; or vLLM, imported only when asked for), stopping on every
+end token of :func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real
+vocabulary are never generated. The model's own generation config (which may sample) plays no part.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor
 
 from . import grading, prompts
 from .config import config_to_dict
@@ -36,7 +37,11 @@ from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, wri
 
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
-RUN_KEYS = ("model", "adapter", "prompt", "max_new_tokens", "dtype", "backend", "split")
+# A stop string is looked for in the text of a completion's last tokens, decoded at every step.
+STOP_STRING_TOKENS = 16
+# Settings that decide the completions: a folder's answers are only resumed under the same ones. The
+# adapter counts by its content, not its path, so answers resume wherever the same adapter is rebuilt.
+RUN_KEYS = ("model", "adapter_sha256", "prompt", "max_new_tokens", "dtype", "backend", "split")
 
 
 @dataclass
@@ -136,46 +141,31 @@ class SuppressRows(LogitsProcessor):
 def hf_generate(model: Any, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int, batch_size: int,
                 stop_strings: Sequence[str] = (), progress: bool = True,
                 desc: str = "generate") -> Iterator[list[tuple[int, Generation, float]]]:
-    """Greedy completions of ``prompt_texts``, one batch at a time, longest prompts first.
+    """Greedy completions of ``prompt_texts``, ``batch_size`` decoded together with continuous
+    batching (:mod:`lightreasoner.decoding`), longest prompts first.
 
-    Yields, per batch, ``(index into prompt_texts, generation, seconds)`` so that the caller can
-    store each batch durably before the next one starts. Left padding keeps every prompt's last
-    token at the end of its row, where generation continues.
+    Yields each completion as it ends, as a list of one ``(index into prompt_texts, generation,
+    seconds)``, so that the caller can store it durably before the next one.
     """
     from tqdm.auto import tqdm
 
-    from .models import encode_prompt, only_this_generation_config, real_vocab_size, stop_token_ids
+    from .decoding import decode
+    from .models import encode_prompt, real_vocab_size, stop_token_ids
 
     stops = stop_token_ids(tokenizer, model)
-    vocab = real_vocab_size(tokenizer, model)
-    rows = model.get_output_embeddings().weight.shape[0]
-    processors = LogitsProcessorList([SuppressRows(vocab)] if vocab < rows else [])
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                              pad_token_id=tokenizer.pad_token_id, num_beams=1)
-    extra = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}
     encoded = [encode_prompt(tokenizer, text) for text in prompt_texts]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    device = next(model.parameters()).device
-    bar = tqdm(total=len(order), desc=desc, unit="q", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
-        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
-                                 device=device)
-        began = time.perf_counter()
-        with torch.inference_mode(), only_this_generation_config(model, config):
-            output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                    logits_processor=processors, **extra)
-        seconds = (time.perf_counter() - began) / len(batch)
-        results = []
-        for row, index in enumerate(batch):
-            new = output[row, width:].tolist()
-            results.append((index, _finish(tokenizer, new, stops, stop_strings), seconds))
-        yield results
-        bar.update(len(batch))
-    bar.close()
+
+    def stop_text(ids: list[int]) -> bool:
+        tail = tokenizer.decode(ids[-STOP_STRING_TOKENS:], skip_special_tokens=True)
+        return any(stop in tail for stop in stop_strings)
+
+    with tqdm(total=len(order), desc=desc, unit="q", disable=not progress) as bar:
+        for done in decode(model, [encoded[i] for i in order], slots=batch_size, max_new_tokens=max_new_tokens,
+                                  stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model),
+                                  pad_id=tokenizer.pad_token_id, stop_text=stop_text if stop_strings else None):
+            yield [(order[done.index], _finish(tokenizer, done.token_ids, stops, stop_strings), done.seconds)]
+            bar.update(1)
 
 
 def _finish(tokenizer: Any, new_ids: list[int], stops: Sequence[int], stop_strings: Sequence[str]) -> Generation:
@@ -227,8 +217,25 @@ def vllm_generate(model_path: str, tokenizer: Any, prompt_texts: Sequence[str], 
 # --------------------------------------------------------------------------- the evaluation loop
 
 
+def adapter_fingerprint(adapter: str | Path) -> str:
+    """sha256 of a peft adapter's weights and its settings (paths left out): equal iff it is the same adapter."""
+    folder = Path(adapter)
+    weights = folder / "adapter_model.safetensors"
+    if not (folder / "adapter_config.json").is_file() or not weights.is_file():
+        raise LightReasonerError(f"{folder}: no adapter_config.json and adapter_model.safetensors here, "
+                                 "so it is not a peft adapter folder")
+    settings = {k: v for k, v in read_json(folder / "adapter_config.json").items()
+                if k not in ("base_model_name_or_path", "revision")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_run_settings(out_dir: Path, config: EvalConfig) -> None:
-    settings = {key: getattr(config, key) for key in RUN_KEYS}
+    settings = {key: getattr(config, key) for key in RUN_KEYS if key != "adapter_sha256"}
+    settings["adapter_sha256"] = adapter_fingerprint(config.adapter) if config.adapter else None
     path = out_dir / "run.json"
     if path.exists():
         previous = read_json(path)
@@ -239,7 +246,7 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> None:
                 f"{path}: this folder holds results for {key}={previous.get(key)!r}, not {settings[key]!r}; "
                 "use another --out folder")
     else:
-        write_json_atomic(path, settings)
+        write_json_atomic(path, {**settings, "adapter": config.adapter})
 
 
 def _done_records(path: Path) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The paper's baseline and a control arm, both trained by :func:`lightreasoner.training.train`.
 
 * **Rejection-sampled SFT** (:func:`sft`): the expert samples K solutions per training question
-  (temperature sampling, batched with left padding and a KV cache); each is graded against the
+  (temperature sampling with continuous batching and a KV cache); each is graded against the
   gold answer by the evaluation harness's grader; the finished, correct, distinct ones are kept;
   the expert is fine-tuned with cross-entropy on their completion tokens (prompt masked):
   :func:`training.one_hot_example` with every completion step, since KL to a one-hot label is
@@ -19,20 +19,19 @@ resumed attempts) and ``efficiency.json`` (the paper's cost accounting, see
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import torch
 from tqdm.auto import tqdm
 
 from . import grading, training
 from .config import config_to_dict
 from .data import BENCHMARKS, Problem, load_problems, resolve_data_dir
+from .decoding import decode, derived_seed, seeded_sampler
 from .errors import LightReasonerError
-from .models import (chat_prompt, encode_prompt, load_model, load_tokenizer, only_this_generation_config,
-                     real_vocab_size, resolve_device, resolve_dtype, stop_token_ids, tokenizer_fingerprint)
+from .models import (chat_prompt, encode_prompt, load_model, load_tokenizer, real_vocab_size, resolve_device,
+                     resolve_dtype, stop_token_ids, tokenizer_fingerprint)
 from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
 from .training import SampleSet, TrainConfig, one_hot_example
 
@@ -83,7 +82,7 @@ class SFTConfig:
     max_new_tokens: int = field(default=512, metadata={
         "help": "generation limit per solution (a solution cut off here is not kept)"})
     batch_size: int = field(default=16, metadata={
-        "help": "sequences decoded together (batch_size // K questions at a time, at least one)"})
+        "help": "sequences decoded together (continuous batching: a finished one makes room for the next)"})
     benchmark: str | None = field(default=None, metadata={
         "help": "grading rules of this benchmark (default: --data when it is a benchmark name)"})
     device: str = field(default="auto", metadata={"help": "sampling device: auto, cpu, cuda, cuda:1, mps"})
@@ -119,40 +118,36 @@ class Completion:
 
 
 def generate_samples(model: Any, tokenizer: Any, prompts: list[list[int]], *, num_samples: int, temperature: float,
-                     top_p: float, max_new_tokens: int, seed: int) -> list[list[Completion]]:
-    """``num_samples`` sampled completions of each prompt (token ids), in one left-padded batch.
+                     top_p: float, max_new_tokens: int, seeds: list[int],
+                     slots: int) -> Iterator[tuple[int, list[Completion]]]:
+    """``num_samples`` sampled completions of each prompt (token ids), yielded as ``(prompt index,
+    completions)`` in prompt order, each prompt as soon as it and every earlier one are done.
 
-    Only this generation config applies: the checkpoint's own (Qwen2.5-Instruct ships top-k and a
-    repetition penalty) is set aside. Vocabulary rows past the real vocabulary are never sampled.
+    The ``len(prompts) x num_samples`` sequences are decoded ``slots`` at a time with continuous
+    batching (:func:`lightreasoner.decoding.decode`). Sample k of prompt i draws from its own
+    generator, seeded from ``seeds[i]`` and k, so what it samples does not depend on the batch.
+    Only this sampling applies: the checkpoint's own generation config (Qwen2.5-Instruct ships top-k
+    and a repetition penalty) plays no part. Vocabulary rows past the real vocabulary are never sampled.
     """
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    from .evaluation import SuppressRows
-
     stops = stop_token_ids(tokenizer, model)
-    vocab = real_vocab_size(tokenizer, model)
-    rows = model.get_output_embeddings().weight.shape[0]
-    processors = LogitsProcessorList([SuppressRows(vocab)] if vocab < rows else [])
-    config = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_beams=1,
-                              num_return_sequences=num_samples, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                              pad_token_id=tokenizer.pad_token_id)
-    width, pad = max(len(p) for p in prompts), tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    torch.manual_seed(seed)
-    with torch.inference_mode(), only_this_generation_config(model, config):
-        output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                logits_processor=processors)
-    results: list[list[Completion]] = [[] for _ in prompts]
-    for row, new in enumerate(output[:, width:].tolist()):  # rows come grouped by prompt
-        end = next((i for i, token in enumerate(new) if token in stops), None)
-        if end is None:
-            completion = Completion(new, tokenizer.decode(new, skip_special_tokens=True), "length")
+    rows = [(i, k) for i in range(len(prompts)) for k in range(num_samples)]
+    choose = seeded_sampler([derived_seed(seeds[i], k) for i, k in rows], temperature=temperature, top_p=top_p)
+    pending: dict[int, dict[int, Completion]] = {}
+    next_prompt = 0
+    for done in decode(model, [prompts[i] for i, _ in rows], slots=slots, max_new_tokens=max_new_tokens,
+                       stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model), pad_id=tokenizer.pad_token_id,
+                       choose=choose):
+        i, k = rows[done.index]
+        ids = done.token_ids
+        if ids[-1] in stops:
+            completion = Completion(ids, tokenizer.decode(ids[:-1], skip_special_tokens=True), "eos")
         else:
-            completion = Completion(new[:end + 1], tokenizer.decode(new[:end], skip_special_tokens=True), "eos")
-        results[row // num_samples].append(completion)
-    return results
+            completion = Completion(ids, tokenizer.decode(ids, skip_special_tokens=True), "length")
+        pending.setdefault(i, {})[k] = completion
+        while len(pending.get(next_prompt, {})) == num_samples:
+            finished = pending.pop(next_prompt)
+            yield next_prompt, [finished[k] for k in range(num_samples)]
+            next_prompt += 1
 
 
 def _problem_source(config: SFTConfig) -> Path | None:
@@ -219,12 +214,6 @@ def _check_resumable(path: Path, config: SFTConfig) -> set[str]:
     return {str(record["id"]) for _, record in records}
 
 
-def _batch_seed(seed: int, start: int) -> int:
-    # A batch's seed depends on its place in the question list, not on what ran before it, so a
-    # resumed run samples what an uninterrupted one would have.
-    return random.Random(f"lightreasoner-sft:{seed}:{start}").getrandbits(62)
-
-
 def grade_samples(problem: Problem, completions: list[Completion], benchmark: str | None,
                   timeout: float = grading.DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
     """Grade each completion; ``kept`` = correct, finished (not cut off), and not a repeat of a kept one."""
@@ -243,7 +232,8 @@ def grade_samples(problem: Problem, completions: list[Completion], benchmark: st
 def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = True) -> dict[str, int]:
     """Rejection sampling into ``out`` (JSONL, one line per question with its K graded samples).
 
-    Appended one batch at a time; rerunning resumes. Returns the counts of the whole file.
+    Appended one question at a time, in question order; rerunning resumes. Returns the counts of
+    the whole file.
     """
     out = Path(out)
     problems = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=config.limit,
@@ -254,31 +244,32 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
     if not out.exists() or out.stat().st_size == 0:
         with JsonlAppender(out) as writer:
             writer.write([_header(config, tokenizer)])
-    per_batch = max(1, config.batch_size // config.samples_per_question)
-    batches = [(start, [p for p in problems[start:start + per_batch] if p.id not in done])
-               for start in range(0, len(problems), per_batch)]
-    batches = [(start, todo) for start, todo in batches if todo]
+    todo = [p for p in problems if p.id not in done]
     model = None
-    if batches:
+    if todo:
         device = resolve_device(config.device)
         model = load_model(config.model, dtype=resolve_dtype(config.train.dtype, device), device=device,
                            trust_remote_code=config.train.trust_remote_code)
-    bar = tqdm(total=len(problems), initial=len(problems) - sum(len(t) for _, t in batches), desc="sft sampling",
-               unit="q", disable=not progress, dynamic_ncols=True)
+    texts = [chat_prompt(tokenizer, p.question, config.train.system_prompt) for p in todo]
+    prompt_ids = [encode_prompt(tokenizer, text) for text in texts]
+    # A question's samples depend on the run's seed and the question, not on what ran before it, so a
+    # resumed run samples what an uninterrupted one would have.
+    seeds = [derived_seed("lightreasoner-sft", config.train.seed, p.id) for p in todo]
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="sft sampling", unit="q",
+               disable=not progress, dynamic_ncols=True)
+    kept = 0
     with JsonlAppender(out) as writer:
-        for start, todo in batches:
-            texts = [chat_prompt(tokenizer, p.question, config.train.system_prompt) for p in todo]
-            prompt_ids = [encode_prompt(tokenizer, text) for text in texts]
-            completions = generate_samples(model, tokenizer, prompt_ids, num_samples=config.samples_per_question,
-                                           temperature=config.temperature, top_p=config.top_p,
-                                           max_new_tokens=config.max_new_tokens,
-                                           seed=_batch_seed(config.train.seed, start))
-            records = [{"type": "question", "id": p.id, "question": p.question, "gold": p.gold, "prompt": text,
-                        "prompt_ids": ids, "samples": grade_samples(p, c, config.grading_benchmark)}
-                       for p, text, ids, c in zip(todo, texts, prompt_ids, completions)]
-            writer.write(records)
-            bar.update(len(todo))
-            bar.set_postfix(kept=sum(s["kept"] for r in records for s in r["samples"]))
+        for i, completions in (generate_samples(model, tokenizer, prompt_ids, num_samples=config.samples_per_question,
+                                                temperature=config.temperature, top_p=config.top_p,
+                                                max_new_tokens=config.max_new_tokens, seeds=seeds,
+                                                slots=config.batch_size) if todo else ()):
+            problem = todo[i]
+            samples = grade_samples(problem, completions, config.grading_benchmark)
+            writer.write([{"type": "question", "id": problem.id, "question": problem.question, "gold": problem.gold,
+                           "prompt": texts[i], "prompt_ids": prompt_ids[i], "samples": samples}])
+            kept += sum(s["kept"] for s in samples)
+            bar.update(1)
+            bar.set_postfix(kept=kept)
     bar.close()
     return sample_counts(out)
 

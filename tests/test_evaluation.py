@@ -135,15 +135,15 @@ def test_interrupted_eval_resumes_without_redoing(tiny_dir, data_dir, tmp_path, 
     real = evaluation.hf_generate
     asked: list[int] = []
 
-    def killed_after_one_batch(model, tokenizer, texts, **kwargs):
+    def killed_after_two_answers(model, tokenizer, texts, **kwargs):
         asked.append(len(texts))
-        for number, batch in enumerate(real(model, tokenizer, texts, **kwargs)):
-            yield batch
-            if number == 0:
+        for number, answers in enumerate(real(model, tokenizer, texts, **kwargs)):
+            yield answers
+            if number == 1:
                 raise KeyboardInterrupt
 
     out = tmp_path / "out"
-    monkeypatch.setattr(evaluation, "hf_generate", killed_after_one_batch)
+    monkeypatch.setattr(evaluation, "hf_generate", killed_after_two_answers)
     with pytest.raises(KeyboardInterrupt):
         evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), out, progress=False)
     assert len(read_lines(out / "gsm8k.jsonl")) == 2
@@ -302,3 +302,32 @@ def test_sample_sizes_per_benchmark_and_nested_subsets(tiny_dir, data_dir, tmp_p
     with pytest.raises(SystemExit) as exited:
         cli.main([*command, "gsm8k:3"])
     assert exited.value.code == 2 and "expected N or NAME=N" in capsys.readouterr().err
+
+
+def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny_dir, data_dir, tmp_path):
+    """An evaluation folder is tied to its adapter's content: a copy elsewhere (a rebuilt run on
+    another machine) resumes it, a different adapter is refused."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    def save_adapter(path, seed):
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(load_model(tiny_dir), lora).save_pretrained(path)
+        return str(path)
+
+    first = save_adapter(tmp_path / "a", 0)
+    out = tmp_path / "out"
+    evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=first), out, progress=False)
+    assert json.loads((out / "run.json").read_text())["adapter_sha256"] == evaluation.adapter_fingerprint(first)
+    shutil.copytree(first, tmp_path / "copy")
+    shutil.rmtree(first)
+    summary = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path / "copy")), out,
+                       progress=False)  # every answer is there: nothing to load or generate
+    assert summary["benchmarks"]["mmlu_stem"]["n"] == 3
+    other = save_adapter(tmp_path / "b", 1)
+    with pytest.raises(LightReasonerError, match="adapter_sha256"):
+        evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=other), out, progress=False)
+    with pytest.raises(LightReasonerError, match="not a peft adapter folder"):
+        evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path)), tmp_path / "o2")

@@ -67,18 +67,16 @@ def scripted_generation(tokenizer, items=SCRIPT):
     by_question = {q: [(t, f) for t, f, *_ in completions] for q, _, completions in items}
     calls = []
 
-    def generate(model, tok, prompts, *, num_samples, temperature, top_p, max_new_tokens, seed):
-        calls.append((len(prompts), num_samples, seed))
-        results = []
-        for prompt in prompts:
+    def generate(model, tok, prompts, *, num_samples, temperature, top_p, max_new_tokens, seeds, slots):
+        calls.append((len(prompts), num_samples, seeds, slots))
+        for index, prompt in enumerate(prompts):
             text = tok.decode(prompt)
             question = next(q for q in by_question if q in text)
             out = []
             for completion, finished in by_question[question][:num_samples]:
                 ids = tok(completion, add_special_tokens=False)["input_ids"]
                 out.append(Completion(ids + [end] if finished else ids, completion, "eos" if finished else "length"))
-            results.append(out)
-        return results
+            yield index, out
 
     return generate, calls
 
@@ -106,7 +104,8 @@ def test_rejection_sampling_keeps_exactly_the_graded_correct(pair, tokenizer, tm
         assert [s["kept"] for s in line["samples"]] == [kept for _, _, kept in completions]
         assert [s["completion"] for s in line["samples"]] == [text for text, _, _ in completions]
     assert [s["correct"] for s in lines[1][1]["samples"]] == [False, True, True, False]  # the cut-off one is right
-    assert calls == [(2, K, calls[0][2]), (1, K, calls[1][2])]  # batch_size 8 sequences = 2 questions per call
+    assert [(n, k, slots) for n, k, _, slots in calls] == [(3, K, 8)]  # one stream of every question
+    assert len(set(calls[0][2])) == 3  # a seed per question
 
     # The accounting, counted here independently of the code under test.
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -181,15 +180,22 @@ def test_sft_refuses_questions_without_gold(pair, tmp_path, capsys):
 def test_real_sampling_is_seeded_batched_and_resumes_identically(pair, tokenizer, tmp_path, monkeypatch):
     model = models.load_model(pair[0])
     prompts = [models.encode_prompt(tokenizer, models.chat_prompt(tokenizer, q, None)) for q, *_ in SCRIPT]
-    kwargs = dict(num_samples=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=5)
-    first = generate_samples(model, tokenizer, prompts, **kwargs)
-    assert first == generate_samples(model, tokenizer, prompts, **kwargs)
+    kwargs = dict(num_samples=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seeds=[5, 6, 7])
+
+    def sampled(slots: int) -> list[list[Completion]]:
+        streamed = list(generate_samples(model, tokenizer, prompts, slots=slots, **kwargs))
+        assert [i for i, _ in streamed] == [0, 1, 2]  # in prompt order
+        return [completions for _, completions in streamed]
+
+    first = sampled(4)
+    # Every sample has its own seeded generator: the same draws whatever shares its batch.
+    assert sampled(4) == first == sampled(1) == sampled(9)
     # The checkpoint's own generation config (Qwen2.5-Instruct ships top-k and a repetition penalty)
     # must not leak into plain temperature sampling.
     model.generation_config.repetition_penalty = 3.0
     model.generation_config.no_repeat_ngram_size = 1
     model.generation_config.top_k = 2
-    assert generate_samples(model, tokenizer, prompts, **kwargs) == first
+    assert sampled(4) == first
     assert [len(c) for c in first] == [3, 3, 3]
     stops, vocab = models.stop_token_ids(tokenizer, model), models.real_vocab_size(tokenizer)
     flat = [c for row in first for c in row]
