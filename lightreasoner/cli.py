@@ -15,7 +15,8 @@ from . import __version__, commands
 from .errors import LightReasonerError
 
 # Order in `lightreasoner --help`; commands not listed follow alphabetically.
-ORDER = ["run", "sample", "train", "merge", "sft", "eval", "score", "compare", "report", "publish", "export", "models"]
+ORDER = ["run", "sample", "train", "merge", "sft", "eval", "score", "compare", "report", "publish", "restore", "export",
+         "models"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,25 +1,39 @@
-"""Copy what a run folder shows, and nothing it was made from, into a folder meant to be committed.
+"""Copy what a run folder shows, and nothing it was made from, into a folder meant to be committed;
+and rebuild a run folder from such a copy plus the benchmark data.
 
-Kept: settings, stage times, summaries, training logs, report pages and figures, and every
-evaluation answer reduced to the model's side (id, completion, pred, correct, tokens, finish,
-seconds). Left behind: model weights and checkpoints, tokenizers, sample files and graded SFT
-samples (they hold the benchmark's questions), and each answer's prompt and gold answer.
+Kept: settings, stage times, summaries, training logs, report pages and figures, every evaluation
+answer reduced to the model's side (id, completion, pred, correct, tokens, finish, seconds), and
+the sample files reduced to the models' outputs (``samples.outputs.jsonl``: the trajectories, KL
+values and soft labels, or the SFT solutions and their grades, keyed by question id). Left behind:
+model weights and checkpoints, tokenizers, and everything of the benchmark's own: questions,
+prompts and gold answers.
 
-An evaluation folder published this way still resumes: ``lightreasoner eval --out`` (or a run
-folder that gets it back) skips the question ids already answered.
+:func:`restore` puts the benchmark's text back from the data files (the prompts are rebuilt with
+the tokenizer, whose fingerprint must match the one the samples were made with), so a later run,
+on another machine, continues where this one stopped: evaluation answers and sample files resume,
+and stages whose product is weights (training) are marked to be redone.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .errors import LightReasonerError
-from .records import JsonlAppender, iter_jsonl
+from .records import JsonlAppender, iter_jsonl, read_json, write_json_atomic
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
-               "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html"}
+               "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html", "arm.json"}
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "correct", "tokens", "finish", "seconds")
+SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
+# What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.
+BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
+# Stages whose product (an adapter) is never published: a restored run does them again. The
+# evaluations of those adapters are reopened too (their answers kept), so that the rebuilt adapter
+# is checked against the one the answers came from (evaluation.adapter_fingerprint) before reuse.
+WEIGHT_STAGES = ("train", "sft", "format-only")
+ADAPTER_EVAL_STAGES = ("eval_after", "sft/eval_after", "format-only/eval_after")
 
 
 def published_record(record: dict) -> dict:
@@ -27,8 +41,14 @@ def published_record(record: dict) -> dict:
     return {key: record[key] for key in ANSWER_FIELDS if key in record}
 
 
+def _is_eval_folder(folder: Path) -> bool:
+    # An evaluation folder's run.json records its generation settings (evaluation.RUN_KEYS).
+    return (folder / "run.json").is_file() and "max_new_tokens" in read_json(folder / "run.json")
+
+
 def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Copy the shown files of ``run_dir`` into ``out_dir`` (same layout); return what was written."""
+    """Copy the shown files of ``run_dir`` into ``out_dir`` (same layout); return what was written.
+    Evaluations still running are published as far as they have got."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "run.json").is_file():
         raise LightReasonerError(f"{run_dir}: no run.json here (not a `lightreasoner run` folder)")
@@ -37,16 +57,94 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
         relative = path.relative_to(run_dir)
         if not path.is_file() or any(part.startswith("checkpoint-") for part in relative.parts):
             continue
-        is_answers = path.suffix == ".jsonl" and (path.parent / "summary.json").is_file()
-        if not (is_answers or path.name in SHOWN_FILES or path.suffix == ".png"):
-            continue
         target = out_dir / relative
+        if path.name == SAMPLES_FILE:
+            target = target.with_name(OUTPUTS_FILE)
+            records: Any = (_without_benchmark(record) for _, record in iter_jsonl(path))
+        elif path.suffix == ".jsonl" and _is_eval_folder(path.parent):
+            records = (published_record(record) for _, record in iter_jsonl(path))
+        elif path.name in SHOWN_FILES or path.suffix == ".png":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            written.append(target)
+            continue
+        else:
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        if is_answers:
-            target.unlink(missing_ok=True)
-            with JsonlAppender(target) as appender:
-                appender.write([published_record(record) for _, record in iter_jsonl(path)])
+        target.unlink(missing_ok=True)
+        with JsonlAppender(target) as appender:
+            appender.write(records)
+        written.append(target)
+    return written
+
+
+def _without_benchmark(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key not in BENCHMARK_FIELDS}
+
+
+def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | Path | None = None) -> list[Path]:
+    """Rebuild the run folder ``run_dir`` from ``published_dir`` and the benchmark data in
+    ``data_dir``: the published files as they are, the sample files with their questions, gold
+    answers and prompts put back (byte for byte what the run wrote), and the training stages
+    marked not done (their adapters were not published). Returns the files written."""
+    published_dir, run_dir = Path(published_dir), Path(run_dir)
+    if not (published_dir / "run.json").is_file():
+        raise LightReasonerError(f"{published_dir}: no run.json here (not a published run folder)")
+    if (run_dir / "run.json").exists():
+        raise LightReasonerError(f"{run_dir}: already holds a run; restore into a new folder")
+    written = []
+    for path in sorted(published_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        target = run_dir / path.relative_to(published_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == OUTPUTS_FILE:
+            target = target.with_name(SAMPLES_FILE)
+            _restore_samples(path, target, data_dir)
+        elif path.name == "stages.json":
+            stages = read_json(path)
+            for name in WEIGHT_STAGES:
+                if name in stages:
+                    stages[name] = {"done": False, "seconds": 0.0}
+            for name in ADAPTER_EVAL_STAGES:
+                if name in stages:
+                    stages[name]["done"] = False
+            write_json_atomic(target, stages)
         else:
             shutil.copyfile(path, target)
         written.append(target)
     return written
+
+
+def _restore_samples(path: Path, target: Path, data_dir: str | Path | None) -> None:
+    """Write ``target``: the sample file ``path`` with each record's benchmark fields rebuilt."""
+    from .data import load_problems
+    from .models import chat_prompt, encode_prompt, load_tokenizer, tokenizer_fingerprint
+
+    lines = iter_jsonl(path)
+    number, header = next(lines, (0, None))
+    if header is None or header.get("type") != "header":
+        raise LightReasonerError(f"{path}:1: expected a sample file header")
+    settings = header.get("settings", {})
+    train = settings.get("train", settings)  # an SFT header nests its training settings
+    model = header.get("expert") or header.get("model")
+    tokenizer = load_tokenizer(model, trust_remote_code=bool(train.get("trust_remote_code")))
+    if tokenizer_fingerprint(tokenizer) != header.get("tokenizer", {}).get("fingerprint"):
+        raise LightReasonerError(f"{path}:{number}: made with another tokenizer than {model}'s")
+    problems = {p.id: p for p in load_problems(settings["data"], split=settings["split"], limit=settings.get("limit"),
+                                               data_dir=data_dir, seed=train.get("seed"))}
+    records = [header]
+    for number, record in lines:
+        problem = problems.get(str(record.get("id")))
+        if problem is None:
+            raise LightReasonerError(f"{path}:{number}: question {record.get('id')!r} is not in the data "
+                                     f"({settings['data']}, split {settings['split']})")
+        prompt = chat_prompt(tokenizer, problem.question, train["system_prompt"])
+        text = {"question": problem.question, "gold": problem.gold, "prompt": prompt,
+                "prompt_ids": encode_prompt(tokenizer, prompt)}
+        head = {key: record[key] for key in ("type", "id")}
+        rest = {key: value for key, value in record.items() if key not in head}
+        records.append({**head, **text, **rest})
+    target.unlink(missing_ok=True)
+    with JsonlAppender(target) as appender:
+        appender.write(records)

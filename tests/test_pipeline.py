@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from lightreasoner.cli import main
+from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, run
+from lightreasoner.publish import restore
 from lightreasoner.report import kept_step_statistics, paired_difference
 from lightreasoner.sampling import read_samples
 
@@ -81,6 +83,46 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     (out / "report.md").unlink()
     run(config, out, progress=False, say=lambda _: None)
     assert (out / "report.md").read_text() == report
+
+
+def test_a_published_run_restores_from_the_data_and_continues_elsewhere(tmp_path, monkeypatch):
+    """publish keeps no question, prompt or gold answer; restore puts them back from the data (the
+    sample file byte for byte); the rerun samples nothing, retrains, and resumes every answer."""
+    pair = save_pair(tmp_path / "pair")
+    config = tiny_config(pair)
+    out = tmp_path / "run"
+    run(config, out, progress=False, say=lambda _: None)
+    published = tmp_path / "published"
+    assert main(["publish", str(out), str(published)]) == 0
+    _, originals = read_samples(out / "samples.jsonl")
+    outputs = [json.loads(line) for line in (published / "samples.outputs.jsonl").read_text().splitlines()]
+    assert [r["completion_ids"] for r in outputs[1:]] == [r["completion_ids"] for r in originals]
+    assert not any(key in r for r in outputs for key in ("question", "gold", "prompt", "prompt_ids"))
+
+    restored = tmp_path / "restored"
+    assert main(["restore", str(published), str(restored)]) == 0
+    assert (restored / "samples.jsonl").read_bytes() == (out / "samples.jsonl").read_bytes()
+    stages = json.loads((restored / "stages.json").read_text())
+    assert stages["sample"]["done"] and stages["eval_before"]["done"]
+    assert not stages["train"]["done"] and not stages["eval_after"]["done"]  # the adapter is rebuilt and checked
+    assert main(["restore", str(published), str(restored)]) == 2  # never over an existing run
+
+    import lightreasoner.evaluation as evaluation
+    import lightreasoner.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampling ran again"))
+    monkeypatch.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+    run(config, restored, progress=False, say=lambda _: None)  # the rebuilt adapter is the very same here
+    for name in ("eval_before", "eval_after"):
+        assert json.loads((restored / name / "summary.json").read_text())["benchmarks"] == \
+            json.loads((out / name / "summary.json").read_text())["benchmarks"]
+    assert (restored / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (out / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    (published / "samples.outputs.jsonl").write_text(
+        (published / "samples.outputs.jsonl").read_text().replace('"id": "', '"id": "x', 1))
+    with pytest.raises(LightReasonerError, match="samples.outputs.jsonl:2: question 'x.*' is not in the data"):
+        restore(published, tmp_path / "again")
 
 
 def test_run_resumes_after_a_crash_in_training(tmp_path, monkeypatch):
