@@ -24,7 +24,7 @@ from .errors import LightReasonerError
 from .records import JsonlAppender, iter_jsonl, read_json, write_json_atomic
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
-               "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html", "arm.json"}
+               "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html"}
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "correct", "tokens", "finish", "seconds")
 SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.

@@ -1,6 +1,6 @@
 """Which tokens the kept steps of a sample file sit on, and where their soft labels point.
 
-    python results/analyze_kept_steps.py runs/coder-1.5b-coder-0.5b-gsm8k/samples.jsonl coder-1.5b
+    python results/analyze_kept_steps.py runs/embedded-gsm8k/samples.jsonl coder-1.5b
 """
 import collections
 import re

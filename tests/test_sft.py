@@ -360,6 +360,25 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     assert "## Arms: accuracy and gain over the baseline" in report and "## Arms: efficiency" in report
     assert "| format-only |" in report and (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
 
+    # Published and restored elsewhere, every arm retrains and reuses every sample and answer.
+    from lightreasoner import evaluation
+    from lightreasoner.publish import publish, restore
+
+    restored = tmp_path / "restored"
+    publish(out, tmp_path / "published")
+    restore(tmp_path / "published", restored)
+    for name in ("samples.jsonl", "sft/samples.jsonl"):
+        assert (restored / name).read_bytes() == (out / name).read_bytes()
+    with monkeypatch.context() as patched:
+        patched.setattr(sft_module, "generate_samples", lambda *a, **k: pytest.fail("sft sampled again"))
+        patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
+        patched.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+        run(config, restored, progress=False, say=lambda _: None)
+    for name in ("sft", "format-only"):
+        assert (restored / name / "adapter" / "adapter_model.safetensors").is_file()
+        assert json.loads((restored / name / "eval_after" / "summary.json").read_text())["benchmarks"] == \
+            json.loads((out / name / "eval_after" / "summary.json").read_text())["benchmarks"]
+
     # Every arm is a finished stage now: a rerun loads and trains nothing.
     for name in ("load_pair", "sample", "train_from_file", "evaluate", "sft", "control"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
