@@ -189,10 +189,15 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         pair = pair or load_pair(sample_config)
         return pair
 
+    samples_needed = ("lightreasoner" in arms or "format-only" in arms) and not stages.done("sample")
+
     def eval_before() -> None:
-        loaded = get_pair()
-        evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
-                 progress=progress)
+        if samples_needed:  # load the pair once for both stages
+            loaded = get_pair()
+            evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
+                     progress=progress)
+        else:  # the expert alone, and only if an answer is missing
+            evaluate(eval_config, run_dir / "eval_before", progress=progress)
 
     def eval_arm(folder: Path, stage: str) -> None:
         after = replace(eval_config, adapter=str(folder / "adapter"))

@@ -167,10 +167,14 @@ def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
 
 
-def test_a_setting_may_change_until_its_stage_starts(tmp_path):
+def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
+    import lightreasoner.pipeline as pipeline
+
     pair = save_pair(tmp_path / "pair")
     out = tmp_path / "run"
-    run(tiny_config(pair, arms=["baseline"]), out, progress=False, say=lambda _: None)
+    with monkeypatch.context() as patched:  # the baseline alone needs no amateur
+        patched.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("the pair was loaded"))
+        run(tiny_config(pair, arms=["baseline"]), out, progress=False, say=lambda _: None)
     # Training has not started in this folder, so its settings are still free; evaluation has.
     run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, overrides={"train": {"lora_r": 4}},
         progress=False, say=lambda _: None)
