@@ -19,14 +19,24 @@ import argparse
 import time
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from lightreasoner import prompts
 from lightreasoner.data import load_problems
 from lightreasoner.decoding import decode
-from lightreasoner.evaluation import SuppressRows
 from lightreasoner.models import (encode_prompt, load_model, load_tokenizer, only_this_generation_config,
                                   real_vocab_size, resolve_device, resolve_dtype, stop_token_ids)
+
+
+class SuppressRows(LogitsProcessor):
+    """Give -inf to vocabulary rows at or past ``vocab_size``: padding rows are no token."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.vocab_size:] = float("-inf")
+        return scores
 
 
 def cut(ids: list[int], stops: list[int]) -> list[int]:
@@ -82,9 +92,9 @@ def main() -> None:
     print(f"{args.model}, {model.dtype}, {torch.get_num_threads()} threads, {len(encoded)} GSM8K test questions, "
           f"batch {args.batch_size}, up to {args.max_new_tokens} new tokens")
     outputs, rates = {}, {}
-    for name, decode in (("static", static), ("continuous", continuous)):
+    for name, run_arm in (("static", static), ("continuous", continuous)):
         began = time.perf_counter()
-        outputs[name] = decode(model, tokenizer, encoded, args.max_new_tokens, args.batch_size)
+        outputs[name] = run_arm(model, tokenizer, encoded, args.max_new_tokens, args.batch_size)
         seconds = time.perf_counter() - began
         tokens = sum(len(ids) for ids in outputs[name])
         rates[name] = tokens / seconds

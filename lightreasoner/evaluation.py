@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import torch
-from transformers import LogitsProcessor
 
 from . import grading, prompts
 from .config import config_to_dict
@@ -125,17 +123,6 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- generation
-
-
-class SuppressRows(LogitsProcessor):
-    """Give -inf to vocabulary rows at or past ``vocab_size``: padding rows are no token."""
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores[:, self.vocab_size:] = float("-inf")
-        return scores
 
 
 def hf_generate(model: Any, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int, batch_size: int,
