@@ -107,29 +107,33 @@ def decode(model: Any, prompts: Sequence[list[int]], *, slots: int, max_new_toke
         else:
             mask = F.pad(mask, (0, 1), value=1)
             last = torch.tensor([[row.token_ids[-1]] for row in rows], device=device)
-            logits = _forward(model, last, mask, cache)
+            logits = cached_forward(model, last, mask, cache)[:, -1].float()
             working = rows
         for row, token in zip(working, choose([row.index for row in working], logits[:, :vocab_size])):
             row.token_ids.append(token)
         share = (time.perf_counter() - began) / len(working)
         for row in working:
             row.seconds += share
-        keep = [i for i, row in enumerate(rows) if not ended(row)]
-        if len(keep) < len(rows):
-            for i, row in enumerate(rows):
-                if i not in keep:
+        finished = {id(row) for row in working if ended(row)}  # only rows that just got a token can end
+        if finished:
+            for row in rows:
+                if id(row) in finished:
                     yield Finished(row.index, row.token_ids, row.seconds)
+            keep = [i for i, row in enumerate(rows) if id(row) not in finished]
             rows = [rows[i] for i in keep]
             cache, mask = _select_rows(cache, mask, keep)
 
 
-def _forward(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    """Logits of the last position of every row after feeding ``input_ids`` (positions from the mask)."""
+def cached_forward(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache,
+                   keep_last: bool = True) -> torch.Tensor:
+    """One cached forward over the new ``input_ids`` of a left-padded batch: positions follow the
+    mask, so each row sees the positions it would see alone. Logits of the last position only, or
+    of every new one."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
     with torch.inference_mode():
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1].float()
+                    use_cache=True, logits_to_keep=1 if keep_last else 0)
+    return out.logits
 
 
 def _admit(model: Any, prompts: list[list[int]], cache: DynamicCache, mask: torch.Tensor,
@@ -140,7 +144,7 @@ def _admit(model: Any, prompts: list[list[int]], cache: DynamicCache, mask: torc
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
     new_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     new_cache = DynamicCache()
-    logits = _forward(model, input_ids, new_mask, new_cache)
+    logits = cached_forward(model, input_ids, new_mask, new_cache)[:, -1].float()
     if mask.shape[0] == 0:
         return logits, new_cache, new_mask
     joint = max(mask.shape[1], width)

@@ -149,8 +149,8 @@ def hf_generate(model: Any, tokenizer: Any, prompt_texts: Sequence[str], *, max_
 
     with tqdm(total=len(order), desc=desc, unit="q", disable=not progress) as bar:
         for done in decode(model, [encoded[i] for i in order], slots=batch_size, max_new_tokens=max_new_tokens,
-                                  stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model),
-                                  pad_id=tokenizer.pad_token_id, stop_text=stop_text if stop_strings else None):
+                           stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model), pad_id=tokenizer.pad_token_id,
+                           stop_text=stop_text if stop_strings else None):
             yield [(order[done.index], _finish(tokenizer, done.token_ids, stops, stop_strings), done.seconds)]
             bar.update(1)
 

@@ -30,6 +30,7 @@ from . import __version__
 from .config import config_to_dict
 from .contrast import KeptStep, select_steps
 from .data import Problem, load_problems
+from .decoding import cached_forward
 from .errors import LightReasonerError
 from .models import (chat_prompt, check_same_vocabulary, encode_prompt, load_model, load_tokenizer,
                      real_vocab_size, resolve_device, resolve_dtype, stop_token_ids, tokenizer_fingerprint)
@@ -118,15 +119,6 @@ def load_pair(config: SampleConfig) -> ModelPair:
     return ModelPair(expert, amateur, tokenizer, vocab_size, stop_token_ids(tokenizer, expert))
 
 
-def _forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache,
-             keep_last: bool) -> torch.Tensor:
-    """One cached forward over the new ``input_ids``; positions follow the (left-padded) mask."""
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1 if keep_last else 0)
-    return out.logits
-
-
 @torch.inference_mode()
 def sample_batch(pair: ModelPair, problems: list[Problem], config: SampleConfig) -> list[Trajectory]:
     """Greedy expert rollouts for a batch of questions, contrasted with the amateur step by step."""
@@ -146,8 +138,8 @@ def sample_batch(pair: ModelPair, problems: list[Problem], config: SampleConfig)
 
     stop = torch.tensor(pair.stop_ids, device=device)
     expert_cache, amateur_cache = DynamicCache(), DynamicCache()
-    expert_row = _forward(pair.expert, input_ids, prompt_mask, expert_cache, keep_last=True)[:, -1]
-    amateur_carry = _forward(pair.amateur, input_ids, prompt_mask, amateur_cache, keep_last=True)[:, -1]
+    expert_row = cached_forward(pair.expert, input_ids, prompt_mask, expert_cache, keep_last=True)[:, -1]
+    amateur_carry = cached_forward(pair.amateur, input_ids, prompt_mask, amateur_cache, keep_last=True)[:, -1]
     expert_rows: list[torch.Tensor] = []  # expert logits of the steps not yet contrasted, [B, V] each
     tokens: list[torch.Tensor] = []  # y_t of every step, [B] each
     lengths = torch.full((len(batch),), config.max_new_tokens, device=device)
@@ -170,14 +162,15 @@ def sample_batch(pair: ModelPair, problems: list[Problem], config: SampleConfig)
             rows = [amateur_carry]
             if fed:
                 chunk = torch.stack(tokens[start:start + fed], dim=1)
-                rows += _forward(pair.amateur, chunk, mask_after(start + fed), amateur_cache, keep_last=False).unbind(1)
+                rows += cached_forward(pair.amateur, chunk, mask_after(start + fed), amateur_cache,
+                                       keep_last=False).unbind(1)
             if not last:
                 amateur_carry = rows.pop()
             _contrast_chunk(batch, start, expert_rows, rows, lengths.tolist(), pair.vocab_size, config)
             expert_rows, start = [], step + 1
         if last:
             break
-        expert_row = _forward(pair.expert, next_tokens[:, None], mask_after(step + 1), expert_cache,
+        expert_row = cached_forward(pair.expert, next_tokens[:, None], mask_after(step + 1), expert_cache,
                               keep_last=True)[:, -1]
 
     all_tokens = torch.stack(tokens, dim=1).tolist()
