@@ -22,6 +22,7 @@ project's generated arithmetic problems, at a demonstration budget (16 questions
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -125,14 +126,22 @@ def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: di
 
 
 class Stages:
-    """stages.json: which stages are done and the seconds each took (summed over resumed attempts)."""
+    """stages.json: which stages are done and the seconds each took, summed over resumed attempts.
+    A running stage saves its seconds every ``heartbeat`` seconds, so an attempt that is killed
+    (a session's end, an out-of-memory kill) still counts in the efficiency table."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, heartbeat: float = 30.0):
         self.path = run_dir / "stages.json"
+        self.heartbeat = heartbeat
         self.state: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
+        self._lock = threading.Lock()
 
     def done(self, name: str) -> bool:
         return bool(self.state.get(name, {}).get("done"))
+
+    def save(self) -> None:
+        with self._lock:
+            write_json_atomic(self.path, self.state)
 
     def run(self, name: str, work: Callable[[], Any], say: Callable[[str], None]) -> Any:
         if self.done(name):
@@ -140,16 +149,28 @@ class Stages:
             return None
         say(f"[{name}] ...")
         entry = self.state.setdefault(name, {"done": False, "seconds": 0.0})
-        started = time.perf_counter()
+        base, started, stop = entry["seconds"], time.perf_counter(), threading.Event()
+
+        def save_seconds() -> None:
+            entry["seconds"] = round(base + time.perf_counter() - started, 2)
+            self.save()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat):
+                save_seconds()
+
+        beating = threading.Thread(target=beat, name=f"stages-{name}", daemon=True)
+        beating.start()
         try:
             return work()
         finally:
-            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - started, 2)
-            write_json_atomic(self.path, self.state)
+            stop.set()
+            beating.join()
+            save_seconds()
 
     def finish(self, name: str) -> None:
         self.state[name]["done"] = True
-        write_json_atomic(self.path, self.state)
+        self.save()
 
 
 def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
@@ -243,7 +264,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     _, html_path = stages.run("report", lambda: build_report(run_dir, tokenizer=tokenizer), say)
     stages.finish("report")
     stages.state.pop("report", None)  # the report is redrawn on every run; it is not a stage to skip
-    write_json_atomic(stages.path, stages.state)
+    stages.save()
     return html_path
 
 

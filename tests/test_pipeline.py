@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import RunConfig, run
+from lightreasoner.pipeline import RunConfig, Stages, run
 from lightreasoner.publish import restore
 from lightreasoner.report import kept_step_statistics, paired_difference
 from lightreasoner.sampling import read_samples
@@ -147,6 +150,30 @@ def test_run_resumes_after_a_crash_in_training(tmp_path, monkeypatch):
     run(config, tmp_path / "run", progress=False, say=lambda _: None)
     assert (tmp_path / "run" / "samples.jsonl").read_bytes() == samples
     assert json.loads((tmp_path / "run" / "stages.json").read_text())["train"]["done"]
+
+
+def test_a_killed_stage_keeps_the_seconds_it_ran(tmp_path):
+    # A session's end kills the process (no finally runs); the stage's time so far must stay on disk.
+    script = ("import sys, time; from pathlib import Path; from lightreasoner.pipeline import Stages; "
+              "Stages(Path(sys.argv[1]), heartbeat=0.05).run('sample', lambda: time.sleep(60), say=print)")
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)])
+    path = tmp_path / "stages.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not (path.exists() and json.loads(path.read_text())["sample"]["seconds"] >= 0.5):
+            assert time.monotonic() < deadline and process.poll() is None, "no heartbeat reached stages.json"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    killed = json.loads(path.read_text())["sample"]
+    assert not killed["done"] and killed["seconds"] >= 0.5
+
+    stages = Stages(tmp_path)  # the resumed attempt adds its own time to the killed one's
+    stages.run("sample", lambda: time.sleep(0.2), say=lambda _: None)
+    stages.finish("sample")
+    resumed = json.loads(path.read_text())["sample"]
+    assert resumed["done"] and resumed["seconds"] >= killed["seconds"] + 0.2
 
 
 def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
