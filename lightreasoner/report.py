@@ -101,6 +101,20 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> list[list[str]]:
     return rows
 
 
+def accuracy_table(run_dir: Path) -> tuple[str, list[str], list[list[str]]] | None:
+    """Title, header and rows of the run's accuracy: before and after with the paired difference, or
+    the baseline alone while the trained arm is still to come (None before any evaluation)."""
+    before, after = run_dir / "eval_before", run_dir / "eval_after"
+    if (before / "summary.json").exists() and (after / "summary.json").exists():
+        return ("Accuracy (zero-shot, greedy pass@1)",
+                ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
+                 "changed answers"], accuracy_rows(before, after))
+    if (before / "summary.json").exists():
+        return ("Accuracy of the expert as it is (zero-shot, greedy pass@1)", ["benchmark", "n", "accuracy [95% CI]"],
+                [[name, str(b["n"]), _pct_ci(b)] for name, b in read_json(before / "summary.json")["benchmarks"].items()])
+    return None
+
+
 def _pct_ci(result: dict[str, Any]) -> str:
     low, high = result["ci95"]
     return f"{100 * result['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
@@ -219,10 +233,9 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         md.extend([f"## {title}", "", _markdown_table(header, rows), ""])
         html_parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
 
-    if (run_dir / "eval_before" / "summary.json").exists() and (run_dir / "eval_after" / "summary.json").exists():
-        section("Accuracy (zero-shot, greedy pass@1)",
-                ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
-                 "changed answers"], accuracy_rows(run_dir / "eval_before", run_dir / "eval_after"))
+    accuracy = accuracy_table(run_dir)
+    if accuracy:
+        section(*accuracy)
 
     arms = _compared_arms(run_dir)
     if arms:
@@ -236,15 +249,17 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     tokens_tuned = train_summary.get("tokens_tuned")
     efficiency = [[name, f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
                   for name, info in stages.items()]
-    section("Time per stage", ["stage", "seconds", "status"], efficiency)
-    section("Efficiency", ["quantity", "value"], [
-        ["questions sampled", f"{sample_meta.get('questions', len(records)):,}"],
-        ["tokens generated (sampling)", f"{sample_meta.get('tokens_generated', 0):,}"],
-        ["kept steps", f"{sum(len(r['steps']) for r in records):,}"],
-        ["optimizer steps", f"{train_summary.get('optimizer_steps', '-')}"],
-        ["tokens tuned (positions carrying loss)", f"{tokens_tuned:,}" if tokens_tuned is not None else "-"],
-        ["forward tokens (training)", f"{train_summary.get('forward_tokens', 0):,}"],
-    ])
+    if efficiency:
+        section("Time per stage", ["stage", "seconds", "status"], efficiency)
+    if sample_meta or records:  # a baseline-only run has no cost to account for
+        section("Efficiency", ["quantity", "value"], [
+            ["questions sampled", f"{sample_meta.get('questions', len(records)):,}"],
+            ["tokens generated (sampling)", f"{sample_meta.get('tokens_generated', 0):,}"],
+            ["kept steps", f"{sum(len(r['steps']) for r in records):,}"],
+            ["optimizer steps", f"{train_summary.get('optimizer_steps', '-')}"],
+            ["tokens tuned (positions carrying loss)", f"{tokens_tuned:,}" if tokens_tuned is not None else "-"],
+            ["forward tokens (training)", f"{train_summary.get('forward_tokens', 0):,}"],
+        ])
     if records:
         section("Kept steps: what the contrast teaches", ["quantity", "value"],
                 kept_step_rows(kept_step_statistics(records, settings["beta"]), settings["beta"]))
@@ -303,9 +318,9 @@ def text_summary(run_dir: str | Path) -> str:
     """The accuracy table for the terminal (and the arms' two tables when the run has other arms)."""
     run_dir = Path(run_dir)
     parts = []
-    if (run_dir / "eval_before" / "summary.json").exists() and (run_dir / "eval_after" / "summary.json").exists():
-        header = ["benchmark", "n", "before [95% CI]", "after [95% CI]", "diff [paired 95% CI]", "changed"]
-        parts.append(_render(header, accuracy_rows(run_dir / "eval_before", run_dir / "eval_after")))
+    accuracy = accuracy_table(run_dir)
+    if accuracy:
+        parts.append(_render(*accuracy[1:]))
     arms = _compared_arms(run_dir)
     if arms:
         parts.append(arms_report(arms))

@@ -202,6 +202,9 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     with monkeypatch.context() as patched:  # the baseline alone needs no amateur
         patched.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("the pair was loaded"))
         run(tiny_config(pair, arms=["baseline"]), out, progress=False, say=lambda _: None)
+    baseline = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
+    report = (out / "report.md").read_text()  # the baseline's accuracy, and no cost table of stages not run
+    assert f"| arith | 5 | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
     # Training has not started in this folder, so its settings are still free; evaluation has.
     run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, overrides={"train": {"lora_r": 4}},
         progress=False, say=lambda _: None)
