@@ -110,8 +110,9 @@ def accuracy_table(run_dir: Path) -> tuple[str, list[str], list[list[str]]] | No
                 ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
                  "changed answers"], accuracy_rows(before, after))
     if (before / "summary.json").exists():
+        results = read_json(before / "summary.json")["benchmarks"]
         return ("Accuracy of the expert as it is (zero-shot, greedy pass@1)", ["benchmark", "n", "accuracy [95% CI]"],
-                [[name, str(b["n"]), _pct_ci(b)] for name, b in read_json(before / "summary.json")["benchmarks"].items()])
+                [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()])
     return None
 
 
