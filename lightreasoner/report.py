@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import LightReasonerError
+from .evaluation import summarize
 from .records import iter_jsonl, read_json
 from .tables import _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms, savings_line
 
@@ -85,35 +86,40 @@ def _correct_by_id(eval_dir: Path, benchmark: str) -> dict[str, bool]:
 
 
 def accuracy_rows(before_dir: Path, after_dir: Path) -> list[list[str]]:
-    """Per benchmark: n, accuracy before/after with 95% intervals, paired difference with its interval."""
-    before, after = read_json(before_dir / "summary.json"), read_json(after_dir / "summary.json")
+    """Per benchmark of the baseline: accuracy before and after on the questions both have answered,
+    with 95% intervals, and the paired difference with its interval. While the evaluation after
+    training is still running, n says how many of the baseline's questions it has answered so far."""
     rows = []
-    for name, b in before["benchmarks"].items():
-        a = after["benchmarks"].get(name)
-        if a is None:
+    for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
+        before, after = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
+        shared = [i for i in before if i in after]
+        if not shared:
+            rows.append([name, f"0 of {b['n']}", _pct_ci(b), "not evaluated yet", "", ""])
             continue
-        b_ids, a_ids = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
-        shared = [i for i in b_ids if i in a_ids]
-        paired = paired_difference([b_ids[i] for i in shared], [a_ids[i] for i in shared])
-        rows.append([name, str(b["n"]), _pct_ci(b), _pct_ci(a),
+        paired = paired_difference([before[i] for i in shared], [after[i] for i in shared])
+        rows.append([name, str(b["n"]) if len(shared) == b["n"] else f"{len(shared)} of {b['n']}",
+                     _pct_ci(summarize([{"correct": before[i]} for i in shared])),
+                     _pct_ci(summarize([{"correct": after[i]} for i in shared])),
                      f"{100 * paired['diff']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]",
                      f"+{paired['gained']} / -{paired['lost']}"])
     return rows
 
 
 def accuracy_table(run_dir: Path) -> tuple[str, list[str], list[list[str]]] | None:
-    """Title, header and rows of the run's accuracy: before and after with the paired difference, or
-    the baseline alone while the trained arm is still to come (None before any evaluation)."""
+    """Title, header and rows of the run's accuracy: before and after with the paired difference
+    (after's answers so far while it runs), or the baseline alone (None before any evaluation)."""
     before, after = run_dir / "eval_before", run_dir / "eval_after"
-    if (before / "summary.json").exists() and (after / "summary.json").exists():
-        return ("Accuracy (zero-shot, greedy pass@1)",
-                ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
-                 "changed answers"], accuracy_rows(before, after))
-    if (before / "summary.json").exists():
+    if not (before / "summary.json").exists():
+        return None
+    if not any(after.glob("*.jsonl")):
         results = read_json(before / "summary.json")["benchmarks"]
         return ("Accuracy of the expert as it is (zero-shot, greedy pass@1)", ["benchmark", "n", "accuracy [95% CI]"],
                 [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()])
-    return None
+    title = "Accuracy (zero-shot, greedy pass@1)"
+    if not (after / "summary.json").exists():
+        title += "; after training: in progress, both sides on the questions answered so far"
+    return (title, ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
+                    "changed answers"], accuracy_rows(before, after))
 
 
 def _pct_ci(result: dict[str, Any]) -> str:

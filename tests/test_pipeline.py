@@ -228,6 +228,34 @@ def test_paired_difference_against_direct_counts():
     assert same["diff"] == same["low"] == same["high"] == 0
 
 
+def test_the_accuracy_table_pairs_an_evaluation_still_running_with_the_baseline(tmp_path):
+    from lightreasoner.report import accuracy_table
+
+    before = [True, False, True, True, False, True]
+    after = [True, True, False, True]  # answered 4 of 6 so far, in another order
+    order = [3, 0, 2, 1]
+
+    def write(folder: Path, answers: list[tuple[int, bool]]) -> None:
+        folder.mkdir(parents=True)
+        (folder / "arith.jsonl").write_text("".join(json.dumps({"id": str(i), "correct": c}) + "\n" for i, c in answers))
+
+    write(tmp_path / "eval_before", list(enumerate(before)))
+    (tmp_path / "eval_before" / "summary.json").write_text(json.dumps({"benchmarks": {
+        "arith": {"n": 6, "correct": 4, "accuracy": 4 / 6, "ci95": [0.3, 0.9]},
+        "words": {"n": 3, "correct": 1, "accuracy": 1 / 3, "ci95": [0.06, 0.79]}}}))
+    assert accuracy_table(tmp_path)[1] == ["benchmark", "n", "accuracy [95% CI]"]  # no answer after training yet
+
+    write(tmp_path / "eval_after", [(i, a) for i, a in zip(order, after)])
+    title, _, rows = accuracy_table(tmp_path)
+    assert "in progress" in title
+    arith, words = rows
+    paired_before = [before[i] for i in order]  # 3 of 4 correct; after: 3 of 4; gained 1 (q1), lost 1 (q2)
+    assert arith[:2] == ["arith", "4 of 6"]
+    assert arith[2].startswith(f"{100 * sum(paired_before) / 4:.1f} [") and arith[3].startswith("75.0 [")
+    assert arith[4].startswith("+0.0 [") and arith[5] == "+1 / -1"
+    assert words[:2] == ["words", "0 of 3"] and words[3] == "not evaluated yet"
+
+
 def test_kept_step_statistics_against_a_direct_count():
     import random
 
