@@ -182,8 +182,9 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     sample_config, train_config, eval_config = stage_configs(config, overrides)
     arms = config.arms
     settings = config_to_dict(config)
-    record = {"settings": settings, "sample": config_to_dict(sample_config), "train": config_to_dict(train_config),
-              "eval": config_to_dict(eval_config)}
+    # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
+    record = {"settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
+              "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
     sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft")) if "sft" in arms else None
     if sft_config is not None:
         record["sft"] = sft_config_dict(sft_config)

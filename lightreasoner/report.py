@@ -213,6 +213,19 @@ def _read_optional(path: Path) -> Any:
     return read_json(path) if path.exists() else None
 
 
+def settings_rows(run: dict[str, Any]) -> list[list[str]]:
+    """The headline settings, then each setting a YAML section changed (``train.epochs``, ...), so
+    the table says what the stages ran with rather than the headline defaults they replaced."""
+    epochs = run.get("train", {}).get("epochs")
+    rows = []
+    for key, value in run["settings"].items():
+        replaced = key == "max_steps" and epochs is not None
+        rows.append([key, f"`{value}`" + (" (not used: train.epochs is set)" if replaced else "")])
+    for section, values in run.get("overrides", {}).items():
+        rows.extend([f"{section}.{key}", f"`{value}`"] for key, value in values.items())
+    return rows
+
+
 def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html`` and the figures into ``run_dir``; return both paths."""
     run_dir = Path(run_dir)
@@ -270,7 +283,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     if records:
         section("Kept steps: what the contrast teaches", ["quantity", "value"],
                 kept_step_rows(kept_step_statistics(records, settings["beta"]), settings["beta"]))
-    section("Settings", ["setting", "value"], [[k, f"`{v}`"] for k, v in settings.items()])
+    section("Settings", ["setting", "value"], settings_rows(run))
 
     kl_values = [v for r in records for v in r.get("kl", [])]
     figures = {"arms.png": arms_plot(arms)} if arms else {}

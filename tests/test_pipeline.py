@@ -14,7 +14,7 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, Stages, run
 from lightreasoner.publish import restore
-from lightreasoner.report import kept_step_statistics, paired_difference
+from lightreasoner.report import kept_step_statistics, paired_difference, settings_rows
 from lightreasoner.sampling import read_samples
 
 from tiny import save_pair
@@ -189,9 +189,21 @@ def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
     header, _ = read_samples(out / "samples.jsonl")
     assert header["settings"]["contrast_every"] == 2
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    report = (out / "report.md").read_text()  # the settings the sections changed, beside the headline
+    assert "| sample.contrast_every | `2` |" in report and "| train.lora_r | `4` |" in report
     assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(out), "--beta", "0.9", "--quiet"]) == 2
     assert "sample.beta=0.4, now 0.9" in capsys.readouterr().err
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+def test_the_settings_table_says_when_epochs_replace_the_headline_max_steps():
+    run_record = {"settings": {"max_steps": 8, "beta": 0.4}, "train": {"max_steps": 8, "epochs": 0.8},
+                  "overrides": {"train": {"epochs": 0.8}}}
+    assert settings_rows(run_record) == [["max_steps", "`8` (not used: train.epochs is set)"], ["beta", "`0.4`"],
+                                         ["train.epochs", "`0.8`"]]
+    run_record["train"]["epochs"] = None
+    del run_record["overrides"]  # run folders written before overrides were recorded
+    assert settings_rows(run_record) == [["max_steps", "`8`"], ["beta", "`0.4`"]]
 
 
 def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
