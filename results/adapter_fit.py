@@ -54,6 +54,7 @@ def mean_kl(trajectories, arm):
 
 print(f"{adapter}: {summary['optimizer_steps']} optimizer steps over {summary['tokens_tuned']} of "
       f"{summary['kept_steps']} kept steps; {per_group} trajectories per group (seed 0)")
+print()
 print("| kept steps | trajectories | steps | base KL | adapted KL | adapted - base [95% CI, bootstrap over "
       "trajectories] | steps lowered |")
 print("|---|---|---|---|---|---|---|")
