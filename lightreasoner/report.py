@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import random
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,46 +81,75 @@ def kept_step_rows(stats: dict[str, float], beta: float) -> list[list[str]]:
     ]
 
 
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p-value: how likely a split of the discordant questions at least this
+    uneven is when neither side is better (each discordant question a fair coin)."""
+    n = gained + lost
+    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n)
+
+
+# Where each trained arm of a run folder keeps its evaluation (the baseline's is eval_before/).
+ARM_EVAL_DIRS = {"lightreasoner": "eval_after", "sft": "sft/eval_after", "format-only": "format-only/eval_after"}
+
+
 def _correct_by_id(eval_dir: Path, benchmark: str) -> dict[str, bool]:
     path = eval_dir / f"{benchmark}.jsonl"
     return {r["id"]: bool(r["correct"]) for _, r in iter_jsonl(path)} if path.exists() else {}
 
 
+def _paired_row(label: str, n: str, before: list[bool], after: list[bool]) -> list[str]:
+    paired = paired_difference(before, after)
+    return [label, n, _pct_ci(summarize([{"correct": c} for c in before])),
+            _pct_ci(summarize([{"correct": c} for c in after])),
+            f"{100 * paired['diff']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]",
+            f"+{paired['gained']} / -{paired['lost']}", f"{mcnemar_p(paired['gained'], paired['lost']):.2f}"]
+
+
 def accuracy_rows(before_dir: Path, after_dir: Path) -> list[list[str]]:
     """Per benchmark of the baseline: accuracy before and after on the questions both have answered,
-    with 95% intervals, and the paired difference with its interval. While the evaluation after
+    with 95% intervals, the paired difference with its interval, the questions gained and lost and
+    McNemar's p; then the same over all those questions together. While the evaluation after
     training is still running, n says how many of the baseline's questions it has answered so far."""
-    rows = []
+    rows, pooled_before, pooled_after, answered = [], [], [], 0
     for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
         before, after = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
         shared = [i for i in before if i in after]
         if not shared:
-            rows.append([name, f"0 of {b['n']}", _pct_ci(b), "not evaluated yet", "", ""])
+            rows.append([name, f"0 of {b['n']}", _pct_ci(b), "not evaluated yet", "", "", ""])
             continue
-        paired = paired_difference([before[i] for i in shared], [after[i] for i in shared])
-        rows.append([name, str(b["n"]) if len(shared) == b["n"] else f"{len(shared)} of {b['n']}",
-                     _pct_ci(summarize([{"correct": before[i]} for i in shared])),
-                     _pct_ci(summarize([{"correct": after[i]} for i in shared])),
-                     f"{100 * paired['diff']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]",
-                     f"+{paired['gained']} / -{paired['lost']}"])
+        answered += 1
+        pooled_before += [before[i] for i in shared]
+        pooled_after += [after[i] for i in shared]
+        rows.append(_paired_row(name, str(b["n"]) if len(shared) == b["n"] else f"{len(shared)} of {b['n']}",
+                                [before[i] for i in shared], [after[i] for i in shared]))
+    if answered > 1:
+        rows.append(_paired_row("all questions", str(len(pooled_before)), pooled_before, pooled_after))
     return rows
 
 
-def accuracy_table(run_dir: Path) -> tuple[str, list[str], list[list[str]]] | None:
-    """Title, header and rows of the run's accuracy: before and after with the paired difference
-    (after's answers so far while it runs), or the baseline alone (None before any evaluation)."""
-    before, after = run_dir / "eval_before", run_dir / "eval_after"
+def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Title, header and rows of the run's accuracy: each trained arm with answers against the
+    baseline, paired on the same questions (those answered so far while an arm's evaluation runs),
+    or the baseline alone; nothing before any evaluation."""
+    before = run_dir / "eval_before"
     if not (before / "summary.json").exists():
-        return None
-    if not any(after.glob("*.jsonl")):
+        return []
+    tables = []
+    for arm, folder in ARM_EVAL_DIRS.items():
+        if not any((run_dir / folder).glob("*.jsonl")):
+            continue
+        rows = accuracy_rows(before, run_dir / folder)
+        title = f"Accuracy: {arm} against the baseline (zero-shot, greedy pass@1, paired)"
+        if any(" of " in row[1] for row in rows):
+            title += "; in progress, both sides on the questions answered so far"
+        tables.append((title, ["benchmark", "n", "baseline [95% CI]", f"{arm} [95% CI]",
+                               f"{arm} - baseline [paired 95% CI]", "gained / lost", "McNemar p"], rows))
+    if not tables:
         results = read_json(before / "summary.json")["benchmarks"]
-        return ("Accuracy of the expert as it is (zero-shot, greedy pass@1)", ["benchmark", "n", "accuracy [95% CI]"],
-                [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()])
-    title = "Accuracy (zero-shot, greedy pass@1)"
-    if not (after / "summary.json").exists():
-        title += "; after training: in progress, both sides on the questions answered so far"
-    return (title, ["benchmark", "n", "before [95% CI]", "after [95% CI]", "after - before [paired 95% CI]",
-                    "changed answers"], accuracy_rows(before, after))
+        tables.append(("Accuracy of the expert as it is (zero-shot, greedy pass@1)",
+                       ["benchmark", "n", "accuracy [95% CI]"],
+                       [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()]))
+    return tables
 
 
 def _pct_ci(result: dict[str, Any]) -> str:
@@ -253,9 +283,8 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         md.extend([f"## {title}", "", _markdown_table(header, rows), ""])
         html_parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
 
-    accuracy = accuracy_table(run_dir)
-    if accuracy:
-        section(*accuracy)
+    for table in accuracy_tables(run_dir):
+        section(*table)
 
     arms = _compared_arms(run_dir)
     if arms:
@@ -337,10 +366,7 @@ def _compared_arms(run_dir: Path) -> list:
 def text_summary(run_dir: str | Path) -> str:
     """The accuracy table for the terminal (and the arms' two tables when the run has other arms)."""
     run_dir = Path(run_dir)
-    parts = []
-    accuracy = accuracy_table(run_dir)
-    if accuracy:
-        parts.append(_render(*accuracy[1:]))
+    parts = [_render(*table[1:]) for table in accuracy_tables(run_dir)]
     arms = _compared_arms(run_dir)
     if arms:
         parts.append(arms_report(arms))

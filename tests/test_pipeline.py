@@ -159,7 +159,7 @@ def test_a_killed_stage_keeps_the_seconds_it_ran(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)])
     path = tmp_path / "stages.json"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a guard against hanging only: importing torch on a loaded machine is slow
         while not (path.exists() and json.loads(path.read_text())["sample"]["seconds"] >= 0.5):
             assert time.monotonic() < deadline and process.poll() is None, "no heartbeat reached stages.json"
             time.sleep(0.05)
@@ -240,32 +240,56 @@ def test_paired_difference_against_direct_counts():
     assert same["diff"] == same["low"] == same["high"] == 0
 
 
-def test_the_accuracy_table_pairs_an_evaluation_still_running_with_the_baseline(tmp_path):
-    from lightreasoner.report import accuracy_table
+def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(tmp_path):
+    from lightreasoner.report import accuracy_tables
 
     before = [True, False, True, True, False, True]
     after = [True, True, False, True]  # answered 4 of 6 so far, in another order
     order = [3, 0, 2, 1]
 
-    def write(folder: Path, answers: list[tuple[int, bool]]) -> None:
-        folder.mkdir(parents=True)
-        (folder / "arith.jsonl").write_text("".join(json.dumps({"id": str(i), "correct": c}) + "\n" for i, c in answers))
+    def write(folder: Path, answers: list[tuple[int, bool]], name: str = "arith") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"id": str(i), "correct": c}) + "\n"
+                                                     for i, c in answers))
 
+    assert accuracy_tables(tmp_path) == []
     write(tmp_path / "eval_before", list(enumerate(before)))
+    write(tmp_path / "eval_before", [(0, True), (1, False), (2, False)], "words")
     (tmp_path / "eval_before" / "summary.json").write_text(json.dumps({"benchmarks": {
         "arith": {"n": 6, "correct": 4, "accuracy": 4 / 6, "ci95": [0.3, 0.9]},
         "words": {"n": 3, "correct": 1, "accuracy": 1 / 3, "ci95": [0.06, 0.79]}}}))
-    assert accuracy_table(tmp_path)[1] == ["benchmark", "n", "accuracy [95% CI]"]  # no answer after training yet
+    [(_, header, _)] = accuracy_tables(tmp_path)  # no answer after training yet
+    assert header == ["benchmark", "n", "accuracy [95% CI]"]
 
     write(tmp_path / "eval_after", [(i, a) for i, a in zip(order, after)])
-    title, _, rows = accuracy_table(tmp_path)
-    assert "in progress" in title
-    arith, words = rows
+    [(title, header, rows)] = accuracy_tables(tmp_path)
+    assert "lightreasoner" in title and "in progress" in title and header[3] == "lightreasoner [95% CI]"
+    arith, words = rows  # no pooled row while only one benchmark has answers
     paired_before = [before[i] for i in order]  # 3 of 4 correct; after: 3 of 4; gained 1 (q1), lost 1 (q2)
     assert arith[:2] == ["arith", "4 of 6"]
     assert arith[2].startswith(f"{100 * sum(paired_before) / 4:.1f} [") and arith[3].startswith("75.0 [")
-    assert arith[4].startswith("+0.0 [") and arith[5] == "+1 / -1"
+    assert arith[4].startswith("+0.0 [") and arith[5:] == ["+1 / -1", "1.00"]
     assert words[:2] == ["words", "0 of 3"] and words[3] == "not evaluated yet"
+
+    # A second arm, done: its own table, with the questions of both benchmarks pooled.
+    write(tmp_path / "sft" / "eval_after", [(i, True) for i in range(6)])
+    write(tmp_path / "sft" / "eval_after", [(0, True), (1, True), (2, True)], "words")
+    [_, (title, header, rows)] = accuracy_tables(tmp_path)
+    assert "sft" in title and "in progress" not in title and header[4] == "sft - baseline [paired 95% CI]"
+    assert [row[:2] for row in rows] == [["arith", "6"], ["words", "3"], ["all questions", "9"]]
+    assert rows[2][3].startswith("100.0 [") and rows[2][4].startswith("+44.4 [") and rows[2][5] == "+4 / -0"
+    assert rows[2][6] == f"{2 / 2 ** 4:.2f}"
+
+
+@pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (13, 9)])
+def test_mcnemar_p_against_enumerating_every_split_of_the_discordant_questions(gained, lost):
+    from itertools import product
+
+    from lightreasoner.report import mcnemar_p
+
+    n = gained + lost  # every way n fair coins can fall; count those at least as uneven as observed
+    uneven = sum(abs(2 * sum(flips) - n) >= abs(gained - lost) for flips in product((0, 1), repeat=n))
+    assert mcnemar_p(gained, lost) == pytest.approx(uneven / 2 ** n)
 
 
 def test_kept_step_statistics_against_a_direct_count():
