@@ -130,22 +130,25 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> list[list[str]]:
 def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]]]:
     """Title, header and rows of the run's accuracy: each trained arm with answers against the
     baseline, paired on the same questions (those answered so far while an arm's evaluation runs),
-    or the baseline alone; nothing before any evaluation."""
-    before = run_dir / "eval_before"
-    if not (before / "summary.json").exists():
+    then the format-only control against lightreasoner (what the contrast's labels add over
+    training the same positions on the expert's own tokens); or the baseline alone; nothing before
+    any evaluation."""
+    if not (run_dir / "eval_before" / "summary.json").exists():
         return []
+    comparisons = [("baseline", "eval_before", arm, folder) for arm, folder in ARM_EVAL_DIRS.items()]
+    comparisons.append(("lightreasoner", ARM_EVAL_DIRS["lightreasoner"], "format-only", ARM_EVAL_DIRS["format-only"]))
     tables = []
-    for arm, folder in ARM_EVAL_DIRS.items():
-        if not any((run_dir / folder).glob("*.jsonl")):
+    for reference, reference_folder, arm, folder in comparisons:
+        if not (run_dir / reference_folder / "summary.json").exists() or not any((run_dir / folder).glob("*.jsonl")):
             continue
-        rows = accuracy_rows(before, run_dir / folder)
-        title = f"Accuracy: {arm} against the baseline (zero-shot, greedy pass@1, paired)"
+        rows = accuracy_rows(run_dir / reference_folder, run_dir / folder)
+        title = f"Accuracy: {arm} against {reference} (zero-shot, greedy pass@1, paired)"
         if any(" of " in row[1] for row in rows):
             title += "; in progress, both sides on the questions answered so far"
-        tables.append((title, ["benchmark", "n", "baseline [95% CI]", f"{arm} [95% CI]",
-                               f"{arm} - baseline [paired 95% CI]", "gained / lost", "McNemar p"], rows))
+        tables.append((title, ["benchmark", "n", f"{reference} [95% CI]", f"{arm} [95% CI]",
+                               f"{arm} - {reference} [paired 95% CI]", "gained / lost", "McNemar p"], rows))
     if not tables:
-        results = read_json(before / "summary.json")["benchmarks"]
+        results = read_json(run_dir / "eval_before" / "summary.json")["benchmarks"]
         tables.append(("Accuracy of the expert as it is (zero-shot, greedy pass@1)",
                        ["benchmark", "n", "accuracy [95% CI]"],
                        [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()]))

@@ -280,6 +280,15 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     assert rows[2][3].startswith("100.0 [") and rows[2][4].startswith("+44.4 [") and rows[2][5] == "+4 / -0"
     assert rows[2][6] == f"{2 / 2 ** 4:.2f}"
 
+    # The control against lightreasoner: paired on the questions both have answered.
+    write(tmp_path / "format-only" / "eval_after", [(0, False), (3, True)])
+    (tmp_path / "eval_after" / "summary.json").write_text(json.dumps({"benchmarks": {
+        "arith": {"n": 4, "correct": 3, "accuracy": 0.75, "ci95": [0.3, 0.95]}}}))
+    title, header, [row] = accuracy_tables(tmp_path)[-1]
+    assert title.startswith("Accuracy: format-only against lightreasoner") and "in progress" in title
+    assert header[4] == "format-only - lightreasoner [paired 95% CI]"
+    assert row[:2] == ["arith", "2 of 4"] and row[4].startswith("-50.0 [") and row[5] == "+0 / -1"
+
 
 @pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (13, 9)])
 def test_mcnemar_p_against_enumerating_every_split_of_the_discordant_questions(gained, lost):
