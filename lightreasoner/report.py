@@ -367,7 +367,7 @@ def _compared_arms(run_dir: Path) -> list:
 
 
 def text_summary(run_dir: str | Path) -> str:
-    """The accuracy table for the terminal (and the arms' two tables when the run has other arms)."""
+    """The accuracy tables for the terminal (and the arms' two tables when the run has other arms)."""
     run_dir = Path(run_dir)
     parts = [_render(*table[1:]) for table in accuracy_tables(run_dir)]
     arms = _compared_arms(run_dir)

@@ -290,7 +290,7 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     assert row[:2] == ["arith", "2 of 4"] and row[4].startswith("-50.0 [") and row[5] == "+0 / -1"
 
 
-@pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (13, 9)])
+@pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (8, 3)])
 def test_mcnemar_p_against_enumerating_every_split_of_the_discordant_questions(gained, lost):
     from itertools import product
 
