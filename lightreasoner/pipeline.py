@@ -35,13 +35,14 @@ from .records import read_json, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
 from .sft import SFTConfig, control, efficiency_record, sft, sft_config_dict, sft_train_config
+from .tables import ARM_EVAL_DIRS
 from .training import TrainConfig, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", "format-only")
 
 # The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
 SECTION_STAGES = {"sample": ("sample",), "train": ("train", "format-only", "sft"), "sft": ("sft",),
-                  "eval": ("eval_before", "eval_after", "sft/eval_after", "format-only/eval_after")}
+                  "eval": tuple(ARM_EVAL_DIRS.values())}
 
 
 @dataclass

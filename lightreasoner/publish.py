@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import LightReasonerError
 from .records import JsonlAppender, iter_jsonl, read_json, write_json_atomic
+from .tables import ARM_EVAL_DIRS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
                "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html"}
@@ -33,7 +34,7 @@ BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
 # evaluations of those adapters are reopened too (their answers kept), so that the rebuilt adapter
 # is checked against the one the answers came from (evaluation.adapter_fingerprint) before reuse.
 WEIGHT_STAGES = ("train", "sft", "format-only")
-ADAPTER_EVAL_STAGES = ("eval_after", "sft/eval_after", "format-only/eval_after")
+ADAPTER_EVAL_STAGES = tuple(folder for arm, folder in ARM_EVAL_DIRS.items() if arm != "baseline")
 
 
 def published_record(record: dict) -> dict:

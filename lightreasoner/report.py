@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from .errors import LightReasonerError
 from .evaluation import summarize
 from .records import iter_jsonl, read_json
-from .tables import _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms, savings_line
+from .tables import ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms, savings_line
 
 TOKEN_VIEW_TRAJECTORIES = 3
 
@@ -88,10 +88,6 @@ def mcnemar_p(gained: int, lost: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n)
 
 
-# Where each trained arm of a run folder keeps its evaluation (the baseline's is eval_before/).
-ARM_EVAL_DIRS = {"lightreasoner": "eval_after", "sft": "sft/eval_after", "format-only": "format-only/eval_after"}
-
-
 def _correct_by_id(eval_dir: Path, benchmark: str) -> dict[str, bool]:
     path = eval_dir / f"{benchmark}.jsonl"
     return {r["id"]: bool(r["correct"]) for _, r in iter_jsonl(path)} if path.exists() else {}
@@ -105,15 +101,17 @@ def _paired_row(label: str, n: str, before: list[bool], after: list[bool]) -> li
             f"+{paired['gained']} / -{paired['lost']}", f"{mcnemar_p(paired['gained'], paired['lost']):.2f}"]
 
 
-def accuracy_rows(before_dir: Path, after_dir: Path) -> list[list[str]]:
+def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], bool]:
     """Per benchmark of the baseline: accuracy before and after on the questions both have answered,
     with 95% intervals, the paired difference with its interval, the questions gained and lost and
     McNemar's p; then the same over all those questions together. While the evaluation after
-    training is still running, n says how many of the baseline's questions it has answered so far."""
-    rows, pooled_before, pooled_after, answered = [], [], [], 0
+    training is still running, n says how many of the baseline's questions it has answered so far;
+    the flag says whether it has answered them all."""
+    rows, pooled_before, pooled_after, answered, complete = [], [], [], 0, True
     for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
         before, after = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
         shared = [i for i in before if i in after]
+        complete &= len(shared) == b["n"]
         if not shared:
             rows.append([name, f"0 of {b['n']}", _pct_ci(b), "not evaluated yet", "", "", ""])
             continue
@@ -124,7 +122,7 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> list[list[str]]:
                                 [before[i] for i in shared], [after[i] for i in shared]))
     if answered > 1:
         rows.append(_paired_row("all questions", str(len(pooled_before)), pooled_before, pooled_after))
-    return rows
+    return rows, complete
 
 
 def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -133,22 +131,23 @@ def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]
     then the format-only control against lightreasoner (what the contrast's labels add over
     training the same positions on the expert's own tokens); or the baseline alone; nothing before
     any evaluation."""
-    if not (run_dir / "eval_before" / "summary.json").exists():
+    baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
+    if not (baseline_dir / "summary.json").exists():
         return []
-    comparisons = [("baseline", "eval_before", arm, folder) for arm, folder in ARM_EVAL_DIRS.items()]
-    comparisons.append(("lightreasoner", ARM_EVAL_DIRS["lightreasoner"], "format-only", ARM_EVAL_DIRS["format-only"]))
+    pairs = [("baseline", arm) for arm in ARM_EVAL_DIRS if arm != "baseline"] + [("lightreasoner", "format-only")]
     tables = []
-    for reference, reference_folder, arm, folder in comparisons:
-        if not (run_dir / reference_folder / "summary.json").exists() or not any((run_dir / folder).glob("*.jsonl")):
+    for reference, arm in pairs:
+        reference_dir, arm_dir = run_dir / ARM_EVAL_DIRS[reference], run_dir / ARM_EVAL_DIRS[arm]
+        if not (reference_dir / "summary.json").exists() or not any(arm_dir.glob("*.jsonl")):
             continue
-        rows = accuracy_rows(run_dir / reference_folder, run_dir / folder)
+        rows, complete = accuracy_rows(reference_dir, arm_dir)
         title = f"Accuracy: {arm} against {reference} (zero-shot, greedy pass@1, paired)"
-        if any(" of " in row[1] for row in rows):
+        if not complete:
             title += "; in progress, both sides on the questions answered so far"
         tables.append((title, ["benchmark", "n", f"{reference} [95% CI]", f"{arm} [95% CI]",
                                f"{arm} - {reference} [paired 95% CI]", "gained / lost", "McNemar p"], rows))
     if not tables:
-        results = read_json(run_dir / "eval_before" / "summary.json")["benchmarks"]
+        results = read_json(baseline_dir / "summary.json")["benchmarks"]
         tables.append(("Accuracy of the expert as it is (zero-shot, greedy pass@1)",
                        ["benchmark", "n", "accuracy [95% CI]"],
                        [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()]))

@@ -102,7 +102,10 @@ def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str],
 # ----------------------------------------------------------------------------------------------
 # Arms: the paper's two tables (accuracy with the gain over the baseline; efficiency)
 
-ARM_ORDER = ("baseline", "sft", "lightreasoner", "format-only")
+# Where each arm of a `lightreasoner run` folder keeps its evaluation, in the paper's table order;
+# a trained arm's costs (efficiency.json) sit in the folder above its evaluation.
+ARM_EVAL_DIRS = {"baseline": "eval_before", "sft": "sft/eval_after", "lightreasoner": "eval_after",
+                 "format-only": "format-only/eval_after"}
 
 
 @dataclass(frozen=True)
@@ -144,15 +147,10 @@ def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
     found: list[tuple[Path, Arm]] = []
     for folder in map(Path, folders):
         if _is_run_folder(folder):
-            arms = [Arm("baseline", _evaluated(folder / "eval_before"), None, True),
-                    Arm("lightreasoner", _evaluated(folder / "eval_after"), _read_efficiency(folder))]
-            for name in ("sft", "format-only"):
-                if (folder / name).is_dir():
-                    efficiency = _read_efficiency(folder / name)
-                    arms.append(Arm(name, _evaluated(folder / name / "eval_after"), efficiency))
-            arms = [a for a in arms if a.eval_dir is not None or a.efficiency is not None]
-            arms.sort(key=lambda a: ARM_ORDER.index(a.label))
-            found += [(folder, a) for a in arms]
+            arms = [Arm(label, _evaluated(folder / eval_dir),
+                        None if label == "baseline" else _read_efficiency((folder / eval_dir).parent),
+                        label == "baseline") for label, eval_dir in ARM_EVAL_DIRS.items()]
+            found += [(folder, a) for a in arms if a.eval_dir is not None or a.efficiency is not None]
         elif (efficiency := _read_efficiency(folder)) is not None:
             found.append((folder, Arm(str(efficiency["arm"]), _evaluated(folder / "eval_after"), efficiency)))
         elif _evaluated(folder) is not None:

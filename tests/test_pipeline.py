@@ -271,11 +271,12 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     assert arith[4].startswith("+0.0 [") and arith[5:] == ["+1 / -1", "1.00"]
     assert words[:2] == ["words", "0 of 3"] and words[3] == "not evaluated yet"
 
-    # A second arm, done: its own table, with the questions of both benchmarks pooled.
+    # A second arm, done: its own table (before lightreasoner's, in the paper's order), with the
+    # questions of both benchmarks pooled.
     write(tmp_path / "sft" / "eval_after", [(i, True) for i in range(6)])
     write(tmp_path / "sft" / "eval_after", [(0, True), (1, True), (2, True)], "words")
-    [_, (title, header, rows)] = accuracy_tables(tmp_path)
-    assert "sft" in title and "in progress" not in title and header[4] == "sft - baseline [paired 95% CI]"
+    [(title, header, rows), (second, _, _)] = accuracy_tables(tmp_path)
+    assert "lightreasoner" in second and "sft" in title and "in progress" not in title and header[4] == "sft - baseline [paired 95% CI]"
     assert [row[:2] for row in rows] == [["arith", "6"], ["words", "3"], ["all questions", "9"]]
     assert rows[2][3].startswith("100.0 [") and rows[2][4].startswith("+44.4 [") and rows[2][5] == "+4 / -0"
     assert rows[2][6] == f"{2 / 2 ** 4:.2f}"
