@@ -202,6 +202,8 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                     raise LightReasonerError(f"{run_dir}: this run folder was made with {section}.{key}="
                                              f"{previous.get(section, {}).get(key)!r}, now {value!r}; "
                                              "use another --out")
+        # One command per arm is the usual way to fill a folder: it records the arms of them all.
+        settings["arms"] = [arm for arm in ARMS if arm in {*previous.get("settings", {}).get("arms", ()), *arms}]
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
     stages = Stages(run_dir)

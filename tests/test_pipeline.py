@@ -218,9 +218,10 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()  # the baseline's accuracy, and no cost table of stages not run
     assert f"| arith | 5 | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
     # Training has not started in this folder, so its settings are still free; evaluation has.
-    run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, overrides={"train": {"lora_r": 4}},
+    run(tiny_config(pair, arms=["lightreasoner"]), out, overrides={"train": {"lora_r": 4}},
         progress=False, say=lambda _: None)
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert json.loads((out / "run.json").read_text())["settings"]["arms"] == ["baseline", "lightreasoner"]
     with pytest.raises(Exception, match="train.lora_r=4, now 8"):
         run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, progress=False, say=lambda _: None)
     with pytest.raises(Exception, match="eval.max_new_tokens=8, now 9"):
