@@ -8,7 +8,8 @@
 * ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
   dtype, backend); a rerun with different ones is refused rather than mixed into old results.
 * ``summary.json``: per benchmark n, correct, accuracy, its 95% Wilson interval, tokens and
-  seconds, plus the unweighted average over benchmarks (the paper's "Avg.").
+  seconds, plus the unweighted average over benchmarks (the paper's "Avg."); rewritten as each
+  benchmark ends, with the benchmarks still to come under ``pending``.
 
 Generation is greedy pass@1 like the Qwen2.5-Math toolkit: a cached decoding loop with continuous
 batching (:mod:`lightreasoner.decoding`; or vLLM, imported only when asked for), stopping on every
@@ -328,7 +329,8 @@ def _generate(config: EvalConfig, model: Any, tokenizer: Any, benchmark: str, to
 def _write_summary(out_dir: Path, config: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     accuracies = [r["accuracy"] for r in results.values()]
     summary = {"model": config.model, "adapter": config.adapter, "settings": config_to_dict(config),
-               "benchmarks": results, "average": sum(accuracies) / len(accuracies) if accuracies else 0.0,
+               "benchmarks": results, "pending": [name for name in config.benchmarks if name not in results],
+               "average": sum(accuracies) / len(accuracies) if accuracies else 0.0,
                "tokens": sum(r["tokens"] for r in results.values()),
                "seconds": round(sum(r["seconds"] for r in results.values()), 3)}
     write_json_atomic(out_dir / "summary.json", summary)

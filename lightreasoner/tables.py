@@ -82,8 +82,10 @@ def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str],
 
     def row(name: str, values: list[float | None], n: str) -> list[str]:
         cells = [f"{name} ({n})"]
-        for index, value in enumerate(values):
-            cells.append("-" if value is None else f"{100 * value:.1f}")
+        for index, (value, summary) in enumerate(zip(values, summaries)):
+            # An evaluation still running lists the benchmarks it has not finished as pending.
+            missing = "running" if name in summary.get("pending", ()) else "-"
+            cells.append(missing if value is None else f"{100 * value:.1f}")
             if index:
                 base = values[0]
                 cells.append("-" if value is None or base is None else f"{100 * (value - base):+.1f}")

@@ -165,6 +165,24 @@ def test_interrupted_eval_resumes_without_redoing(tiny_dir, data_dir, tmp_path, 
     assert summary["benchmarks"]["gsm8k"]["n"] == 5
 
 
+def test_the_summary_of_an_unfinished_eval_lists_its_pending_benchmarks(tiny_dir, data_dir, tmp_path, monkeypatch):
+    real = evaluation.hf_generate
+
+    def killed_on_the_second_benchmark(model, tokenizer, texts, **kwargs):
+        if kwargs["desc"] == "mmlu_stem":
+            raise KeyboardInterrupt
+        yield from real(model, tokenizer, texts, **kwargs)
+
+    monkeypatch.setattr(evaluation, "hf_generate", killed_on_the_second_benchmark)
+    settings = config(tiny_dir, data_dir, benchmarks=["gsm8k", "mmlu_stem"])
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(settings, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["benchmarks"]) == ["gsm8k"] and summary["pending"] == ["mmlu_stem"]
+    monkeypatch.setattr(evaluation, "hf_generate", real)
+    assert evaluate(settings, tmp_path, progress=False)["pending"] == []
+
+
 def test_changed_settings_are_refused(tiny_dir, data_dir, tmp_path):
     evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
     with pytest.raises(LightReasonerError, match="max_new_tokens"):
@@ -204,13 +222,13 @@ def test_wilson_interval_matches_its_definition():
 
 
 def test_compare_table(tmp_path):
-    def write(name, results):
+    def write(name, results, pending=()):
         folder = tmp_path / name
         folder.mkdir()
         benchmarks = {k: {"n": 10, "correct": int(v * 10), "accuracy": v, "ci95": [0, 1], "tokens": 1, "seconds": 1}
                       for k, v in results.items()}
-        (folder / "summary.json").write_text(json.dumps({"benchmarks": benchmarks, "average": 0, "tokens": 0,
-                                                         "seconds": 0}))
+        (folder / "summary.json").write_text(json.dumps({"benchmarks": benchmarks, "pending": list(pending),
+                                                         "average": 0, "tokens": 0, "seconds": 0}))
         return folder
 
     base = write("base", {"gsm8k": 0.4, "math": 0.3})
@@ -220,6 +238,10 @@ def test_compare_table(tmp_path):
     assert lines[2].split() == ["gsm8k", "(10)", "40.0", "70.0", "+30.0"]
     assert lines[4].split() == ["svamp", "(10)", "-", "50.0", "-"]
     assert lines[5].split() == ["average", "(2", "benchmarks)", "35.0", "65.0", "+30.0"]
+    halfway = write("halfway", {"gsm8k": 0.5}, pending=["math", "svamp"])  # still evaluating
+    lines = compare_table([base, halfway]).splitlines()
+    assert lines[3].split() == ["math", "(10)", "30.0", "running", "-"]
+    assert lines[4].split() == ["average", "(1", "benchmarks)", "40.0", "50.0", "+10.0"]
     with pytest.raises(LightReasonerError, match="summary.json"):
         compare_table([tmp_path])
 
