@@ -8,7 +8,8 @@ Layout of the run folder::
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
     eval_before/ eval_after/ evaluation of the expert without and with the adapter
     efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
-    sft/ format-only/        the other arms when asked for (``--arms``): each an arm folder of
+    sft/ format-only/ random-positions/
+                             the other arms when asked for (``--arms``): each an arm folder of
                              :mod:`lightreasoner.sft` (adapter/, efficiency.json, ...) plus eval_after/
     report.md report.html kl.png loss.png (arms.png)
 
@@ -34,14 +35,14 @@ from .evaluation import EvalConfig, evaluate
 from .records import read_json, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .sft import SFTConfig, control, efficiency_record, sft, sft_config_dict, sft_train_config
+from .sft import CONTROL_ARMS, SFTConfig, control, efficiency_record, sft, sft_config_dict, sft_train_config
 from .tables import ARM_EVAL_DIRS
 from .training import TrainConfig, train_from_file
 
-ARMS = ("baseline", "lightreasoner", "sft", "format-only")
+ARMS = ("baseline", "lightreasoner", "sft", *CONTROL_ARMS.values())
 
 # The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
-SECTION_STAGES = {"sample": ("sample",), "train": ("train", "format-only", "sft"), "sft": ("sft",),
+SECTION_STAGES = {"sample": ("sample",), "train": ("train", "sft", *CONTROL_ARMS.values()), "sft": ("sft",),
                   "eval": tuple(ARM_EVAL_DIRS.values())}
 
 
@@ -71,7 +72,8 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
     arms: list[str] = field(default_factory=lambda: ["baseline", "lightreasoner"], metadata={
         "help": "what to train and evaluate on the same questions: baseline (the expert as is), lightreasoner, "
-                "sft (rejection-sampled SFT), format-only (one-hot control at the kept steps)"})
+                "sft (rejection-sampled SFT), format-only (one-hot control at the kept steps), random-positions "
+                "(one-hot control at as many random positions)"})
     sft_samples_per_question: int = field(default=4, metadata={
         "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)"})
 
@@ -203,7 +205,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                                              f"{previous.get(section, {}).get(key)!r}, now {value!r}; "
                                              "use another --out")
         # One command per arm is the usual way to fill a folder: it records the arms of them all.
-        settings["arms"] = [arm for arm in ARMS if arm in {*previous.get("settings", {}).get("arms", ()), *arms}]
+        settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
     stages = Stages(run_dir)
@@ -214,7 +216,9 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         pair = pair or load_pair(sample_config)
         return pair
 
-    samples_needed = ("lightreasoner" in arms or "format-only" in arms) and not stages.done("sample")
+    # The controls train on the LightReasoner trajectories (and the kept steps' count) too.
+    on_samples = [arm for arm in ("lightreasoner", *CONTROL_ARMS.values()) if arm in arms]
+    samples_needed = bool(on_samples) and not stages.done("sample")
 
     def eval_before() -> None:
         if samples_needed:  # load the pair once for both stages
@@ -232,7 +236,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     if "baseline" in arms:
         stages.run("eval_before", eval_before, say)
         stages.finish("eval_before")
-    if "lightreasoner" in arms or "format-only" in arms:  # the control trains on the kept steps too
+    if on_samples:
         stages.run("sample", lambda: sample(sample_config, run_dir / "samples.jsonl", progress=progress,
                                             pair=get_pair()), say)
         stages.finish("sample")
@@ -251,15 +255,16 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                                       say=lambda text: say(f"[sft] {text}")), say)
         stages.finish("sft")
         eval_arm(run_dir / "sft", "sft/eval_after")
-    if "format-only" in arms:
+    for positions, arm in CONTROL_ARMS.items():
+        if arm not in arms:
+            continue
         # Same samples, same training settings, same optimizer steps as the lightreasoner arm; its
-        # cost includes that arm's sampling, which chose the positions.
-        stages.run("format-only", lambda: control(sample_config.expert, run_dir / "samples.jsonl", train_config,
-                                                  run_dir / "format-only",
-                                                  sample_seconds=stages.state["sample"]["seconds"],
-                                                  say=lambda text: say(f"[format-only] {text}")), say)
-        stages.finish("format-only")
-        eval_arm(run_dir / "format-only", "format-only/eval_after")
+        # cost includes that arm's sampling, which made the trajectories.
+        stages.run(arm, lambda: control(sample_config.expert, run_dir / "samples.jsonl", train_config, run_dir / arm,
+                                        positions=positions, sample_seconds=stages.state["sample"]["seconds"],
+                                        say=lambda text: say(f"[{arm}] {text}")), say)
+        stages.finish(arm)
+        eval_arm(run_dir / arm, f"{arm}/eval_after")
 
     if tokenizer is None:
         from .models import load_tokenizer

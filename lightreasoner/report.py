@@ -129,12 +129,14 @@ def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]
     """Title, header and rows of the run's accuracy: each trained arm with answers against the
     baseline, paired on the same questions (those answered so far while an arm's evaluation runs),
     then the format-only control against lightreasoner (what the contrast's labels add over
-    training the same positions on the expert's own tokens); or the baseline alone; nothing before
+    training the same positions on the expert's own tokens) and the random-positions control
+    against format-only (what the contrast's positions add); or the baseline alone; nothing before
     any evaluation."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
     if not (baseline_dir / "summary.json").exists():
         return []
-    pairs = [("baseline", arm) for arm in ARM_EVAL_DIRS if arm != "baseline"] + [("lightreasoner", "format-only")]
+    pairs = [("baseline", arm) for arm in ARM_EVAL_DIRS if arm != "baseline"]
+    pairs += [("lightreasoner", "format-only"), ("format-only", "random-positions")]
     tables = []
     for reference, arm in pairs:
         reference_dir, arm_dir = run_dir / ARM_EVAL_DIRS[reference], run_dir / ARM_EVAL_DIRS[arm]
@@ -359,7 +361,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _compared_arms(run_dir: Path) -> list:
     """The run's arms when it has more than baseline and lightreasoner (and any is evaluated)."""
-    if not any((run_dir / name).is_dir() for name in ("sft", "format-only")):
+    if not any((run_dir / arm).is_dir() for arm in ARM_EVAL_DIRS if arm not in ("baseline", "lightreasoner")):
         return []
     arms = find_arms([run_dir])
     return arms if any(arm.eval_dir is not None for arm in arms) else []

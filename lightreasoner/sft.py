@@ -1,4 +1,4 @@
-"""The paper's baseline and a control arm, both trained by :func:`lightreasoner.training.train`.
+"""The paper's baseline and two control arms, all trained by :func:`lightreasoner.training.train`.
 
 * **Rejection-sampled SFT** (:func:`sft`): the expert samples K solutions per training question
   (temperature sampling with continuous batching and a KV cache); each is graded against the
@@ -10,8 +10,11 @@
   with the expert's own greedy token instead of the contrastive soft label. Same sequences, same
   positions, same optimizer steps; only the contrast is missing. It separates the gain of the
   contrast from the gain of merely adapting to the prompt format.
+* **Random-positions control** (:func:`control` with ``positions="random"``): the same one-hot
+  labels at as many positions of each trajectory as it has kept steps, drawn uniformly at random.
+  Against the format-only control it tells whether the contrast's choice of positions matters.
 
-Both write an arm folder like ``lightreasoner run`` does for its own arm: ``adapter/`` (LoRA
+All write an arm folder like ``lightreasoner run`` does for its own arm: ``adapter/`` (LoRA
 adapter, tokenizer, train log and summary), ``stages.json`` (wall seconds per stage, summed over
 resumed attempts) and ``efficiency.json`` (the paper's cost accounting, see
 :func:`lightreasoner.pipeline.efficiency`). Rerunning the same call resumes. See docs/SFT.md.
@@ -19,6 +22,7 @@ resumed attempts) and ``efficiency.json`` (the paper's cost accounting, see
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -301,23 +305,42 @@ def sft_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# The format-only control
+# The controls: one-hot labels on the expert's own greedy tokens, at the kept steps or at random
+
+# Each control's arm name, by where its labels go.
+CONTROL_ARMS = {"kept": "format-only", "random": "random-positions"}
 
 
-def format_only_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) -> SampleSet:
-    """A LightReasoner sample file's kept steps, each labelled one-hot with the expert's own greedy token.
+def control_arm(positions: str) -> str:
+    if positions not in CONTROL_ARMS:
+        raise LightReasonerError(f"positions: {positions!r} is not one of {', '.join(CONTROL_ARMS)}")
+    return CONTROL_ARMS[positions]
 
-    The file is first read by :func:`training.read_samples` (header, tokenizer, step checks), so
-    the control trains exactly the positions the soft-label run trains.
+
+def control_examples(path: str | Path, tokenizer: Any, *, positions: str = "kept", seed: int = 0,
+                     max_length: int = 2048) -> SampleSet:
+    """A LightReasoner sample file's trajectories labelled one-hot with the expert's own greedy token,
+    at the kept steps (``positions="kept"``) or at as many distinct positions of the same trajectory
+    drawn uniformly at random (``"random"``, seeded; trajectories without a kept step get none).
+
+    The file is first read by :func:`training.read_samples` (header, tokenizer, step checks), so the
+    kept-steps control trains exactly the positions the soft-label run trains.
     """
+    arm = control_arm(positions)
     path = Path(path)
     soft = training.read_samples(path, tokenizer, max_length=max_length)
+    rng = random.Random(seed)
     lines = iter_jsonl(path)
     next(lines)  # header, checked above
-    examples = [one_hot_example(record["prompt_ids"], record["completion_ids"], [s["step"] for s in record["steps"]],
-                                source=f"{path}:{number}")
-                for number, record in lines if record["steps"]]
-    return training.make_sample_set(examples, soft.vocab_size, "format-only", path, max_length)
+    examples = []
+    for number, record in lines:
+        steps = [s["step"] for s in record["steps"]]
+        if positions == "random":
+            steps = rng.sample(range(len(record["completion_ids"])), len(steps))
+        if steps:
+            examples.append(one_hot_example(record["prompt_ids"], record["completion_ids"], steps,
+                                            source=f"{path}:{number}"))
+    return training.make_sample_set(examples, soft.vocab_size, arm, path, max_length)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,11 +406,12 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
     return record
 
 
-def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str | Path, *,
+def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str | Path, *, positions: str = "kept",
             sample_seconds: float | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """The format-only control into ``out_dir`` (adapter/, efficiency.json); resumes.
+    """A control into ``out_dir`` (adapter/, efficiency.json), its labels at ``positions`` (see
+    :func:`control_examples`; random positions are drawn with the training seed); resumes.
 
-    Its cost includes the LightReasoner sampling that chose the positions: ``sample_seconds``, or
+    Its cost includes the LightReasoner sampling that made the trajectories: ``sample_seconds``, or
     the seconds in the sample file's ``.meta.json`` sidecar. Returns the efficiency record.
     """
     from .pipeline import Stages
@@ -396,13 +420,14 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     out_dir, samples = Path(out_dir), Path(samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, resume=True)
-    _check_arm_settings(out_dir, {"arm": "format-only", "model": str(model), "samples": str(samples),
+    arm = control_arm(positions)
+    _check_arm_settings(out_dir, {"arm": arm, "model": str(model), "samples": str(samples),
                                   "train": config_to_dict(config)})
     stages = Stages(out_dir)
 
     def fine_tune() -> None:
         tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
-        data = format_only_examples(samples, tokenizer, max_length=config.max_length)
+        data = control_examples(samples, tokenizer, positions=positions, seed=config.seed, max_length=config.max_length)
         training.train(model, data, config, out_dir / ADAPTER_DIR, samples=str(samples))
 
     stages.run("train", fine_tune, say)
@@ -414,6 +439,6 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     counts = {"problems_sampled": len(records), "tokens_generated": sum(len(r["completion_ids"]) for r in records),
               "examples_kept": sum(len(r["steps"]) for r in records)}
     seconds = {"sample": round(sample_seconds, 2), "train": stages.state["train"]["seconds"]}
-    record = efficiency_record("format-only", seconds, counts, read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
+    record = efficiency_record(arm, seconds, counts, read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
     write_json_atomic(out_dir / EFFICIENCY_FILE, record)
     return record

@@ -1,7 +1,7 @@
 """Plain-text tables of evaluation results: one run, several side by side, and arms compared.
 
 Kept apart from the evaluation loop so that other stages can add their own tables next to these:
-the arms comparison (baseline, sft, lightreasoner, format-only) prints the paper's two tables,
+the arms comparison (baseline, sft, lightreasoner and the controls) prints the paper's two tables,
 accuracy with the gain over the baseline and the efficiency table, from run and arm folders.
 """
 
@@ -107,7 +107,7 @@ def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str],
 # Where each arm of a `lightreasoner run` folder keeps its evaluation, in the paper's table order;
 # a trained arm's costs (efficiency.json) sit in the folder above its evaluation.
 ARM_EVAL_DIRS = {"baseline": "eval_before", "sft": "sft/eval_after", "lightreasoner": "eval_after",
-                 "format-only": "format-only/eval_after"}
+                 "format-only": "format-only/eval_after", "random-positions": "random-positions/eval_after"}
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,8 @@ def _is_run_folder(folder: Path) -> bool:
 
 
 def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
-    """The arms in run folders (baseline = eval_before, lightreasoner, and sft/ and format-only/ when
-    present), arm folders (``lightreasoner sft``/``control`` output, with eval_after/ once evaluated)
+    """The arms in run folders (baseline = eval_before, lightreasoner, and sft/, format-only/ and
+    random-positions/ when present), arm folders (``lightreasoner sft``/``control`` output, with eval_after/ once evaluated)
     and plain evaluation folders; labels get the folder name in front where two would be equal."""
     found: list[tuple[Path, Arm]] = []
     for folder in map(Path, folders):

@@ -15,8 +15,9 @@ Loaders turn files into examples:
   ``token_ids``, ``weights``); each line is tokenised as their trainer does it, and lines whose
   token sequences nest are packed into one example;
 * :func:`one_hot_example` - one-hot labels (weight 1) on given tokens. KL to a one-hot label is
-  cross-entropy, so this is how rejection-sampled SFT (every completion token) and the
-  "format-only" control (the expert's own greedy token at the kept steps) reuse this trainer.
+  cross-entropy, so this is how rejection-sampled SFT (every completion token), the "format-only"
+  control (the expert's own greedy token at the kept steps) and the "random-positions" control (the
+  same at random positions) reuse this trainer.
 
 :func:`train` runs the loop: data order is a pure function of the seed (so ``--resume`` from a
 checkpoint gives the same result as an uninterrupted run, and any number of processes sees the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, run
 from lightreasoner.sampling import SampleConfig, sample
-from lightreasoner.sft import (Completion, SFTConfig, control, format_only_examples, generate_samples, read_sft_samples,
+from lightreasoner.sft import (Completion, SFTConfig, control, control_examples, generate_samples, read_sft_samples,
                                sample_solutions, sft, sft_examples, sft_train_config)
 from lightreasoner.tables import arms_report, find_arms, format_seconds
 
@@ -237,7 +238,7 @@ def test_format_only_control_trains_the_kept_steps_on_own_tokens(pair, tokenizer
     assert sum(len(r["steps"]) for r in records) > 0
 
     soft = training.read_samples(samples, tokenizer)
-    hard = format_only_examples(samples, tokenizer)
+    hard = control_examples(samples, tokenizer)
     assert hard.vocab_size == soft.vocab_size and hard.format == "format-only"
     assert [(e.input_ids, e.positions) for e in hard.examples] == [(e.input_ids, e.positions) for e in soft.examples]
     expected = [[[r["completion_ids"][s["step"]]] for s in r["steps"]] for r in records if r["steps"]]
@@ -255,7 +256,35 @@ def test_format_only_control_trains_the_kept_steps_on_own_tokens(pair, tokenizer
     assert record["seconds"]["sample"] == pytest.approx(meta["seconds"], abs=0.01)
     assert (tmp_path / "control" / "adapter" / "adapter_config.json").is_file()
     with pytest.raises(LightReasonerError, match="lightreasoner-samples"):
-        format_only_examples(write_questions(tmp_path / "not-samples.jsonl"), tokenizer)
+        control_examples(write_questions(tmp_path / "not-samples.jsonl"), tokenizer)
+
+
+def test_random_positions_control_labels_as_many_random_positions_of_each_trajectory(pair, tokenizer, tmp_path):
+    def sampled(beta: float) -> list[dict]:
+        sample(SampleConfig(expert=str(pair[0]), amateur=str(pair[1]), data=str(write_questions(tmp_path / "q.jsonl")),
+                            max_new_tokens=12, beta=beta, dtype="float32", device="cpu"), samples, progress=False)
+        return [json.loads(line) for line in samples.read_text().splitlines()[1:]]
+
+    samples = tmp_path / "samples.jsonl"
+    median = statistics.median(kl for record in sampled(0.0) for kl in record["kl"])
+    samples.unlink()
+    kept = [r for r in sampled(median) if r["steps"]]  # about half of each trajectory's steps
+    assert 0 < sum(len(r["steps"]) for r in kept) < sum(len(r["completion_ids"]) for r in kept)
+    runs = {seed: control_examples(samples, tokenizer, positions="random", seed=seed) for seed in range(4)}
+    for data in runs.values():
+        assert data.format == "random-positions" and len(data.examples) == len(kept)
+        for record, example in zip(kept, data.examples):
+            steps = [p - len(record["prompt_ids"]) + 1 for p in example.positions]  # back to completion steps
+            assert len(set(steps)) == len(steps) == len(record["steps"])
+            assert 0 <= min(steps) and max(steps) < len(record["completion_ids"])
+            assert example.label_ids == [[record["completion_ids"][t]] for t in steps]
+            assert example.input_ids == record["prompt_ids"] + record["completion_ids"][:max(steps)]
+    assert control_examples(samples, tokenizer, positions="random", seed=0).examples == runs[0].examples
+    drawn = {seed: [e.positions for e in data.examples] for seed, data in runs.items()}
+    assert len({str(positions) for positions in drawn.values()}) > 1  # the seed decides the draw
+    assert [e.positions for e in control_examples(samples, tokenizer).examples] not in drawn.values()
+    with pytest.raises(LightReasonerError, match="positions: 'everywhere'"):
+        control_examples(samples, tokenizer, positions="everywhere")
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -338,20 +367,22 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     data = write_questions(tmp_path / "q.jsonl")
     config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), data=str(data), questions=None, max_new_tokens=8,
                        max_steps=2, eval_limit=3, eval_max_new_tokens=6, batch_size=8, dtype="float32", device="cpu",
-                       arms=["baseline", "sft", "lightreasoner", "format-only"], sft_samples_per_question=K)
+                       arms=["baseline", "sft", "lightreasoner", "format-only", "random-positions"],
+                       sft_samples_per_question=K)
     out = tmp_path / "run"
     run(config, out, progress=False, say=lambda _: None)
 
     lr = json.loads((out / "efficiency.json").read_text())
-    arms = {name: json.loads((out / name / "efficiency.json").read_text()) for name in ("sft", "format-only")}
+    arm_names = ("sft", "format-only", "random-positions")
+    arms = {name: json.loads((out / name / "efficiency.json").read_text()) for name in arm_names}
     assert arms["sft"]["arm"] == "sft" and arms["sft"]["problems_sampled"] == lr["problems_sampled"] == 3
     assert arms["sft"]["examples_kept"] == 3  # the scripted keepers, graded for real
-    control_arm = arms["format-only"]
-    assert control_arm["optimizer_steps"] == lr["optimizer_steps"] == 2
-    assert control_arm["tokens_tuned"] == lr["tokens_tuned"] and control_arm["examples_kept"] == lr["examples_kept"]
     stages = json.loads((out / "stages.json").read_text())
-    assert control_arm["seconds"]["sample"] == stages["sample"]["seconds"]
-    for name in ("sft", "format-only"):
+    for control_arm in (arms["format-only"], arms["random-positions"]):
+        assert control_arm["optimizer_steps"] == lr["optimizer_steps"] == 2
+        assert control_arm["tokens_tuned"] == lr["tokens_tuned"] and control_arm["examples_kept"] == lr["examples_kept"]
+        assert control_arm["seconds"]["sample"] == stages["sample"]["seconds"]
+    for name in arm_names:
         after = json.loads((out / name / "eval_after" / "run.json").read_text())
         assert after["adapter"] == str(out / name / "adapter") and stages[name]["done"]
         assert json.loads((out / name / "eval_after" / "summary.json").read_text())["benchmarks"]["arith"]["n"] == 3
@@ -359,6 +390,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     report = (out / "report.md").read_text()
     assert "## Arms: accuracy and gain over the baseline" in report and "## Arms: efficiency" in report
     assert "| format-only |" in report and (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Accuracy: random-positions against format-only" in report
 
     # Published and restored elsewhere, every arm retrains and reuses every sample and answer.
     from lightreasoner import evaluation
@@ -374,7 +406,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
         patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
         patched.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
         run(config, restored, progress=False, say=lambda _: None)
-    for name in ("sft", "format-only"):
+    for name in arm_names:
         assert (restored / name / "adapter" / "adapter_model.safetensors").is_file()
         assert json.loads((restored / name / "eval_after" / "summary.json").read_text())["benchmarks"] == \
             json.loads((out / name / "eval_after" / "summary.json").read_text())["benchmarks"]
@@ -408,7 +440,12 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
                         dtype="float32", device="cpu"), samples, progress=False)
     assert main(["control", "--model", str(pair[0]), "--samples", str(samples), "--out", str(tmp_path / "c"),
                  "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 0
-    assert "format-only control: trained 2 steps on 4 kept steps" in capsys.readouterr().out
+    assert "format-only control: trained 2 steps on 4 labelled positions" in capsys.readouterr().out
+    assert main(["control", "--model", str(pair[0]), "--samples", str(samples), "--out", str(tmp_path / "r"),
+                 "--positions", "random", "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32",
+                 "--save-steps", "0"]) == 0
+    assert "random-positions control: trained 2 steps on 4 labelled positions" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "adapter" / "train_summary.json").read_text())["format"] == "random-positions"
     assert main(["control", "--model", str(pair[0]), "--samples", str(samples), "--out", str(tmp_path / "c"),
                  "--max-steps", "3", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 2
     assert "train.max_steps=2, now 3" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="compare evaluation results, or arms (baseline, sft, lightreasoner, format-only)",
+        "compare", help="compare evaluation results, or arms (baseline, sft, lightreasoner and the controls)",
         description="Evaluation folders: accuracy per benchmark of each, with the difference to the first. "
                     "Run folders (`lightreasoner run`) and arm folders (`lightreasoner sft`/`control`, with "
                     "eval_after/ inside once evaluated): the paper's two tables, accuracy with the gain over the "
