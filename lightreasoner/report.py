@@ -17,7 +17,8 @@ from typing import Any, Sequence
 from .errors import LightReasonerError
 from .evaluation import summarize
 from .records import iter_jsonl, read_json
-from .tables import ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms, savings_line
+from .tables import (ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms,
+                     savings_line)
 
 TOKEN_VIEW_TRAJECTORIES = 3
 

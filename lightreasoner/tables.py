@@ -144,8 +144,9 @@ def _is_run_folder(folder: Path) -> bool:
 
 def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
     """The arms in run folders (baseline = eval_before, lightreasoner, and sft/, format-only/ and
-    random-positions/ when present), arm folders (``lightreasoner sft``/``control`` output, with eval_after/ once evaluated)
-    and plain evaluation folders; labels get the folder name in front where two would be equal."""
+    random-positions/ when present), arm folders (``lightreasoner sft``/``control`` output, with
+    eval_after/ once evaluated) and plain evaluation folders; labels get the folder name in front
+    where two would be equal."""
     found: list[tuple[Path, Arm]] = []
     for folder in map(Path, folders):
         if _is_run_folder(folder):

@@ -277,7 +277,8 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     write(tmp_path / "sft" / "eval_after", [(i, True) for i in range(6)])
     write(tmp_path / "sft" / "eval_after", [(0, True), (1, True), (2, True)], "words")
     [(title, header, rows), (second, _, _)] = accuracy_tables(tmp_path)
-    assert "lightreasoner" in second and "sft" in title and "in progress" not in title and header[4] == "sft - baseline [paired 95% CI]"
+    assert "lightreasoner" in second and "sft" in title and "in progress" not in title
+    assert header[4] == "sft - baseline [paired 95% CI]"
     assert [row[:2] for row in rows] == [["arith", "6"], ["words", "3"], ["all questions", "9"]]
     assert rows[2][3].startswith("100.0 [") and rows[2][4].startswith("+44.4 [") and rows[2][5] == "+4 / -0"
     assert rows[2][6] == f"{2 / 2 ** 4:.2f}"
