@@ -371,7 +371,7 @@ def _compared_arms(run_dir: Path) -> list:
 def text_summary(run_dir: str | Path) -> str:
     """The accuracy tables for the terminal (and the arms' two tables when the run has other arms)."""
     run_dir = Path(run_dir)
-    parts = [_render(*table[1:]) for table in accuracy_tables(run_dir)]
+    parts = [f"{title}\n{_render(header, rows)}" for title, header, rows in accuracy_tables(run_dir)]
     arms = _compared_arms(run_dir)
     if arms:
         parts.append(arms_report(arms))

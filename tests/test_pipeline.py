@@ -185,7 +185,8 @@ def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "arith" in printed and f"Report: {out / 'report.html'}" in printed
+    assert "Accuracy: lightreasoner against baseline" in printed and "arith" in printed
+    assert f"Report: {out / 'report.html'}" in printed
     header, _ = read_samples(out / "samples.jsonl")
     assert header["settings"]["contrast_every"] == 2
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
