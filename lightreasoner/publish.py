@@ -106,7 +106,11 @@ def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | P
             stages = read_json(path)
             for name in WEIGHT_STAGES:
                 if name in stages:
-                    stages[name] = {"done": False, "seconds": 0.0}
+                    # Only the training is redone: a stage that sampled first (sft, whose arm folder
+                    # bears its name) keeps its sampling's seconds, as its samples are restored.
+                    arm_stages = path.parent / name / "stages.json"
+                    arm = read_json(arm_stages) if arm_stages.is_file() else {}
+                    stages[name] = {"done": False, "seconds": arm.get("sample", {}).get("seconds", 0.0)}
             for name in ADAPTER_EVAL_STAGES:
                 if name in stages:
                     stages[name]["done"] = False

@@ -401,6 +401,10 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     restore(tmp_path / "published", restored)
     for name in ("samples.jsonl", "sft/samples.jsonl"):
         assert (restored / name).read_bytes() == (out / name).read_bytes()
+    restored_stages = json.loads((restored / "stages.json").read_text())  # the sft stage's sampling is kept
+    sft_sampling = json.loads((out / "sft" / "stages.json").read_text())["sample"]["seconds"]
+    assert restored_stages["sft"]["seconds"] == sft_sampling > 0
+    assert restored_stages["format-only"]["seconds"] == 0.0 and not restored_stages["sft"]["done"]
     with monkeypatch.context() as patched:
         patched.setattr(sft_module, "generate_samples", lambda *a, **k: pytest.fail("sft sampled again"))
         patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
