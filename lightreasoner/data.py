@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import LightReasonerError
 from .grading import find_last_boxed
@@ -184,6 +184,19 @@ def load_problems(source: str | Path, *, split: str = "test", data_dir: str | Pa
     if limit is not None:
         problems = problems[:limit]
     return problems
+
+
+def check_same_problems(path: str | Path, records: Iterable[dict[str, Any]], problems: Iterable[Problem]) -> None:
+    """Refuse to resume ``path`` if a question it already holds now reads differently in the data
+    (the data changed under the same ids): its old and new records would answer different questions.
+    The data's location may change between runs; this is what must not."""
+    by_id = {p.id: p for p in problems}
+    for record in records:
+        problem = by_id.get(str(record["id"]))
+        for name in ("question", "gold"):
+            if problem is not None and name in record and record[name] != getattr(problem, name):
+                raise LightReasonerError(f"{path}: the {name} of question {problem.id} differs from the data's now; "
+                                         "use another --out")
 
 
 def _unique_ids(problems: list[Problem]) -> list[Problem]:

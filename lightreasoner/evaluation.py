@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 
 from . import grading, prompts
 from .config import config_to_dict
-from .data import BENCHMARKS, GENERATED, Problem, load_problems
+from .data import BENCHMARKS, GENERATED, Problem, check_same_problems, load_problems
 from .errors import LightReasonerError
 from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
 
@@ -282,6 +282,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     for name, items in problems.items():
         path = out_dir / f"{name}.jsonl"
         done = _done_records(path)
+        check_same_problems(path, done.values(), items)
         todo = [p for p in items if p.id not in done]
         if todo:
             if model is None or tokenizer is None:

@@ -200,7 +200,8 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
             if not any(stage in started for stage in SECTION_STAGES[section]):
                 continue
             for key, value in record[section].items():
-                if previous.get(section, {}).get(key) != value and key not in ("resume",):
+                # data_dir is where the data is read from: each stage's file checks the questions it holds.
+                if previous.get(section, {}).get(key) != value and key not in ("resume", "data_dir"):
                     raise LightReasonerError(f"{run_dir}: this run folder was made with {section}.{key}="
                                              f"{previous.get(section, {}).get(key)!r}, now {value!r}; "
                                              "use another --out")

@@ -29,7 +29,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from . import __version__
 from .config import config_to_dict
 from .contrast import KeptStep, select_steps
-from .data import Problem, load_problems
+from .data import Problem, check_same_problems, load_problems
 from .decoding import cached_forward
 from .errors import LightReasonerError
 from .models import (chat_prompt, check_same_vocabulary, encode_prompt, load_model, load_tokenizer,
@@ -250,8 +250,8 @@ def read_samples(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]
     return header, [record for _, record in lines]
 
 
-def _resume_state(out: Path, config: SampleConfig) -> tuple[set[str], SampleStats]:
-    """Ids already done in ``out`` (after repairing a torn tail), checking the settings match."""
+def _resume_state(out: Path, config: SampleConfig, problems: list[Problem]) -> tuple[set[str], SampleStats]:
+    """Ids already done in ``out`` (after repairing a torn tail), checking the settings and questions match."""
     if not out.exists() or out.stat().st_size == 0:
         return set(), SampleStats()
     removed = repair_torn_tail(out)
@@ -265,6 +265,7 @@ def _resume_state(out: Path, config: SampleConfig) -> tuple[set[str], SampleStat
             raise LightReasonerError(
                 f"{out}: made with {key}={previous.get(key)!r}, this run has {key}={current[key]!r}; "
                 "use another --out to start a new file")
+    check_same_problems(out, records, problems)
     stats = SampleStats(**read_json(meta_path(out))) if meta_path(out).exists() else SampleStats()
     # The records are the truth; the sidecar may be one batch behind after a crash.
     recount = SampleStats(seconds=stats.seconds, sessions=stats.sessions)
@@ -280,7 +281,7 @@ def sample(config: SampleConfig, out: str | Path, *, progress: bool = True,
     out = Path(out)
     problems = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=config.limit,
                              seed=config.seed)
-    done_ids, stats = _resume_state(out, config)
+    done_ids, stats = _resume_state(out, config, problems)
     todo = [p for p in problems if p.id not in done_ids]
     pair = pair or load_pair(config)
     torch.manual_seed(config.seed)

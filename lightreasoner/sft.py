@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import grading, training
 from .config import config_to_dict
-from .data import BENCHMARKS, Problem, load_problems, resolve_data_dir
+from .data import BENCHMARKS, Problem, check_same_problems, load_problems, resolve_data_dir
 from .decoding import decode, derived_seed, seeded_sampler
 from .errors import LightReasonerError
 from .models import (chat_prompt, encode_prompt, load_model, load_tokenizer, real_vocab_size, resolve_device,
@@ -200,8 +200,8 @@ def read_sft_samples(path: str | Path) -> tuple[dict[str, Any], list[tuple[int, 
     return header, list(lines)
 
 
-def _check_resumable(path: Path, config: SFTConfig) -> set[str]:
-    """Ids already sampled into ``path`` (a torn last line is cut and redone); settings must match."""
+def _check_resumable(path: Path, config: SFTConfig, problems: list[Problem]) -> set[str]:
+    """Ids already sampled into ``path`` (a torn last line is cut and redone); settings and questions must match."""
     if not path.exists() or path.stat().st_size == 0:
         return set()
     repair_torn_tail(path)
@@ -215,6 +215,7 @@ def _check_resumable(path: Path, config: SFTConfig) -> set[str]:
         if previous.get("train", {}).get(key) != current["train"][key]:
             raise LightReasonerError(f"{path}: sampled with {key}={previous.get('train', {}).get(key)!r}, now "
                                      f"{current['train'][key]!r}; use another --out")
+    check_same_problems(path, (record for _, record in records), problems)
     return {str(record["id"]) for _, record in records}
 
 
@@ -243,7 +244,7 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
     problems = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=config.limit,
                              seed=config.train.seed)
     check_golds(problems, config)
-    done = _check_resumable(out, config)
+    done = _check_resumable(out, config, problems)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.train.trust_remote_code)
     if not out.exists() or out.stat().st_size == 0:
         with JsonlAppender(out) as writer:
@@ -354,6 +355,8 @@ def _check_arm_settings(out_dir: Path, settings: dict[str, Any]) -> None:
         previous = read_json(path)
         for key, value in settings.items():
             old = previous.get(key)
+            if key == "data_dir":
+                continue  # where the data is read from; the sample file checks the questions themselves
             if isinstance(value, dict):
                 changed = [k for k, v in value.items() if k not in training.RESUMABLE_CHANGES
                            and (old or {}).get(k) != v]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,20 @@ def test_changed_settings_are_refused(tiny_dir, data_dir, tmp_path):
     evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
     with pytest.raises(LightReasonerError, match="max_new_tokens"):
         evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], max_new_tokens=5), tmp_path / "out")
+
+
+def test_the_data_folder_may_move_but_its_answers_may_not_change(tiny_dir, data_dir, tmp_path, monkeypatch):
+    first = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(data_dir, moved)
+    monkeypatch.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+    again = evaluate(config(tiny_dir, moved, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
+    assert again["benchmarks"] == first["benchmarks"]
+    rows = (moved / "mmlu_stem" / "test.jsonl").read_text().splitlines()
+    rows[0] = rows[0].replace('"answer": 0', '"answer": 1')
+    (moved / "mmlu_stem" / "test.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(LightReasonerError, match="mmlu_stem.jsonl: the gold of question .* differs from the data"):
+        evaluate(config(tiny_dir, moved, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
 
 
 def test_adapter_is_loaded(tiny_dir, data_dir, tmp_path):

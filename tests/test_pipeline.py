@@ -214,12 +214,13 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as patched:  # the baseline alone needs no amateur
         patched.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("the pair was loaded"))
-        run(tiny_config(pair, arms=["baseline"]), out, progress=False, say=lambda _: None)
+        run(tiny_config(pair, arms=["baseline"], data_dir=str(tmp_path)), out, progress=False, say=lambda _: None)
     baseline = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
     report = (out / "report.md").read_text()  # the baseline's accuracy, and no cost table of stages not run
     assert f"| arith | 5 | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
-    # Training has not started in this folder, so its settings are still free; evaluation has.
-    run(tiny_config(pair, arms=["lightreasoner"]), out, overrides={"train": {"lora_r": 4}},
+    # Training has not started in this folder, so its settings are still free; evaluation has. Where
+    # the data is read from is not a setting of any stage (the stages' files check their questions).
+    run(tiny_config(pair, arms=["lightreasoner"], data_dir=str(tmp_path / "moved")), out, overrides={"train": {"lora_r": 4}},
         progress=False, say=lambda _: None)
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
     assert json.loads((out / "run.json").read_text())["settings"]["arms"] == ["baseline", "lightreasoner"]

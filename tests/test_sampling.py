@@ -11,6 +11,7 @@ import torch
 
 from lightreasoner.cli import main
 from lightreasoner.contrast import KeptStep
+from lightreasoner.errors import LightReasonerError
 from lightreasoner.models import chat_prompt, encode_prompt, load_model, load_tokenizer
 from lightreasoner.sampling import SampleConfig, read_samples, sample, sample_batch
 
@@ -173,6 +174,10 @@ def test_resume_refuses_other_settings(pair, questions, tmp_path, capsys):
                  "--max-new-tokens", "14", "--batch-size", "4"])
     assert code == 2
     assert "beta=2.8" in capsys.readouterr().err
+    # The same ids asking other questions would mix two datasets in one file.
+    questions.write_text(questions.read_text().replace(QUESTIONS[1], QUESTIONS[1] + " Twice?"))
+    with pytest.raises(LightReasonerError, match="out.jsonl: the question of question q1 differs from the data"):
+        sample(config(pair, questions), tmp_path / "out.jsonl", progress=False)
 
 
 def test_cli_and_yaml_config(pair, questions, tmp_path, capsys):

@@ -227,6 +227,10 @@ def test_real_sampling_is_seeded_batched_and_resumes_identically(pair, tokenizer
     counts = sample_solutions(config, tmp_path / "resumed.jsonl", progress=False)
     assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert counts["problems_sampled"] == 3 and counts["solutions_sampled"] == 6
+    changed = [(question + " Twice?" if i == 1 else question, *rest) for i, (question, *rest) in enumerate(SCRIPT)]
+    write_questions(data, changed)  # the same ids asking other questions
+    with pytest.raises(LightReasonerError, match="resumed.jsonl: the question of question q1 differs from the data"):
+        sample_solutions(config, tmp_path / "resumed.jsonl", progress=False)
 
 
 def test_format_only_control_trains_the_kept_steps_on_own_tokens(pair, tokenizer, tmp_path):
@@ -438,6 +442,10 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     assert settings["train"]["steps_per_update"] == sft_module.SFT_TOKENS_PER_UPDATE
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
     assert sft_train_config().epochs == 1.0 and sft_train_config({"epochs": 2}).epochs == 2
+    sampled = len(calls)  # where the data is read from may change; the finished arm is left as it is
+    assert main(["sft", "--model", str(pair[0]), "--data", str(data), "--data-dir", str(tmp_path), "--out", str(out),
+                 "--config", str(tmp_path / "sft.yaml"), "--max-steps", "1", "--dtype", "float32", "--quiet"]) == 0
+    assert len(calls) == sampled and "trained 1 steps" in capsys.readouterr().out
 
     samples = tmp_path / "samples.jsonl"
     sample(SampleConfig(expert=str(pair[0]), amateur=str(pair[1]), data=str(data), max_new_tokens=8, beta=0.05,
