@@ -294,6 +294,20 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     assert header[4] == "format-only - lightreasoner [paired 95% CI]"
     assert row[:2] == ["arith", "2 of 4"] and row[4].startswith("-50.0 [") and row[5] == "+0 / -1"
 
+    # lightreasoner against sft, the paper's comparison, once sft's evaluation has its summary.
+    (tmp_path / "sft" / "eval_after" / "summary.json").write_text(json.dumps({"benchmarks": {
+        "arith": {"n": 6, "correct": 6, "accuracy": 1.0, "ci95": [0.6, 1.0]},
+        "words": {"n": 3, "correct": 3, "accuracy": 1.0, "ci95": [0.4, 1.0]}}}))
+    titles = [title for title, _, _ in accuracy_tables(tmp_path)]
+    assert [t.split(" (")[0] for t in titles] == [
+        "Accuracy: sft against baseline", "Accuracy: lightreasoner against baseline",
+        "Accuracy: format-only against baseline", "Accuracy: lightreasoner against sft",
+        "Accuracy: format-only against lightreasoner"]
+    _, header, (arith, words) = accuracy_tables(tmp_path)[3]
+    assert header[4] == "lightreasoner - sft [paired 95% CI]" and arith[:2] == ["arith", "4 of 6"]
+    assert arith[2].startswith("100.0 [") and arith[3].startswith("75.0 [") and arith[4].startswith("-25.0 [")
+    assert arith[5] == "+0 / -1" and words[3] == "not evaluated yet"
+
 
 @pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (8, 3)])
 def test_mcnemar_p_against_enumerating_every_split_of_the_discordant_questions(gained, lost):

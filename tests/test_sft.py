@@ -395,6 +395,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     assert "## Arms: accuracy and gain over the baseline" in report and "## Arms: efficiency" in report
     assert "| format-only |" in report and (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Accuracy: random-positions against format-only" in report
+    assert "## Accuracy: lightreasoner against sft" in report
 
     # Published and restored elsewhere, every arm retrains and reuses every sample and answer.
     from lightreasoner import evaluation
