@@ -49,6 +49,9 @@ EFFICIENCY_FILE = "efficiency.json"
 # 16 trajectories per step; 16 tokens (LightReasoner's 16 kept steps) would re-run each solution's
 # prefix dozens of times per epoch.
 SFT_TOKENS_PER_UPDATE = 4096
+# ... in 8 micro-batches of ~650 forward tokens: in 2, a 1.5B expert's float32 activations and
+# full-vocabulary logits for ~2,600 tokens at once outgrew 23 GB of RAM.
+SFT_MICRO_BATCHES = 8
 # Settings that decide what the sample file holds: a resumed run must use the same ones.
 RESULT_SETTINGS = ("model", "data", "split", "samples_per_question", "temperature", "top_p", "max_new_tokens",
                    "batch_size", "benchmark")
@@ -57,12 +60,14 @@ RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
 
 def sft_train_config(values: dict[str, Any] | None = None) -> TrainConfig:
     """A :class:`TrainConfig` with SFT's defaults: one pass over every kept completion token (unless
-    ``max_steps`` or ``epochs`` is given) at :data:`SFT_TOKENS_PER_UPDATE` tokens per optimizer step;
+    ``max_steps`` or ``epochs`` is given) at :data:`SFT_TOKENS_PER_UPDATE` tokens per optimizer step
+    in :data:`SFT_MICRO_BATCHES` micro-batches;
     the LoRA and optimizer settings are TrainConfig's (the paper's), as the baseline requires."""
     values = {key.replace("-", "_"): value for key, value in (values or {}).items()}
     if values.get("epochs") is None and "max_steps" not in values:
         values["epochs"] = 1.0
     values.setdefault("steps_per_update", SFT_TOKENS_PER_UPDATE)
+    values.setdefault("gradient_accumulation_steps", SFT_MICRO_BATCHES)
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as exc:

@@ -100,8 +100,10 @@ class TrainConfig:
             raise ValueError(f"lr_scheduler must be linear or constant, not {self.lr_scheduler!r}")
 
 
-# Settings that may change between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit"}
+# Settings that may change between a run and its resumption: they do not change the maths. (The
+# micro-batching is a memory knob to raise after running out of memory; with LoRA dropout, a resume
+# with another value draws other masks, so it is not bit-identical to an uninterrupted run.)
+RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit", "gradient_accumulation_steps"}
 
 
 # ----------------------------------------------------------------------------------------------

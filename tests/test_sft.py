@@ -390,7 +390,9 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
         after = json.loads((out / name / "eval_after" / "run.json").read_text())
         assert after["adapter"] == str(out / name / "adapter") and stages[name]["done"]
         assert json.loads((out / name / "eval_after" / "summary.json").read_text())["benchmarks"]["arith"]["n"] == 3
-    assert json.loads((out / "run.json").read_text())["sft"]["train"]["learning_rate"] == config.learning_rate
+    sft_train = json.loads((out / "run.json").read_text())["sft"]["train"]
+    assert sft_train["learning_rate"] == config.learning_rate  # shared with the other arms; not the micro-batching
+    assert sft_train["gradient_accumulation_steps"] == sft_module.SFT_MICRO_BATCHES
     report = (out / "report.md").read_text()
     assert "## Arms: accuracy and gain over the baseline" in report and "## Arms: efficiency" in report
     assert "| format-only |" in report and (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
@@ -425,6 +427,11 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
     run(config, out, progress=False, say=lambda _: None)
     assert (out / "report.md").read_text() == report
+    # How the work is done may change in a started folder (the micro-batching is a memory knob to
+    # raise after running out of memory); what it computes may not.
+    run(config, out, overrides={"sft": {"gradient_accumulation_steps": 3}}, progress=False, say=lambda _: None)
+    with pytest.raises(LightReasonerError, match=r"made with sft\.train\.lora_r=8, now 4"):
+        run(config, out, overrides={"sft": {"lora_r": 4}}, progress=False, say=lambda _: None)
 
 
 def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys):

@@ -319,6 +319,26 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, pair, tokenizer):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_a_resume_may_change_the_micro_batching(tmp_path, pair, tokenizer):
+    """gradient_accumulation_steps is a memory knob (raised after running out of memory): a resume
+    with another value continues from the checkpoint, and the maths is the same."""
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer))
+    train_from_file(pair[0], samples, fast_config(save_steps=3, gradient_accumulation_steps=1), tmp_path / "straight")
+
+    def kill_at_4(record):
+        if record["step"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_from_file(pair[0], samples, fast_config(save_steps=3, gradient_accumulation_steps=1),
+                        tmp_path / "killed", callback=kill_at_4)
+    seen = []
+    train_from_file(pair[0], samples, fast_config(save_steps=3, gradient_accumulation_steps=3, resume=True),
+                    tmp_path / "killed", callback=lambda r: seen.append(r["step"]))
+    assert seen == [4, 5, 6]
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "straight"), rel=1e-4)
+
+
 def test_epochs_count_passes_over_kept_steps(tmp_path, pair, tokenizer):
     samples = write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer, questions=4))
     summary = train_from_file(pair[0], samples, fast_config(epochs=2.0), tmp_path / "e")
