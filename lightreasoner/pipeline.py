@@ -41,10 +41,10 @@ from .training import RESUMABLE_CHANGES, TrainConfig, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", *CONTROL_ARMS.values())
 
-# The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
 # Settings that may change in a run folder at any time: how the work is done, not what it computes
 # (data_dir is where the data is read from; each stage's file checks the questions it holds).
 FREE_SETTINGS = RESUMABLE_CHANGES | {"data_dir"}
+# The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
 SECTION_STAGES = {"sample": ("sample",), "train": ("train", "sft", *CONTROL_ARMS.values()), "sft": ("sft",),
                   "eval": tuple(ARM_EVAL_DIRS.values())}
 

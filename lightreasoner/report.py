@@ -129,10 +129,10 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], b
 def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]]]:
     """Title, header and rows of the run's accuracy: each trained arm with answers against the
     baseline, paired on the same questions (those answered so far while an arm's evaluation runs),
-    then lightreasoner against sft (the paper's comparison), the format-only control against lightreasoner (what the contrast's labels add over
-    training the same positions on the expert's own tokens) and the random-positions control
-    against format-only (what the contrast's positions add); or the baseline alone; nothing before
-    any evaluation."""
+    then lightreasoner against sft (the paper's comparison), the format-only control against
+    lightreasoner (what the contrast's labels add over training the same positions on the expert's
+    own tokens) and the random-positions control against format-only (what the contrast's positions
+    add); or the baseline alone; nothing before any evaluation."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
     if not (baseline_dir / "summary.json").exists():
         return []
