@@ -220,8 +220,8 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     assert f"| arith | 5 | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
     # Training has not started in this folder, so its settings are still free; evaluation has. Where
     # the data is read from is not a setting of any stage (the stages' files check their questions).
-    run(tiny_config(pair, arms=["lightreasoner"], data_dir=str(tmp_path / "moved")), out, overrides={"train": {"lora_r": 4}},
-        progress=False, say=lambda _: None)
+    run(tiny_config(pair, arms=["lightreasoner"], data_dir=str(tmp_path / "moved")), out,
+        overrides={"train": {"lora_r": 4}}, progress=False, say=lambda _: None)
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
     assert json.loads((out / "run.json").read_text())["settings"]["arms"] == ["baseline", "lightreasoner"]
     with pytest.raises(Exception, match="train.lora_r=4, now 8"):
