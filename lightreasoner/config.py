@@ -144,3 +144,26 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return value
 
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"sft": {"train": {"lora_r": 8}}} -> {"sft.train.lora_r": 8}."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_settings(path: str | Path, previous: dict[str, Any], current: dict[str, Any],
+                        free: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse ``current`` where it differs from ``previous``, the settings ``path`` was made with,
+    naming the first differing setting by its dotted name; settings named in ``free`` (at any depth)
+    may change."""
+    before, now = _flat(previous), _flat(current)
+    for key in sorted(before.keys() | now.keys()):
+        if before.get(key) != now.get(key) and key.rsplit(".", 1)[-1] not in free:
+            raise LightReasonerError(f"{path}: made with {key}={before.get(key)!r}, now {now.get(key)!r}; "
+                                     "use another --out")

@@ -29,21 +29,18 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import build_config, config_to_dict
+from .config import build_config, check_same_settings, config_to_dict
 from .errors import LightReasonerError
 from .evaluation import EvalConfig, evaluate
 from .records import read_json, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .sft import CONTROL_ARMS, SFTConfig, control, efficiency_record, sft, sft_config_dict, sft_train_config
+from .sft import CONTROL_ARMS, FREE_SETTINGS, SFTConfig, control, efficiency_record, sft, sft_config_dict, sft_train_config
 from .tables import ARM_EVAL_DIRS
-from .training import RESUMABLE_CHANGES, TrainConfig, train_from_file
+from .training import TrainConfig, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", *CONTROL_ARMS.values())
 
-# Settings that may change in a run folder at any time: how the work is done, not what it computes
-# (data_dir is where the data is read from; each stage's file checks the questions it holds).
-FREE_SETTINGS = RESUMABLE_CHANGES | {"data_dir"}
 # The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
 SECTION_STAGES = {"sample": ("sample",), "train": ("train", "sft", *CONTROL_ARMS.values()), "sft": ("sft",),
                   "eval": tuple(ARM_EVAL_DIRS.values())}
@@ -179,14 +176,6 @@ class Stages:
         self.save()
 
 
-def _flat(settings: dict[str, Any]) -> dict[str, Any]:
-    """{"train": {"lora_r": 8}} -> {"train.lora_r": 8}: the sft section nests its training settings."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
-    return flat
-
-
 def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
         progress: bool = True, say: Callable[[str], None] = print) -> Path:
     """Run (or resume) the whole method, and any other arms asked for, into ``run_dir``; returns the
@@ -210,11 +199,8 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         for section in ("sample", "train", "eval", *(["sft"] if "sft" in previous and "sft" in record else [])):
             if not any(stage in started for stage in SECTION_STAGES[section]):
                 continue
-            before, now = _flat(previous.get(section, {})), _flat(record[section])
-            for key in sorted(before.keys() | now.keys()):
-                if before.get(key) != now.get(key) and key.rsplit(".", 1)[-1] not in FREE_SETTINGS:
-                    raise LightReasonerError(f"{run_dir}: this run folder was made with {section}.{key}="
-                                             f"{before.get(key)!r}, now {now.get(key)!r}; use another --out")
+            check_same_settings(run_dir / "run.json", {section: previous.get(section, {})},
+                                {section: record[section]}, FREE_SETTINGS)
         # One command per arm is the usual way to fill a folder: it records the arms of them all.
         settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from . import grading, training
-from .config import config_to_dict
+from .config import check_same_settings, config_to_dict
 from .data import BENCHMARKS, Problem, check_same_problems, load_problems, resolve_data_dir
 from .decoding import decode, derived_seed, seeded_sampler
 from .errors import LightReasonerError
@@ -56,6 +56,9 @@ SFT_MICRO_BATCHES = 8
 RESULT_SETTINGS = ("model", "data", "split", "samples_per_question", "temperature", "top_p", "max_new_tokens",
                    "batch_size", "benchmark")
 RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
+# Settings that may change in an arm's or a run's folder at any time: how the work is done, not what
+# it computes (data_dir is where the data is read from; each stage's file checks the questions it holds).
+FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir"}
 
 
 def sft_train_config(values: dict[str, Any] | None = None) -> TrainConfig:
@@ -357,19 +360,7 @@ def _check_arm_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     """``arm.json`` records what the folder was made with; a rerun with other settings is refused."""
     path = out_dir / SETTINGS_FILE
     if path.exists():
-        previous = read_json(path)
-        for key, value in settings.items():
-            old = previous.get(key)
-            if key == "data_dir":
-                continue  # where the data is read from; the sample file checks the questions themselves
-            if isinstance(value, dict):
-                changed = [k for k, v in value.items() if k not in training.RESUMABLE_CHANGES
-                           and (old or {}).get(k) != v]
-                if changed:
-                    raise LightReasonerError(f"{path}: made with {key}.{changed[0]}={(old or {}).get(changed[0])!r}, "
-                                             f"now {value[changed[0]]!r}; use another --out")
-            elif old != value:
-                raise LightReasonerError(f"{path}: made with {key}={old!r}, now {value!r}; use another --out")
+        check_same_settings(path, read_json(path), settings, FREE_SETTINGS)
     write_json_atomic(path, settings)
 
 
