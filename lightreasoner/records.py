@@ -8,6 +8,7 @@ line); :func:`repair_torn_tail` cuts it off before resuming, so it is redone, ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +34,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(record, dict):
                 raise LightReasonerError(f"{path}:{number}: expected a JSON object")
             yield number, record
+
+
+def file_sha256(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise LightReasonerError(f"{path}: file not found")
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

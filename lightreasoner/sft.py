@@ -36,7 +36,7 @@ from .decoding import decode, derived_seed, seeded_sampler
 from .errors import LightReasonerError
 from .models import (chat_prompt, encode_prompt, load_model, load_tokenizer, real_vocab_size, resolve_device,
                      resolve_dtype, stop_token_ids, tokenizer_fingerprint)
-from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .records import JsonlAppender, file_sha256, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
 from .training import SampleSet, TrainConfig, one_hot_example
 
 SFT_FORMAT = "lightreasoner-sft-samples"
@@ -59,6 +59,8 @@ RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
 # Settings that may change in an arm's or a run's folder at any time: how the work is done, not what
 # it computes (data_dir is where the data is read from; each stage's file checks the questions it holds).
 FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir"}
+# A control's samples are checked by content (samples_sha256), so the file may be named by another path.
+CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
 
 
 def sft_train_config(values: dict[str, Any] | None = None) -> TrainConfig:
@@ -356,11 +358,11 @@ def control_examples(path: str | Path, tokenizer: Any, *, positions: str = "kept
 # Arm folders
 
 
-def _check_arm_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] = FREE_SETTINGS) -> None:
     """``arm.json`` records what the folder was made with; a rerun with other settings is refused."""
     path = out_dir / SETTINGS_FILE
     if path.exists():
-        check_same_settings(path, read_json(path), settings, FREE_SETTINGS)
+        check_same_settings(path, read_json(path), settings, free)
     write_json_atomic(path, settings)
 
 
@@ -421,7 +423,8 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     config = replace(config, resume=True)
     arm = control_arm(positions)
     _check_arm_settings(out_dir, {"arm": arm, "model": str(model), "samples": str(samples),
-                                  "train": config_to_dict(config)})
+                                  "samples_sha256": file_sha256(samples), "train": config_to_dict(config)},
+                        CONTROL_FREE_SETTINGS)
     stages = Stages(out_dir)
 
     def fine_tune() -> None:

@@ -469,5 +469,15 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     assert main(["control", "--model", str(pair[0]), "--samples", str(samples), "--out", str(tmp_path / "c"),
                  "--max-steps", "3", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 2
     assert "train.max_steps=2, now 3" in capsys.readouterr().err
+    moved = tmp_path / "moved" / "samples.jsonl"  # the same samples under another path: the finished arm is kept
+    moved.parent.mkdir()
+    moved.write_bytes(samples.read_bytes())
+    assert main(["control", "--model", str(pair[0]), "--samples", str(moved), "--out", str(tmp_path / "c"),
+                 "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 0
+    assert "[train] already done" in capsys.readouterr().out
+    moved.write_text("".join(samples.read_text().splitlines(keepends=True)[:-1]))  # one trajectory fewer
+    assert main(["control", "--model", str(pair[0]), "--samples", str(moved), "--out", str(tmp_path / "c"),
+                 "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 2
+    assert "samples_sha256=" in capsys.readouterr().err
     assert main(["run", "--arms", "baseline,sft,contrast", "--out", str(tmp_path / "r")]) == 2
     assert "unknown arm 'contrast'" in capsys.readouterr().err
