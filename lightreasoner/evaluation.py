@@ -232,7 +232,7 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> None:
             key = changed[0]
             raise LightReasonerError(
                 f"{path}: this folder holds results for {key}={previous.get(key)!r}, not {settings[key]!r}; "
-                "use another --out folder")
+                f"use another --out folder, or delete {out_dir} to answer again")
     else:
         write_json_atomic(path, {**settings, "adapter": config.adapter})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -344,8 +345,6 @@ def test_sample_sizes_per_benchmark_and_nested_subsets(tiny_dir, data_dir, tmp_p
 def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny_dir, data_dir, tmp_path):
     """An evaluation folder is tied to its adapter's content: a copy elsewhere (a rebuilt run on
     another machine) resumes it, a different adapter is refused."""
-    import shutil
-
     from peft import LoraConfig, get_peft_model
 
     def save_adapter(path, seed):
@@ -364,7 +363,10 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
                        progress=False)  # every answer is there: nothing to load or generate
     assert summary["benchmarks"]["mmlu_stem"]["n"] == 3
     other = save_adapter(tmp_path / "b", 1)
-    with pytest.raises(LightReasonerError, match="adapter_sha256"):
+    with pytest.raises(LightReasonerError, match=f"adapter_sha256.*delete {re.escape(str(out))} to answer again"):
         evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=other), out, progress=False)
+    shutil.rmtree(out)  # what the message offers: the other adapter's answers from scratch
+    assert evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=other), out,
+                    progress=False)["benchmarks"]["mmlu_stem"]["n"] == 3
     with pytest.raises(LightReasonerError, match="not a peft adapter folder"):
         evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path)), tmp_path / "o2")
