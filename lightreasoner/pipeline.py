@@ -11,7 +11,7 @@ Layout of the run folder::
     sft/ format-only/ random-positions/
                              the other arms when asked for (``--arms``): each an arm folder of
                              :mod:`lightreasoner.sft` (adapter/, efficiency.json, ...) plus eval_after/
-    report.md report.html kl.png loss.png (arms.png)
+    report.md report.html kl.png loss.png (arms.png gains.png)
 
 Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash

@@ -1,7 +1,8 @@
 """The report of a run folder: ``report.md`` and a self-contained ``report.html``.
 
 It reads only the files the stages wrote (run.json, stages.json, samples.jsonl, the training
-summary and log, the evaluation folders), so ``lightreasoner report DIR`` can redraw it at any time.
+summary and log, the evaluation folders), so ``lightreasoner report DIR`` can redraw it at any time,
+also in a folder of ``lightreasoner publish`` (from samples.outputs.jsonl, without the token view).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 from .errors import LightReasonerError
 from .evaluation import summarize
+from .publish import OUTPUTS_FILE, SAMPLES_FILE
 from .records import iter_jsonl, read_json
 from .tables import (ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms,
                      savings_line)
@@ -102,27 +104,36 @@ def _paired_row(label: str, n: str, before: list[bool], after: list[bool]) -> li
             f"+{paired['gained']} / -{paired['lost']}", f"{mcnemar_p(paired['gained'], paired['lost']):.2f}"]
 
 
+def paired_answers(before_dir: Path, after_dir: Path) -> list[tuple[str, int, list[bool], list[bool]]]:
+    """Per benchmark of ``before_dir``'s summary: its number of questions and whether each question
+    both folders have answered was correct before and after (in the same order); then the same
+    over all those questions together, as "all questions", when more than one benchmark has any."""
+    paired, pooled_before, pooled_after = [], [], []
+    for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
+        before, after = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
+        shared = [i for i in before if i in after]
+        paired.append((name, b["n"], [before[i] for i in shared], [after[i] for i in shared]))
+        pooled_before += paired[-1][2]
+        pooled_after += paired[-1][3]
+    if sum(1 for *_, after in paired if after) > 1:
+        paired.append(("all questions", len(pooled_before), pooled_before, pooled_after))
+    return paired
+
+
 def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], bool]:
     """Per benchmark of the baseline: accuracy before and after on the questions both have answered,
     with 95% intervals, the paired difference with its interval, the questions gained and lost and
     McNemar's p; then the same over all those questions together. While the evaluation after
     training is still running, n says how many of the baseline's questions it has answered so far;
     the flag says whether it has answered them all."""
-    rows, pooled_before, pooled_after, answered, complete = [], [], [], 0, True
-    for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
-        before, after = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
-        shared = [i for i in before if i in after]
-        complete &= len(shared) == b["n"]
-        if not shared:
-            rows.append([name, f"0 of {b['n']}", _pct_ci(b), "not evaluated yet", "", "", ""])
-            continue
-        answered += 1
-        pooled_before += [before[i] for i in shared]
-        pooled_after += [after[i] for i in shared]
-        rows.append(_paired_row(name, str(b["n"]) if len(shared) == b["n"] else f"{len(shared)} of {b['n']}",
-                                [before[i] for i in shared], [after[i] for i in shared]))
-    if answered > 1:
-        rows.append(_paired_row("all questions", str(len(pooled_before)), pooled_before, pooled_after))
+    rows, complete = [], True
+    for name, n, before, after in paired_answers(before_dir, after_dir):
+        complete &= len(after) == n
+        if not after:
+            result = read_json(before_dir / "summary.json")["benchmarks"][name]
+            rows.append([name, f"0 of {n}", _pct_ci(result), "not evaluated yet", "", "", ""])
+        else:
+            rows.append(_paired_row(name, str(n) if len(after) == n else f"{len(after)} of {n}", before, after))
     return rows, complete
 
 
@@ -187,6 +198,49 @@ def kl_plot(kl_values: Sequence[float], beta: float) -> bytes:
     axis.set(xscale="log", xlabel="KL(pi_E || pi_A) per step (nats)", ylabel="steps",
              title=f"{len(values):,} steps, {kept:.1%} kept")
     axis.legend()
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def paired_gains(run_dir: Path) -> dict[str, list[tuple[str, dict[str, float]]]]:
+    """Each arm with answers against the baseline: per benchmark it has answered, then over all
+    those questions, the paired difference (:func:`paired_difference`) on the questions both have."""
+    baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
+    if not (baseline_dir / "summary.json").exists():
+        return {}
+    return {arm: [(name, paired_difference(before, after))
+                  for name, _, before, after in paired_answers(baseline_dir, run_dir / folder) if after]
+            for arm, folder in ARM_EVAL_DIRS.items()
+            if arm != "baseline" and any((run_dir / folder).glob("*.jsonl"))}
+
+
+def gains_plot(gains: dict[str, list[tuple[str, dict[str, float]]]]) -> bytes | None:
+    """Each arm's paired difference to the baseline with its 95% interval, per benchmark and over all
+    questions, as points on one axis: what the accuracy tables say, at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not gains:
+        return None
+    groups = list(dict.fromkeys(name for rows in gains.values() for name, _ in rows))
+    figure, axis = plt.subplots(figsize=(7, 0.6 + 0.25 * len(groups) * (len(gains) + 1)))
+    for index, (arm, rows) in enumerate(gains.items()):
+        # Arms keep the colours of the accuracy chart (tab10 in ARM_EVAL_DIRS order, baseline first).
+        colour = f"C{list(ARM_EVAL_DIRS).index(arm)}"
+        y = [groups.index(name) * (len(gains) + 1) + index for name, _ in rows]
+        diff = [100 * p["diff"] for _, p in rows]
+        below = [100 * (p["diff"] - p["low"]) for _, p in rows]
+        above = [100 * (p["high"] - p["diff"]) for _, p in rows]
+        axis.errorbar(diff, y, xerr=[below, above], fmt="o", color=colour, capsize=3, label=arm)
+    axis.axvline(0, color="grey", linewidth=0.8)
+    axis.set_yticks([g * (len(gains) + 1) + (len(gains) - 1) / 2 for g in range(len(groups))], groups)
+    axis.invert_yaxis()
+    axis.set(xlabel="accuracy - baseline (points; paired bootstrap 95% interval)",
+             title="gain over the baseline on the same questions")
+    axis.legend(fontsize="small")
     data = _png(figure)
     plt.close(figure)
     return data
@@ -270,8 +324,10 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     stages = _read_optional(run_dir / "stages.json") or {}
     sample_meta = _read_optional(run_dir / "samples.jsonl.meta.json") or {}
     train_summary = _read_optional(run_dir / "adapter" / "train_summary.json") or {}
-    records = [r for _, r in iter_jsonl(run_dir / "samples.jsonl") if r.get("type") == "sample"] \
-        if (run_dir / "samples.jsonl").exists() else []
+    # A published folder (lightreasoner publish) keeps the samples' model outputs without the
+    # question text: enough for the kept-step statistics and the KL figure, not for the token view.
+    samples = next((path for path in (run_dir / SAMPLES_FILE, run_dir / OUTPUTS_FILE) if path.exists()), None)
+    records = [r for _, r in iter_jsonl(samples) if r.get("type") == "sample"] if samples else []
     train_log = [r for _, r in iter_jsonl(run_dir / "adapter" / "train_log.jsonl")] \
         if (run_dir / "adapter" / "train_log.jsonl").exists() else []
     settings = run["settings"]
@@ -321,6 +377,9 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
 
     kl_values = [v for r in records for v in r.get("kl", [])]
     figures = {"arms.png": arms_plot(arms)} if arms else {}
+    gains = gains_plot(paired_gains(run_dir))
+    if gains:
+        figures["gains.png"] = gains
     if kl_values:
         figures["kl.png"] = kl_plot(kl_values, settings["beta"])
     loss = loss_plot(train_log)
@@ -331,7 +390,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         md.extend([f"![{name}]({name})", ""])
         html_parts.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">')
 
-    shown = [r for r in records if r["steps"]][:TOKEN_VIEW_TRAJECTORIES]
+    shown = [r for r in records if r["steps"] and "question" in r][:TOKEN_VIEW_TRAJECTORIES]
     if shown and tokenizer is not None:
         md.extend(["## Trajectories", "", "Kept steps in [token|KL]; the HTML report shades every token by KL "
                    "and shows the soft labels on hover.", ""])

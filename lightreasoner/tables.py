@@ -8,6 +8,7 @@ accuracy with the gain over the baseline and the efficiency table, from run and 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -241,8 +242,18 @@ def arms_report(arms: Sequence[Arm]) -> str:
     return "\n".join(parts)
 
 
+def _error_bar(result: dict[str, Any] | None) -> tuple[float, float]:
+    """A benchmark result's 95% interval as (below, above) its accuracy in points; NaN draws no bar
+    (a benchmark the arm lacks, or the average, which has no interval of its own)."""
+    if result is None:
+        return math.nan, math.nan
+    low, high = result["ci95"]
+    return 100 * (result["accuracy"] - low), 100 * (high - result["accuracy"])
+
+
 def arms_plot(arms: Sequence[Arm]) -> bytes:
-    """Grouped bar chart (PNG bytes): accuracy per benchmark and on average, one bar per evaluated arm."""
+    """Grouped bar chart (PNG bytes): accuracy per benchmark, with its 95% interval, and on average,
+    one bar per evaluated arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,17 +267,20 @@ def arms_plot(arms: Sequence[Arm]) -> bytes:
     groups = list(dict.fromkeys(name for s in summaries for name in s["benchmarks"]))
     values = [[100 * s["benchmarks"][g]["accuracy"] if g in s["benchmarks"] else 0.0 for s in summaries]
               for g in groups]
+    errors = [[_error_bar(s["benchmarks"].get(g)) for s in summaries] for g in groups]
     common = _common_benchmarks(summaries)
     if len(groups) > 1 and common:
         groups.append(f"average ({len(common)})")
         values.append([100 * _average(s, common) for s in summaries])
+        errors.append([_error_bar(None)] * len(summaries))
     figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(labels)) / 2), 3.6))
     width = 0.8 / len(labels)
     for index, label in enumerate(labels):
         offsets = [g + (index - (len(labels) - 1) / 2) * width for g in range(len(groups))]
-        axis.bar(offsets, [v[index] for v in values], width, label=label)
+        axis.bar(offsets, [v[index] for v in values], width, label=label,
+                 yerr=list(zip(*(e[index] for e in errors))), capsize=2, error_kw={"linewidth": 0.8})
     axis.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 5 else 0)
-    axis.set(ylabel="accuracy (%)", title="accuracy per arm", ylim=(0, 100))
+    axis.set(ylabel="accuracy (%)", title="accuracy per arm (95% intervals)", ylim=(0, 100))
     axis.legend(fontsize="small")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

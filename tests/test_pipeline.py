@@ -74,6 +74,15 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
 
     resumed = evaluate(stage_configs(config)[2], published / "eval_before", progress=False)  # nothing left to do
     assert resumed["benchmarks"] == json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]
+    # Its report, redrawn, still counts and describes the kept steps (from samples.outputs.jsonl).
+    assert main(["report", str(published)]) == 0
+    redrawn = (published / "report.md").read_text()
+
+    def efficiency_section(text: str) -> str:
+        return text[text.index("## Efficiency"):text.index("## Settings")]
+
+    assert efficiency_section(redrawn) == efficiency_section(report)
+    assert "## Kept steps" in redrawn and "![kl.png](kl.png)" in redrawn
 
     # A rerun skips every finished stage (no model is even loaded) and redraws the report.
     import lightreasoner.pipeline as pipeline
@@ -307,6 +316,33 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     assert header[4] == "lightreasoner - sft [paired 95% CI]" and arith[:2] == ["arith", "4 of 6"]
     assert arith[2].startswith("100.0 [") and arith[3].startswith("75.0 [") and arith[4].startswith("-25.0 [")
     assert arith[5] == "+0 / -1" and words[3] == "not evaluated yet"
+
+
+def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(tmp_path):
+    from lightreasoner.report import gains_plot, paired_gains
+
+    answers = {"eval_before": {"arith": [True, False, True, False], "words": [False, False]},
+               "sft/eval_after": {"arith": [True, True, False, True], "words": [True, False]},
+               "eval_after": {"arith": [False, False, True, True]}}  # words not answered yet
+    for folder, benchmarks in answers.items():
+        (tmp_path / folder).mkdir(parents=True)
+        for name, correct in benchmarks.items():  # written in reverse order: pairing is by id
+            (tmp_path / folder / f"{name}.jsonl").write_text("".join(
+                json.dumps({"id": f"q{i}", "correct": c}) + "\n" for i, c in reversed(list(enumerate(correct)))))
+    (tmp_path / "eval_before" / "summary.json").write_text(json.dumps({"benchmarks": {
+        name: {"n": len(c), "accuracy": sum(c) / len(c), "ci95": [0.0, 1.0]}
+        for name, c in answers["eval_before"].items()}}))
+
+    gains = paired_gains(tmp_path)
+    assert list(gains) == ["sft", "lightreasoner"]  # format-only has no folder: no entry
+    before, sft = answers["eval_before"], answers["sft/eval_after"]
+    assert gains["sft"] == [("arith", paired_difference(before["arith"], sft["arith"])),
+                            ("words", paired_difference(before["words"], sft["words"])),
+                            ("all questions", paired_difference(before["arith"] + before["words"],
+                                                                sft["arith"] + sft["words"]))]
+    assert gains["lightreasoner"] == [("arith", paired_difference(before["arith"], answers["eval_after"]["arith"]))]
+    assert gains["sft"][2][1]["gained"] == 3 and gains["sft"][2][1]["lost"] == 1
+    assert gains_plot(gains)[:4] == b"\x89PNG" and gains_plot({}) is None
 
 
 @pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (8, 3)])
