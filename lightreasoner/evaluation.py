@@ -256,12 +256,9 @@ def load_for_eval(config: EvalConfig) -> tuple[Any, Any]:
     model = load_model(config.model, dtype=resolve_dtype(config.dtype, device), device=device,
                        trust_remote_code=config.trust_remote_code)
     if config.adapter:
-        adapter = Path(config.adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise LightReasonerError(f"{adapter}: no adapter_config.json here, so it is not a peft adapter folder")
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter), use_safetensors=True).eval()
+        model = PeftModel.from_pretrained(model, str(config.adapter), use_safetensors=True).eval()
     return model, tokenizer
 
 

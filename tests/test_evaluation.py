@@ -342,7 +342,8 @@ def test_sample_sizes_per_benchmark_and_nested_subsets(tiny_dir, data_dir, tmp_p
     assert exited.value.code == 2 and "expected N or NAME=N" in capsys.readouterr().err
 
 
-def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny_dir, data_dir, tmp_path):
+def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny_dir, data_dir, tmp_path,
+                                                                             monkeypatch):
     """An evaluation folder is tied to its adapter's content: a copy elsewhere (a rebuilt run on
     another machine) resumes it, a different adapter is refused."""
     from peft import LoraConfig, get_peft_model
@@ -368,5 +369,6 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
     shutil.rmtree(out)  # what the message offers: the other adapter's answers from scratch
     assert evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=other), out,
                     progress=False)["benchmarks"]["mmlu_stem"]["n"] == 3
+    monkeypatch.setattr("lightreasoner.models.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(LightReasonerError, match="not a peft adapter folder"):
         evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path)), tmp_path / "o2")
