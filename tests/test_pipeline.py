@@ -326,9 +326,10 @@ def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(
                "eval_after": {"arith": [False, False, True, True]}}  # words not answered yet
     for folder, benchmarks in answers.items():
         (tmp_path / folder).mkdir(parents=True)
-        for name, correct in benchmarks.items():  # written in reverse order: pairing is by id
+        for name, correct in benchmarks.items():  # the arms' answers in reverse order: pairing is by id
+            answered = list(enumerate(correct)) if folder == "eval_before" else list(enumerate(correct))[::-1]
             (tmp_path / folder / f"{name}.jsonl").write_text("".join(
-                json.dumps({"id": f"q{i}", "correct": c}) + "\n" for i, c in reversed(list(enumerate(correct)))))
+                json.dumps({"id": f"q{i}", "correct": c}) + "\n" for i, c in answered))
     (tmp_path / "eval_before" / "summary.json").write_text(json.dumps({"benchmarks": {
         name: {"n": len(c), "accuracy": sum(c) / len(c), "ci95": [0.0, 1.0]}
         for name, c in answers["eval_before"].items()}}))
