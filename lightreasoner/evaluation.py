@@ -251,6 +251,10 @@ def load_for_eval(config: EvalConfig) -> tuple[Any, Any]:
 
     if not config.model:
         raise LightReasonerError("--model: no model given")
+    # Before the model loads, which takes minutes for a real expert (evaluate() checks this earlier
+    # still, with the adapter's fingerprint; this is for callers of load_for_eval itself).
+    if config.adapter and not (Path(config.adapter) / "adapter_config.json").is_file():
+        raise LightReasonerError(f"{config.adapter}: no adapter_config.json here, so it is not a peft adapter folder")
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     model = load_model(config.model, dtype=resolve_dtype(config.dtype, device), device=device,

@@ -248,7 +248,9 @@ def _error_bar(result: dict[str, Any] | None) -> tuple[float, float]:
     if result is None:
         return math.nan, math.nan
     low, high = result["ci95"]
-    return 100 * (result["accuracy"] - low), 100 * (high - result["accuracy"])
+    # max: at 0% or 100% the interval's end equals the accuracy up to rounding, and matplotlib
+    # refuses a negative error bar of -1e-15.
+    return max(0.0, 100 * (result["accuracy"] - low)), max(0.0, 100 * (high - result["accuracy"]))
 
 
 def arms_plot(arms: Sequence[Arm]) -> bytes:
