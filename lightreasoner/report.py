@@ -232,8 +232,9 @@ def gains_plot(gains: dict[str, list[tuple[str, dict[str, float]]]]) -> bytes | 
         colour = f"C{list(ARM_EVAL_DIRS).index(arm)}"
         y = [groups.index(name) * (len(gains) + 1) + index for name, _ in rows]
         diff = [100 * p["diff"] for _, p in rows]
-        below = [100 * (p["diff"] - p["low"]) for _, p in rows]
-        above = [100 * (p["high"] - p["diff"]) for _, p in rows]
+        # A percentile interval need not contain the estimate; matplotlib refuses negative bars.
+        below = [max(0.0, 100 * (p["diff"] - p["low"])) for _, p in rows]
+        above = [max(0.0, 100 * (p["high"] - p["diff"])) for _, p in rows]
         axis.errorbar(diff, y, xerr=[below, above], fmt="o", color=colour, capsize=3, label=arm)
     axis.axvline(0, color="grey", linewidth=0.8)
     axis.set_yticks([g * (len(gains) + 1) + (len(gains) - 1) / 2 for g in range(len(groups))], groups)

@@ -344,6 +344,8 @@ def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(
     assert gains["lightreasoner"] == [("arith", paired_difference(before["arith"], answers["eval_after"]["arith"]))]
     assert gains["sft"][2][1]["gained"] == 3 and gains["sft"][2][1]["lost"] == 1
     assert gains_plot(gains)[:4] == b"\x89PNG" and gains_plot({}) is None
+    outside = {"diff": 0.1, "low": 0.2, "high": 0.3, "gained": 1, "lost": 0}  # may miss the estimate
+    assert gains_plot({"sft": [("arith", outside)]})[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (8, 3)])
