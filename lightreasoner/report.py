@@ -19,8 +19,8 @@ from .errors import LightReasonerError
 from .evaluation import summarize
 from .publish import OUTPUTS_FILE, SAMPLES_FILE
 from .records import iter_jsonl, read_json
-from .tables import (ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, find_arms,
-                     savings_line)
+from .tables import (ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, error_bar,
+                     find_arms, savings_line)
 
 TOKEN_VIEW_TRAJECTORIES = 3
 
@@ -126,12 +126,11 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], b
     McNemar's p; then the same over all those questions together. While the evaluation after
     training is still running, n says how many of the baseline's questions it has answered so far;
     the flag says whether it has answered them all."""
-    rows, complete = [], True
+    rows, complete, results = [], True, read_json(before_dir / "summary.json")["benchmarks"]
     for name, n, before, after in paired_answers(before_dir, after_dir):
         complete &= len(after) == n
         if not after:
-            result = read_json(before_dir / "summary.json")["benchmarks"][name]
-            rows.append([name, f"0 of {n}", _pct_ci(result), "not evaluated yet", "", "", ""])
+            rows.append([name, f"0 of {n}", _pct_ci(results[name]), "not evaluated yet", "", "", ""])
         else:
             rows.append(_paired_row(name, str(n) if len(after) == n else f"{len(after)} of {n}", before, after))
     return rows, complete
@@ -232,10 +231,8 @@ def gains_plot(gains: dict[str, list[tuple[str, dict[str, float]]]]) -> bytes | 
         colour = f"C{list(ARM_EVAL_DIRS).index(arm)}"
         y = [groups.index(name) * (len(gains) + 1) + index for name, _ in rows]
         diff = [100 * p["diff"] for _, p in rows]
-        # A percentile interval need not contain the estimate; matplotlib refuses negative bars.
-        below = [max(0.0, 100 * (p["diff"] - p["low"])) for _, p in rows]
-        above = [max(0.0, 100 * (p["high"] - p["diff"])) for _, p in rows]
-        axis.errorbar(diff, y, xerr=[below, above], fmt="o", color=colour, capsize=3, label=arm)
+        bars = [error_bar(p["diff"], p["low"], p["high"]) for _, p in rows]
+        axis.errorbar(diff, y, xerr=list(zip(*bars)), fmt="o", color=colour, capsize=3, label=arm)
     axis.axvline(0, color="grey", linewidth=0.8)
     axis.set_yticks([g * (len(gains) + 1) + (len(gains) - 1) / 2 for g in range(len(groups))], groups)
     axis.invert_yaxis()

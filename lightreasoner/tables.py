@@ -242,15 +242,17 @@ def arms_report(arms: Sequence[Arm]) -> str:
     return "\n".join(parts)
 
 
+def error_bar(estimate: float, low: float, high: float) -> tuple[float, float]:
+    """An interval as matplotlib's error bar: (below, above) the estimate, in points. Never negative:
+    matplotlib refuses that, and an end may pass the estimate (by rounding at 0% or 100%, or because
+    a bootstrap percentile interval need not contain its estimate)."""
+    return max(0.0, 100 * (estimate - low)), max(0.0, 100 * (high - estimate))
+
+
 def _error_bar(result: dict[str, Any] | None) -> tuple[float, float]:
-    """A benchmark result's 95% interval as (below, above) its accuracy in points; NaN draws no bar
-    (a benchmark the arm lacks, or the average, which has no interval of its own)."""
-    if result is None:
-        return math.nan, math.nan
-    low, high = result["ci95"]
-    # max: at 0% or 100% the interval's end equals the accuracy up to rounding, and matplotlib
-    # refuses a negative error bar of -1e-15.
-    return max(0.0, 100 * (result["accuracy"] - low)), max(0.0, 100 * (high - result["accuracy"]))
+    """A benchmark result's 95% interval; NaN draws no bar (a benchmark the arm lacks, or the
+    average, which has no interval of its own)."""
+    return (math.nan, math.nan) if result is None else error_bar(result["accuracy"], *result["ci95"])
 
 
 def arms_plot(arms: Sequence[Arm]) -> bytes:
