@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -353,9 +354,12 @@ def test_two_processes_on_gloo_give_the_same_loss_curve(tmp_path, pair, tokenize
     train_from_file(pair[0], samples, fast_config(max_steps=5), tmp_path / "one")
     # accelerate's --cpu flag launches one process; on a machine without GPUs this is how to get DDP/gloo.
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    with socket.socket() as probe:  # a port free now, not a fixed one another run may hold
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               "29517", "-m", "lightreasoner.cli", "train", "--model", str(pair[0]), "--samples", str(samples),
+               port, "-m", "lightreasoner.cli", "train", "--model", str(pair[0]), "--samples", str(samples),
                "--out", str(tmp_path / "two"), *options]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
