@@ -33,6 +33,7 @@ import shutil
 import time
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -442,16 +443,44 @@ def collate(pieces: list[Piece], examples: list[PackedExample], pad_id: int) -> 
                  order[torch.tensor(cells)], label_ids, label_weights)
 
 
-def packed_kl(model: torch.nn.Module, batch: Batch, vocab_size: int) -> torch.Tensor:
-    """KL(v || pi_theta) of every label in the batch, ``[N]``; logits only at labelled positions.
+def output_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that computes the logits, found through any DDP/DeepSpeed/compile wrapper.
 
-    ``logits_to_keep`` as a boolean ``[B, L]`` mask makes the model apply its output layer to the
-    labelled positions only and return them flattened (transformers >= 5).
+    peft and FSDP2 keep the module tree, so hooks placed on it run inside the wrapped forward."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model).get_output_embeddings()
+
+
+@contextmanager
+def logits_only_at(model: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """Inside the block, ``model``'s output layer sees only the hidden states at ``keep`` (``[B, L]``
+    bool), so the model returns their logits flattened, ``[N, V]`` in row-major order.
+
+    A forward pre-hook on the output layer rather than transformers' ``logits_to_keep``, whose
+    tensor semantics differ between minors (a boolean mask is an IndexError in some): the model runs
+    its own forward (so DDP/FSDP/DeepSpeed hooks all fire) with no ``logits_to_keep`` argument, and
+    no ``[B, L, V]`` logits tensor is ever built.
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids, logits_to_keep=batch.keep, use_cache=False).logits
-    if logits.dim() != 2:
-        raise RuntimeError("this transformers version ignores a boolean logits_to_keep mask; upgrade transformers")
+    def gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden = args[0]
+        if hidden.shape[:2] != keep.shape:
+            raise RuntimeError(f"the output layer got hidden states of shape {tuple(hidden.shape)}, expected "
+                               f"{tuple(keep.shape)} + (hidden,): this model slices them itself")
+        return (hidden[keep], *args[1:])
+
+    handle = output_layer(model).register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def packed_kl(model: torch.nn.Module, batch: Batch, vocab_size: int) -> torch.Tensor:
+    """KL(v || pi_theta) of every label in the batch, ``[N]``; logits only at labelled positions."""
+    with logits_only_at(model, batch.keep):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False).logits
     return soft_label_kl(logits[batch.index], batch.label_ids, batch.label_weights, vocab_size)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import Qwen2ForCausalLM
 
 from lightreasoner import models
 from lightreasoner.cli import main as cli_main
@@ -111,6 +112,35 @@ def test_packed_sparse_loss_equals_dense_per_step_reference(tmp_path, tokenizer)
     assert packed.item() == pytest.approx(dense.item(), abs=1e-5)
     for a, b in zip(packed_grads, dense_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+class IntOnlyLogitsToKeep(Qwen2ForCausalLM):
+    """A model like transformers 5.19's Qwen2, which indexes ``hidden_states[:, logits_to_keep, :]``:
+    a boolean ``[B, L]`` mask there is an IndexError."""
+
+    def forward(self, *args, logits_to_keep=0, **kwargs):
+        if not isinstance(logits_to_keep, int):
+            raise IndexError("too many indices for tensor of dimension 3")
+        return super().forward(*args, logits_to_keep=logits_to_keep, **kwargs)
+
+
+def test_packed_loss_does_not_rely_on_a_boolean_logits_to_keep(tmp_path, tokenizer):
+    lines = sample_lines(tokenizer, seed=2)
+    data = read_samples(write_jsonl(tmp_path / "s.jsonl", lines), tokenizer)
+    model = tiny.make_model(7, layers=2).float()
+    strict = IntOnlyLogitsToKeep(model.config).eval()
+    strict.load_state_dict(model.state_dict())
+    pieces = [Piece(i, 0, e.num_labels) for i, e in enumerate(data.examples)]
+    batch = collate(pieces, data.examples, tokenizer.pad_token_id)
+    shapes = []
+    strict.lm_head.register_forward_hook(lambda module, args, out: shapes.append((args[0].shape, out.shape)))
+
+    packed = packed_kl(strict, batch, data.vocab_size).mean()
+    assert packed.item() == pytest.approx(dense_reference_loss(model, lines, data.vocab_size).item(), abs=1e-5)
+    # The output layer ran once, on the labelled positions only: no [B, L, V] logits.
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    assert shapes == [((data.kept_steps, hidden), (data.kept_steps, vocab))]
+    assert strict(input_ids=batch.input_ids[:1]).logits.shape == (1, batch.input_ids.shape[1], vocab)  # hook gone
 
 
 def test_one_hot_labels_make_the_loss_cross_entropy(tokenizer):
