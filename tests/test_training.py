@@ -16,8 +16,8 @@ from lightreasoner import models
 from lightreasoner.cli import main as cli_main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.training import (REFERENCE_SYSTEM_PROMPT, Piece, TrainConfig, assign_slots, collate,
-                                    iter_updates, load_samples, one_hot_example, packed_kl, read_samples,
-                                    train, train_from_file)
+                                    iter_updates, load_samples, micro_batches, one_hot_example, packed_kl,
+                                    read_samples, train, train_from_file)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
@@ -176,6 +176,19 @@ def test_slots_balance_tokens_and_lose_no_piece(tmp_path, tokenizer):
     assert sorted(p for s in slots for p in s) == sorted(pieces)
     loads = [sum(len(data.examples[p.example].input_ids) for p in s) for s in slots]
     assert max(loads) - min(loads) <= max(len(e.input_ids) for e in data.examples)
+
+
+def test_micro_batches_are_as_many_on_every_process_and_as_few_as_the_pieces_need(tmp_path, tokenizer):
+    data = read_samples(write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer)), tokenizer)
+    pieces = [Piece(i, 0, e.num_labels) for i, e in enumerate(data.examples)][:3]
+    for world, accumulate, expected in [(1, 2, 2), (1, 8, 3), (2, 2, 2), (4, 2, 1), (8, 2, 1)]:
+        per_process = micro_batches(pieces, data.examples, world, accumulate)
+        assert len(per_process) == world and {len(batches) for batches in per_process} == {expected}
+        assert sorted(p for batches in per_process for batch in batches for p in batch) == sorted(pieces)
+        # No micro-batch is empty on every process, so a step runs no more 1-token forwards than it must.
+        assert all(any(batches[i] for batches in per_process) for i in range(expected))
+    one = micro_batches(pieces[:1], data.examples, 1, 2)
+    assert one == [[[pieces[0]]]]  # a single process never runs an empty micro-batch
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -365,6 +378,34 @@ def test_a_resume_may_change_the_micro_batching(tmp_path, pair, tokenizer):
                     tmp_path / "killed", callback=lambda r: seen.append(r["step"]))
     assert seen == [4, 5, 6]
     assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "straight"), rel=1e-4)
+
+
+def test_report_to_tensorboard_writes_the_logged_values(tmp_path, pair, tokenizer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer, questions=4))
+    train_from_file(pair[0], samples, fast_config(max_steps=3, report_to="tensorboard"), tmp_path / "tb")
+    run_dir = tmp_path / "tb" / "logs" / "lightreasoner"
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    scalars = EventAccumulator(str(run_dir)).Reload()
+    log = [json.loads(line) for line in (tmp_path / "tb" / "train_log.jsonl").read_text().splitlines()]
+    for tag, key in [("train/loss", "loss"), ("train/learning_rate", "lr"), ("train/grad_norm", "grad_norm")]:
+        written = scalars.Scalars(tag)
+        assert [e.step for e in written] == [1, 2, 3]
+        assert [e.value for e in written] == pytest.approx([record[key] for record in log], rel=1e-6)
+    assert all(e.value > 0 for e in scalars.Scalars("train/kept_steps_per_second"))
+
+
+def test_report_to_an_absent_tracker_is_refused_before_training(tmp_path, pair, tokenizer, monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer, questions=2))
+    with pytest.raises(LightReasonerError, match="--report-to wandb: the wandb package is not installed"):
+        train_from_file(pair[0], samples, fast_config(report_to="wandb"), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(ValueError, match="report_to must be one of none, tensorboard, wandb"):
+        fast_config(report_to="mlflow")
 
 
 def test_epochs_count_passes_over_kept_steps(tmp_path, pair, tokenizer):
