@@ -43,9 +43,9 @@ def check_backend(accelerator, *, max_grad_norm: float, checkpoints: bool) -> No
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise LightReasonerError("FSDP version 1 cannot shard a LoRA model (it flattens the frozen low-precision base "
-                                 "and the float32 adapter into one parameter); set fsdp_version: 2 in the accelerate "
-                                 "config (configs/accelerate/fsdp2.yaml)")
+        raise LightReasonerError("FSDP version 1 is not supported (with LoRA it would flatten the frozen low-precision "
+                                 "base and the float32 adapter into one parameter, which it cannot); set fsdp_version: "
+                                 "2 in the accelerate config (configs/accelerate/fsdp2.yaml)")
     if _is_deepspeed(accelerator):
         if checkpoints:
             raise LightReasonerError("DeepSpeed partitions the optimizer state in its own format, which checkpoints here "
