@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args, load_yaml
+from ..distributed import refuse_several_processes
 from ..errors import LightReasonerError
 from ..pipeline import RunConfig, run
 from ..report import text_summary
@@ -24,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    refuse_several_processes("run it without accelerate launch or torchrun; to train on several GPUs, run the "
+                             "stages one by one and launch only `lightreasoner train` (docs/TRAINING.md)")
     config = config_from_args(RunConfig, args)
     overrides = {}
     if args.config:

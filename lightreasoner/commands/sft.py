@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import add_config_arguments, config_from_args, load_yaml
+from ..distributed import refuse_several_processes
 
 # Their SFT meaning differs from `train`'s, so these get their own help text.
 SFT_OWN_HELP = ("max_steps", "epochs", "steps_per_update", "system_prompt")
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sft import SFTConfig, sample_counts, sft, sft_train_config
     from ..tables import format_seconds
 
+    refuse_several_processes("run it without accelerate launch or torchrun")
     config = config_from_args(SFTConfig, args, section="sft")
     config = dataclasses.replace(config, train=sft_train_config(_train_values(args)))
     record = sft(config, args.out, progress=not args.quiet, say=print)
