@@ -415,7 +415,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(sft_module, "generate_samples", lambda *a, **k: pytest.fail("sft sampled again"))
         patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
-        patched.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+        patched.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
         run(config, restored, progress=False, say=lambda _: None)
     for name in arm_names:
         assert (restored / name / "adapter" / "adapter_model.safetensors").is_file()
