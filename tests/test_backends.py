@@ -1,0 +1,262 @@
+"""Generation backends: the vLLM contract on a stand-in vLLM that checks the pinned release's signatures
+(tests/standin), the hf backend against it, and evaluation over several worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightreasoner import backends, evaluation
+from lightreasoner.backends import PADDING_MASK, VOCAB_SIZE_KEY, HFBackend, Request, Sampling, VLLMBackend
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.evaluation import EvalConfig, evaluate
+from lightreasoner.models import load_model, load_tokenizer, real_vocab_size, stop_token_ids
+from tiny import make_model, make_tokenizer
+
+import vllm_signatures as real
+
+QUESTIONS = [("Natalia sold 48 clips in April and half as many in May. How many clips?", "72"),
+             ("Weng earns $12 an hour. How much for 50 minutes?", "10"),
+             ("Let x be the number of apples. 3 + 4 = ?", "7"),
+             ("How many clips did Natalia sell in April?", "48"),
+             ("What is 10 - 9?", "1")]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose padding rows would win every argmax if they were not masked."""
+    folder = tmp_path_factory.mktemp("backends") / "model"
+    tokenizer, model = make_tokenizer(), make_model(3, layers=2)
+    vocab = len(tokenizer)
+    with torch.no_grad():
+        model.lm_head.weight[vocab:] = 50 * model.lm_head.weight[:vocab].abs().max()
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def data_dir(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    (folder / "gsm8k").mkdir(parents=True)
+    (folder / "gsm8k" / "test.jsonl").write_text("".join(
+        json.dumps({"question": q, "answer": f"Reasoning.\n#### {a}"}) + "\n" for q, a in QUESTIONS))
+    (folder / "svamp").mkdir()
+    (folder / "svamp" / "test.jsonl").write_text("".join(
+        json.dumps({"Body": f"There are {n} apples", "Question": "How many apples are there?", "Answer": n}) + "\n"
+        for n in (3, 5, 8)))
+    return folder
+
+
+def settings(model_dir: Path, data_dir: Path, **overrides) -> EvalConfig:
+    values = dict(model=str(model_dir), benchmarks=["gsm8k", "svamp"], data_dir=str(data_dir), max_new_tokens=10,
+                  batch_size=2, device="cpu", dtype="float32", backend="hf")
+    values.update(overrides)
+    return EvalConfig(**values)
+
+
+def answers(folder: Path, benchmark: str) -> dict[str, tuple]:
+    records = [json.loads(line) for line in (folder / f"{benchmark}.jsonl").read_text().splitlines()]
+    return {r["id"]: (r["completion"], r["tokens"], r["finish"], r["pred"], r["correct"]) for r in records}
+
+
+def save_adapter(model_dir: Path, folder: Path, r: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(r)
+    peft_model = get_peft_model(load_model(model_dir), LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
+                                                                  init_lora_weights=False))
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------ the vLLM contract
+
+
+def test_vllm_answers_equal_hf_answers_from_one_engine_per_evaluation(model_dir, data_dir, tmp_path, standin_vllm):
+    evaluate(settings(model_dir, data_dir), tmp_path / "hf", progress=False)
+    evaluate(settings(model_dir, data_dir, backend="vllm", device="auto"), tmp_path / "vllm", progress=False)
+    for benchmark in ("gsm8k", "svamp"):
+        assert answers(tmp_path / "vllm", benchmark) == answers(tmp_path / "hf", benchmark)
+    assert json.loads((tmp_path / "vllm" / "run.json").read_text())["backend"] == "vllm"
+
+    [engine] = standin_vllm.ENGINES  # one engine for both benchmarks, shut down at the end
+    assert not engine.alive
+    assert engine.calls == [2, 2, 1, 2, 1]  # --batch-size prompts per engine call, per benchmark
+    args = engine.args
+    assert args["dtype"] == "float32" and args["generation_config"] == "vllm" and "enable_lora" not in args
+    # The padding rows (which the tiny model prefers) are masked once, by the engine's logits processor.
+    tokenizer = load_tokenizer(model_dir)
+    assert args["logits_processors"] == [PADDING_MASK]
+    assert args["additional_config"] == {VOCAB_SIZE_KEY: real_vocab_size(tokenizer, load_model(model_dir))}
+    made = standin_vllm.SamplingParams.made
+    assert len(made) == 8 and all(p.allowed_token_ids is None and p.temperature == 0 for p in made)
+    assert all(p.stop_token_ids == stop_token_ids(tokenizer, load_model(model_dir)) for p in made)
+
+
+def test_vllm_loads_no_hf_weights(model_dir, data_dir, tmp_path, standin_vllm, monkeypatch):
+    """A model folder without weights: vLLM's engine (here a stand-in) loads the model; we only read
+    its tokenizer and config files."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in model_dir.iterdir():
+        if path.suffix != ".safetensors":
+            (bare / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr("lightreasoner.models.load_model", lambda *a, **k: pytest.fail("HF weights were loaded"))
+    summary = evaluate(settings(bare, data_dir, backend="vllm", device="cuda"), tmp_path / "out", progress=False)
+    assert summary["benchmarks"]["gsm8k"]["n"] == 5 and summary["benchmarks"]["svamp"]["n"] == 3
+    assert len(standin_vllm.ENGINES) == 1 and not standin_vllm.ENGINES[0].alive
+
+
+@pytest.mark.parametrize("ranks, limit", [((4, {}), 8), ((16, {}), 16), ((8, {"q_proj": 40}), 64),
+                                          ((513, {}), None)])
+def test_lora_rank_limit_is_the_smallest_vllm_accepts_above_the_adapters(tmp_path, standin_vllm, ranks, limit):
+    r, pattern = ranks
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": r, "rank_pattern": pattern}))
+    if limit is None:
+        with pytest.raises(LightReasonerError, match="LoRA rank 513 is larger than vLLM supports"):
+            backends.lora_rank_limit(tmp_path)
+    else:
+        assert backends.lora_rank_limit(tmp_path) == limit and limit in real.MAX_LORA_RANKS
+
+
+def test_an_adapter_above_vllms_default_rank_gives_the_hf_answers(model_dir, data_dir, tmp_path, standin_vllm):
+    adapter = str(save_adapter(model_dir, tmp_path / "adapter", 32))  # vLLM's default max_lora_rank is 16
+    evaluate(settings(model_dir, data_dir, benchmarks=["gsm8k"], adapter=adapter), tmp_path / "hf", progress=False)
+    evaluate(settings(model_dir, data_dir, benchmarks=["gsm8k"], adapter=adapter, backend="vllm", device="auto"),
+             tmp_path / "vllm", progress=False)
+    [engine] = standin_vllm.ENGINES
+    assert engine.args["enable_lora"] and engine.args["max_lora_rank"] == 32
+    assert answers(tmp_path / "vllm", "gsm8k") == answers(tmp_path / "hf", "gsm8k")  # the adapter was applied
+
+
+def test_the_standin_refuses_what_the_real_release_refuses(model_dir, tmp_path, standin_vllm):
+    """The checks the backend's arguments pass are real: without max_lora_rank an r=32 adapter fails
+    as in vLLM, and so do our old dtype aliases and unknown arguments."""
+    adapter = save_adapter(model_dir, tmp_path / "adapter", 32)
+    engine = standin_vllm.LLM(model=str(model_dir), enable_lora=True)
+    from vllm.lora.request import LoRARequest
+
+    lora = LoRARequest("adapter", 1, str(adapter))
+    with pytest.raises(ValueError, match="LoRA rank 32 is greater than max_lora_rank 16"):
+        engine.generate([standin_vllm.TokensPrompt(prompt_token_ids=[5, 6])], standin_vllm.SamplingParams(),
+                        lora_request=lora)
+    engine.llm_engine.engine_core.shutdown()
+    for wrong in ({"dtype": "bf16"}, {"max_lora_rank": 17, "enable_lora": True}, {"device": "cuda:1"}):
+        with pytest.raises((TypeError, ValueError)):
+            standin_vllm.LLM(model=str(model_dir), **wrong)
+    with pytest.raises(TypeError, match="allowed_tokens"):
+        standin_vllm.SamplingParams(allowed_tokens=[1])
+    assert set(real.SAMPLING_PARAMS) >= {"seed", "stop_token_ids", "max_tokens", "detokenize", "allowed_token_ids"}
+
+
+@pytest.mark.parametrize("ours, theirs", [("bf16", "bfloat16"), ("bfloat16", "bfloat16"), ("fp16", "float16"),
+                                          ("float16", "float16"), ("fp32", "float32"), ("float32", "float32")])
+def test_dtype_names_map_to_vllm_literals(ours, theirs):
+    assert backends.vllm_dtype(ours) == theirs and theirs in real.MODEL_DTYPES
+
+
+def test_auto_dtype_is_what_the_hf_backend_would_use_on_that_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert backends.vllm_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert backends.vllm_dtype("auto") == "float16"
+
+
+def test_devices_vllm_cannot_honour_are_refused_before_anything_loads(model_dir, data_dir, tmp_path, standin_vllm):
+    with pytest.raises(LightReasonerError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
+        evaluate(settings(model_dir, data_dir, backend="vllm", device="cuda:1"), tmp_path / "a", progress=False)
+    with pytest.raises(LightReasonerError, match="--device cpu: the vllm backend runs on CUDA GPUs; use --backend hf"):
+        evaluate(settings(model_dir, data_dir, backend="vllm", device="cpu"), tmp_path / "b", progress=False)
+    assert standin_vllm.ENGINES == []
+
+
+def test_a_crash_loses_at_most_one_engine_call_and_the_engine_is_shut_down(model_dir, data_dir, tmp_path,
+                                                                           standin_vllm, monkeypatch):
+    config = settings(model_dir, data_dir, benchmarks=["gsm8k"], backend="vllm", device="auto")
+    evaluate(config, tmp_path / "whole", progress=False)
+    real_generate = standin_vllm.LLM.generate
+
+    def killed_in_the_third_call(self, *args, **kwargs):
+        if len(self.calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(standin_vllm.LLM, "generate", killed_in_the_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(config, tmp_path / "resumed", progress=False)
+    assert len(answers(tmp_path / "resumed", "gsm8k")) == 4  # two calls of two answers were written
+    assert not standin_vllm.ENGINES[-1].alive  # shut down on the way out
+    monkeypatch.setattr(standin_vllm.LLM, "generate", real_generate)
+    evaluate(config, tmp_path / "resumed", progress=False)
+    assert standin_vllm.ENGINES[-1].calls == [1]
+    assert answers(tmp_path / "resumed", "gsm8k") == answers(tmp_path / "whole", "gsm8k")
+
+
+def test_auto_backend_is_vllm_only_on_cuda_with_vllm_installed(standin_vllm, monkeypatch):
+    assert backends.resolve_backend("auto", "auto") == "hf"  # no GPU here
+    monkeypatch.setattr("lightreasoner.models.resolve_device", lambda device: torch.device("cuda"))
+    assert backends.resolve_backend("auto", "auto") == "vllm"
+    assert backends.resolve_backend("auto", "cuda:1") == "hf"  # vLLM takes no device index
+    assert backends.resolve_backend("hf", "cuda") == "hf"
+
+
+def test_per_request_budgets_and_seeds_with_both_backends(model_dir, standin_vllm):
+    """The interface later work builds on: each request its own budget (and seed), ids out."""
+    tokenizer = load_tokenizer(model_dir)
+    prompt = tokenizer("How many clips?", add_special_tokens=False)["input_ids"]
+    requests = [Request(prompt, 3, seed=1), Request(prompt, 7, seed=2), Request(prompt + [5], 5, seed=3)]
+    greedy, sampled = Sampling(), Sampling(temperature=1.0)
+    with HFBackend(load_model(model_dir), tokenizer, slots=2) as hf, \
+            VLLMBackend(str(model_dir), tokenizer, dtype="float32", chunk_size=2) as engine:
+        for sampling in (greedy, sampled):
+            outputs = {}
+            for backend in (hf, engine):
+                outputs[backend] = {o.index: o for chunk in backend.generate(requests, sampling) for o in chunk}
+                assert [len(outputs[backend][i].token_ids) <= r.max_new_tokens for i, r in enumerate(requests)] == \
+                    [True] * 3
+            assert outputs[hf].keys() == outputs[engine].keys() == {0, 1, 2}
+            if sampling.greedy:  # the same model, float32: the same tokens
+                assert {i: o.token_ids for i, o in outputs[hf].items()} == \
+                    {i: o.token_ids for i, o in outputs[engine].items()}
+    assert [p.seed for p in standin_vllm.SamplingParams.made] == [None] * 3 + [1, 2, 3]
+    assert [p.max_tokens for p in standin_vllm.SamplingParams.made] == [3, 7, 5] * 2
+
+
+# ------------------------------------------------------------------------------ one process per GPU
+
+
+def test_workers_answer_shards_and_merge_into_what_one_process_writes(model_dir, data_dir, tmp_path):
+    evaluate(settings(model_dir, data_dir), tmp_path / "one", progress=False)
+    summary = evaluate(settings(model_dir, data_dir, workers=2), tmp_path / "two", progress=False)
+    for benchmark in ("gsm8k", "svamp"):
+        assert answers(tmp_path / "two", benchmark) == answers(tmp_path / "one", benchmark)
+        shards = [answers(tmp_path / "two" / "workers" / f"{k}-of-2", benchmark) for k in range(2)]
+        assert shards[0].keys().isdisjoint(shards[1].keys()) and len(shards[0]) >= len(shards[1]) >= 1
+    alone = json.loads((tmp_path / "one" / "summary.json").read_text())["benchmarks"]
+    for benchmark, result in summary["benchmarks"].items():
+        assert {k: v for k, v in result.items() if k != "seconds"} == \
+            {k: v for k, v in alone[benchmark].items() if k != "seconds"}
+
+
+def test_each_worker_sees_one_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert evaluation.worker_gpus(4) == ["0", "1", "2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert evaluation.worker_gpus(2) == ["4", "6"]
+    with pytest.raises(LightReasonerError, match="--workers 3: only 2 GPUs are visible"):
+        evaluation.worker_gpus(3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert evaluation.worker_gpus(2) == [None, None]  # no GPU: the workers share the CPU
+
+
+def test_shard_settings_are_checked():
+    assert EvalConfig(model="m", shard="1/3").shard_of(list(range(7))) == [1, 4]
+    for wrong in ({"shard": "3/3"}, {"shard": "x"}, {"shard": "0/2", "workers": 2}, {"workers": 0}):
+        with pytest.raises(ValueError, match="--shard|--workers"):
+            EvalConfig(model="m", **wrong)
