@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,52 @@ def test_per_request_budgets_and_seeds_with_both_backends(model_dir, standin_vll
                     {i: o.token_ids for i, o in outputs[engine].items()}
     assert [p.seed for p in standin_vllm.SamplingParams.made] == [None] * 3 + [1, 2, 3]
     assert [p.max_tokens for p in standin_vllm.SamplingParams.made] == [3, 7, 5] * 2
+
+
+# ------------------------------------------------------------------------------ SFT sampling
+
+
+def test_sft_sampling_through_vllm_is_seeded_per_request_and_resumes_identically(model_dir, tmp_path, standin_vllm,
+                                                                                  monkeypatch):
+    from lightreasoner import sft as sft_module
+    from lightreasoner.decoding import derived_seed
+    from lightreasoner.sft import SFTConfig, read_sft_samples, sample_solutions, sft_train_config
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": a}) + "\n"
+                            for i, (q, a) in enumerate(QUESTIONS[:3])))
+    config = SFTConfig(model=str(model_dir), data=str(data), samples_per_question=2, max_new_tokens=6, batch_size=4,
+                       temperature=0.9, top_p=0.95, device="auto", backend="vllm",
+                       train=sft_train_config({"dtype": "float32", "seed": 3}))
+    sample_solutions(config, tmp_path / "whole.jsonl", progress=False)
+    [engine] = standin_vllm.ENGINES
+    assert not engine.alive and engine.calls == [4, 2]  # 3 questions x 2 samples, 4 sequences per engine call
+    made = standin_vllm.SamplingParams.made
+    assert [p.seed for p in made] == [derived_seed(derived_seed("lightreasoner-sft", 3, f"q{i}"), k)
+                                      for i in range(3) for k in range(2)]
+    assert {(p.temperature, p.top_p, p.n, p.allowed_token_ids) for p in made} == {(0.9, 0.95, 1, None)}
+    header, records = read_sft_samples(tmp_path / "whole.jsonl")
+    assert header["settings"]["backend"] == "vllm" and len(records) == 3
+    assert len({tuple(s["completion_ids"]) for _, r in records for s in r["samples"]}) > 1  # sampled, not greedy
+
+    real_grade, graded = sft_module.grade_samples, []
+
+    def crash_on_second_question(*args, **kwargs):
+        graded.append(1)
+        if len(graded) == 2:
+            raise KeyboardInterrupt
+        return real_grade(*args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "grade_samples", crash_on_second_question)
+    with pytest.raises(KeyboardInterrupt):
+        sample_solutions(config, tmp_path / "resumed.jsonl", progress=False)
+    assert not standin_vllm.ENGINES[-1].alive
+    monkeypatch.setattr(sft_module, "grade_samples", real_grade)
+    sample_solutions(config, tmp_path / "resumed.jsonl", progress=False)
+    assert standin_vllm.ENGINES[-1].calls == [4]  # only the two questions left
+    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    with pytest.raises(LightReasonerError, match="sampled with backend='vllm', now 'hf'"):
+        sample_solutions(replace(config, backend="hf"), tmp_path / "resumed.jsonl", progress=False)
 
 
 # ------------------------------------------------------------------------------ one process per GPU
