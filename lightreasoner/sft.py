@@ -63,8 +63,9 @@ RESULT_SETTING_DEFAULTS = {"backend": "hf"}
 RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
 # Settings that may change in an arm's or a run's folder at any time: how the work is done, not what
 # it computes (data_dir is where the data is read from; each stage's file checks the questions it holds).
-# The backend too: the sample file (and an evaluation folder) refuses answers from another backend on its own.
-FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir", "backend"}
+# So may the backend (a sample file and an evaluation folder refuse another backend's answers on their
+# own) and the number of evaluation workers.
+FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir", "backend", "workers"}
 # A control's samples are checked by content (samples_sha256), so the file may be named by another path.
 CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
 

@@ -274,6 +274,39 @@ def test_sft_sampling_through_vllm_is_seeded_per_request_and_resumes_identically
         sample_solutions(replace(config, backend="hf"), tmp_path / "resumed.jsonl", progress=False)
 
 
+def test_run_frees_its_models_before_each_vllm_engine_starts(tmp_path, standin_vllm, monkeypatch):
+    """``lightreasoner run`` samples and trains in the process that then evaluates: by the time an
+    engine starts, no model of ours may be alive and torch's cached memory must have been released."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    from lightreasoner.pipeline import RunConfig, run
+    from tiny import save_pair
+
+    pair = save_pair(tmp_path / "pair")
+    released: list[int] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(1))
+    at_start: list[tuple[int, int]] = []
+
+    def count_our_models(args):
+        gc.collect()
+        ours = [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)
+                and str(getattr(o, "name_or_path", "")).startswith(str(tmp_path))]
+        at_start.append((len(ours), len(released)))
+
+    standin_vllm.ON_START.append(count_our_models)
+    config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), questions=4, max_new_tokens=8, max_steps=2,
+                       eval_limit=2, eval_max_new_tokens=6, batch_size=4, dtype="float32", device="auto")
+    run(config, tmp_path / "run", overrides={"eval": {"backend": "vllm"}}, progress=False, say=lambda _: None)
+    assert len(at_start) == 2  # eval_before and eval_after, one engine each
+    assert [alive for alive, _ in at_start] == [0, 0]
+    assert 0 < at_start[0][1] < at_start[1][1]  # memory released before each start
+    assert not any(engine.alive for engine in standin_vllm.ENGINES)
+    after = json.loads((tmp_path / "run" / "eval_after" / "run.json").read_text())
+    assert after["backend"] == "vllm" and after["adapter"] == str(tmp_path / "run" / "adapter")
+
+
 # ------------------------------------------------------------------------------ one process per GPU
 
 
