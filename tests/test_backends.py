@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -340,3 +341,43 @@ def test_shard_settings_are_checked():
     for wrong in ({"shard": "3/3"}, {"shard": "x"}, {"shard": "0/2", "workers": 2}, {"workers": 0}):
         with pytest.raises(ValueError, match="--shard|--workers"):
             EvalConfig(model="m", **wrong)
+
+
+# ------------------------------------------------------------------------------ the GPU smoke check
+
+
+def test_gpu_smoke_script_runs_end_to_end_on_cpu(tmp_path, standin_vllm, capsys):
+    """benchmarks/gpu_smoke.py with tiny models, a CPU and the stand-in vLLM: every stage runs and
+    is timed, both backends answer, and their agreement is what decides the exit code."""
+    import importlib.util
+
+    from tiny import save_pair
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    pair = save_pair(tmp_path / "pair")
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("".join(
+            json.dumps({"question": q, "answer": f"Reasoning.\n#### {a}"}) + "\n" for q, a in QUESTIONS))
+    out = tmp_path / "smoke"
+    argv = ["--expert", str(pair[0]), "--amateur", str(pair[1]), "--out", str(out), "--data-dir", str(data.parent),
+            "--questions", "4", "--steps", "2", "--eval-questions", "4", "--max-new-tokens", "8", "--beta", "0.05",
+            "--device", "cpu", "--dtype", "float32"]
+    assert smoke.main(argv) == 0
+    printed = capsys.readouterr().out
+    for name in ("sample (hf)", "train", "sft sampling (vllm)", "eval (hf)", "eval (vllm)"):
+        assert re.search(rf"^\[{re.escape(name)}\] \d+\.\d s$", printed, re.M), name
+    assert "hf and vLLM answers agree on 100% of 4 questions" in printed  # float32, the same model
+    assert len(standin_vllm.ENGINES) == 2 and not any(engine.alive for engine in standin_vllm.ENGINES)
+    assert json.loads((out / "adapter" / "train_summary.json").read_text())["optimizer_steps"] == 2
+
+    # Answers that disagree fail the check.
+    path = out / "eval_vllm" / "gsm8k.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "pred": r["pred"] + "1"}) + "\n" for r in records[:1]) +
+                    "".join(json.dumps(r) + "\n" for r in records[1:]))
+    assert smoke.agreement(out / "eval_hf", out / "eval_vllm")[0] == 0.75
+    assert smoke.main(argv) == 1
