@@ -220,6 +220,12 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> None:
         write_json_atomic(path, {**settings, "adapter": config.adapter})
 
 
+def _unanswered(out_dir: Path, benchmark: str, items: list[Problem]) -> bool:
+    path = out_dir / f"{benchmark}.jsonl"
+    done = _done_records(path)
+    return any(p.id not in done for p in items)
+
+
 def _done_records(path: Path) -> dict[str, dict[str, Any]]:
     """Records already written, by question id (a torn last line is cut off and redone)."""
     if not path.exists():
@@ -265,7 +271,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     problems = {name: config.shard_of(load_problems(name, split=config.split, data_dir=config.data_dir,
                                                     limit=config.limit, sample=config.sample_size(name),
                                                     seed=config.seed)) for name in config.benchmarks}
-    if config.workers > 1:
+    if config.workers > 1 and any(_unanswered(out_dir, name, items) for name, items in problems.items()):
         run_workers(config, out_dir)
     results: dict[str, dict[str, Any]] = {}
     backend: Backend | None = None
