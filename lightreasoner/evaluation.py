@@ -174,11 +174,10 @@ def open_backend(config: EvalConfig, *, model: Any = None, tokenizer: Any = None
     from .models import load_tokenizer, resolve_model_path
 
     if config.backend == "vllm":
-        if config.adapter and not (Path(config.adapter) / "adapter_config.json").is_file():
-            raise LightReasonerError(f"{config.adapter}: no adapter_config.json here, so it is not a peft adapter folder")
         tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-        return VLLMBackend(resolve_model_path(config.model), tokenizer, dtype=config.dtype, chunk_size=config.batch_size,
-                           adapter=config.adapter, device=config.device, trust_remote_code=config.trust_remote_code)
+        return VLLMBackend(resolve_model_path(config.model), tokenizer, dtype=config.dtype,
+                           chunk_size=config.batch_size, adapter=config.adapter, device=config.device,
+                           trust_remote_code=config.trust_remote_code)
     if model is not None and tokenizer is not None:
         return HFBackend(model, tokenizer, slots=config.batch_size)
     model, tokenizer = load_for_eval(config)

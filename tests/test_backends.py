@@ -70,8 +70,8 @@ def save_adapter(model_dir: Path, folder: Path, r: int) -> Path:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(r)
-    peft_model = get_peft_model(load_model(model_dir), LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
-                                                                  init_lora_weights=False))
+    lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(load_model(model_dir), lora)
     peft_model.save_pretrained(folder)
     return folder
 
@@ -353,7 +353,8 @@ def test_gpu_smoke_script_runs_end_to_end_on_cpu(tmp_path, standin_vllm, capsys)
 
     from tiny import save_pair
 
-    spec = importlib.util.spec_from_file_location("gpu_smoke", Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py")
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke", script)
     smoke = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(smoke)
     pair = save_pair(tmp_path / "pair")

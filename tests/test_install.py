@@ -47,8 +47,8 @@ def test_the_vllm_extra_pins_the_release_the_standin_was_read_from():
     assert read in ours and read in theirs  # the transformers we read is allowed by both bounds
 
 
-UNREACHABLE = re.compile(r"NewConnectionError|ConnectTimeout|Max retries exceeded|name resolution|Network is unreachable|"
-                         r"ProxyError|Connection refused|timed out")
+UNREACHABLE = re.compile(r"NewConnectionError|ConnectTimeout|Max retries exceeded|name resolution|"
+                         r"Network is unreachable|ProxyError|Connection refused|timed out")
 
 
 def dry_run(tmp_path: Path, *requirements: str, deps: bool) -> dict[str, dict]:

@@ -133,7 +133,8 @@ class LLM:
             _check_prompt(prompt)
         model = self._model_for(kwargs.get("lora_request"))
         self.calls.append(len(prompts))
-        return [self._complete(list(prompt["prompt_token_ids"]), param, model) for prompt, param in zip(prompts, params)]
+        return [self._complete(list(prompt["prompt_token_ids"]), param, model)
+                for prompt, param in zip(prompts, params)]
 
     def _model_for(self, lora: Any) -> Any:
         if lora is None:
