@@ -156,6 +156,24 @@ def test_the_standin_refuses_what_the_real_release_refuses(model_dir, tmp_path, 
     assert set(real.SAMPLING_PARAMS) >= {"seed", "stop_token_ids", "max_tokens", "detokenize", "allowed_token_ids"}
 
 
+@pytest.mark.parametrize("v2", ["1", "0"])
+def test_the_padding_mask_works_under_both_model_runners(model_dir, standin_vllm, monkeypatch, v2):
+    """vLLM 0.32 builds logits processors through its V2 model runner (its default on CUDA) or its
+    V1 runner, each accepting only its own interface: the mask implements both."""
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", v2)
+    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir)
+    vocab = real_vocab_size(tokenizer, model)
+    prompt = tokenizer("How many clips did Natalia sell?", add_special_tokens=False)["input_ids"]
+    assert int(model(torch.tensor([prompt])).logits[0, -1].argmax()) >= vocab  # unmasked, a padding row wins
+    requests = [Request(prompt, 6), Request(prompt[:4], 6)]
+    with VLLMBackend(str(model_dir), tokenizer, dtype="float32", chunk_size=8) as engine:
+        masked = [o.token_ids for chunk in engine.generate(requests, Sampling()) for o in chunk]
+    assert standin_vllm.ENGINES[0].runner == ("v2" if v2 == "1" else "v1")
+    with HFBackend(model, tokenizer, slots=2) as hf:
+        expected = {o.index: o.token_ids for chunk in hf.generate(requests, Sampling()) for o in chunk}
+    assert masked == [expected[0], expected[1]] and all(t < vocab for ids in masked for t in ids)
+
+
 @pytest.mark.parametrize("ours, theirs", [("bf16", "bfloat16"), ("bfloat16", "bfloat16"), ("fp16", "float16"),
                                           ("float16", "float16"), ("fp32", "float32"), ("float32", "float32")])
 def test_dtype_names_map_to_vllm_literals(ours, theirs):

@@ -124,9 +124,14 @@ MODEL_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 # vllm/config/lora.py:26 MaxLoRARanks; LoRAConfig.max_lora_rank defaults to 16 (line 33).
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_MAX_LORA_RANK = 16
-# vllm/v1/sample/logits_processor/interface.py:72 LogitsProcessor.__init__(vllm_config, device, is_pin_memory),
-# abstract apply(logits), is_argmax_invariant(), update_state(batch_update); processors given to LLM as a class or
-# a "module:Class" name (vllm/v1/sample/logits_processor/__init__.py, _load_logitsprocs_by_fqcns).
-LOGITS_PROCESSOR_METHODS = ("apply", "is_argmax_invariant", "update_state")
+# Logits processors are given to LLM as a class or a "module:Class" name, and each model runner accepts only a
+# subclass of its own interface:
+# - V1 runner: vllm/v1/sample/logits_processor/interface.py:72 LogitsProcessor.__init__(vllm_config, device,
+#   is_pin_memory), abstract apply(logits), is_argmax_invariant(), update_state(batch_update); loaded by
+#   vllm/v1/sample/logits_processor/__init__.py, _load_logitsprocs_by_fqcns.
+# - V2 runner, the default where Triton is (vllm/config/vllm.py:703 use_v2_model_runner; VLLM_USE_V2_MODEL_RUNNER=0
+#   selects V1): vllm/v1/worker/gpu/sample/logits_processor/interface.py:109 __init__(vllm_config, req_states),
+#   :126 add_request(req_idx, sampling_params) -> bool, :145 abstract apply(logits, ctx); loaded by loader.py,
+#   _load_v2_logitsprocs_by_fqcns.
 # vllm/sampling_params.py: _verify_args (line 633 on): temperature in [0, 2], top_p in (0, 1], max_tokens >= 1.
 MAX_TEMPERATURE = 2.0

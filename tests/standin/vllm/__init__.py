@@ -5,7 +5,9 @@ It checks every argument our code passes against the real release's signatures
 (tests/vllm_signatures.py: names read from that release's source, file and line given there) and
 its checks (dtype literals, max_lora_rank values, an adapter's rank against max_lora_rank, single-
 process data parallelism refused), counts engines and their shutdowns, builds the engine's logits
-processors the way vLLM does (by class or "module:Class" name, with ``vllm_config.additional_config``),
+processors the way vLLM does (by class or "module:Class" name, with ``vllm_config.additional_config``;
+through the V2 model runner's interface, vLLM 0.32's default on CUDA, or the V1 runner's when
+``VLLM_USE_V2_MODEL_RUNNER=0``),
 and generates with a plain transformers model (one full forward per token), so its answers can be
 compared with the hf backend's. It does not emulate scheduling, memory, CUDA graphs or parallelism.
 A model folder without weights gets a randomly initialised model: the engine's weights are the
@@ -15,6 +17,7 @@ engine's business, and a test can thereby prove that our process never loads the
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -24,6 +27,7 @@ import torch
 import vllm_signatures as real
 
 from .v1.sample.logits_processor import load_logitsprocs
+from .v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState, load_v2_logitsprocs
 
 __version__ = real.VERSION
 ENGINES: list["LLM"] = []  # every engine started since reset(), in order
@@ -114,8 +118,15 @@ class LLM:
         self.model, self.adapted = _engine_model(model, TORCH_DTYPES[dtype], int(kwargs.get("seed", 0))), None
         vllm_config = SimpleNamespace(additional_config=kwargs.get("additional_config") or {},
                                       model_config=SimpleNamespace(model=model))
-        self.processors = [cls(vllm_config, torch.device("cpu"), False)
-                           for cls in load_logitsprocs(kwargs.get("logits_processors"))]
+        # vllm/config/vllm.py:703 use_v2_model_runner: V2 unless the environment says otherwise (or
+        # Triton is missing, or a feature V2 lacks is asked for); each runner loads its own interface.
+        self.runner = "v1" if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").lower() in ("0", "false") else "v2"
+        if self.runner == "v2":
+            state = LogitsProcRequestState(torch.device("cpu"), 1, self.model.config.vocab_size)
+            self.processors = [cls(vllm_config, state) for cls in load_v2_logitsprocs(kwargs.get("logits_processors"))]
+        else:
+            self.processors = [cls(vllm_config, torch.device("cpu"), False)
+                               for cls in load_logitsprocs(kwargs.get("logits_processors"))]
         ENGINES.append(self)
 
     def generate(self, prompts: Any, sampling_params: Any = None, **kwargs: Any) -> list[SimpleNamespace]:
@@ -159,11 +170,14 @@ class LLM:
         stops, eos = set(params.stop_token_ids or []), self.tokenizer.eos_token_id
         new: list[int] = []
         finish, reason = "length", None
+        # V2 asks each processor whether the request needs it, then applies them all to the batch.
+        needed = self.runner == "v1" or any([p.add_request(0, params) for p in self.processors])
+        context = LogitsContext(expanded_idx_mapping=torch.zeros(1, dtype=torch.long))
         while len(new) < params.max_tokens:
             with torch.no_grad():
                 logits = model(torch.tensor([prompt + new])).logits[:, -1].float()
-            for processor in self.processors:
-                logits = processor.apply(logits)
+            for processor in self.processors if needed else ():
+                logits = processor.apply(logits, context) if self.runner == "v2" else processor.apply(logits)
             if params.allowed_token_ids is not None:
                 allowed = torch.full_like(logits, float("-inf"))
                 allowed[:, params.allowed_token_ids] = 0
