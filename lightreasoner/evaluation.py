@@ -3,18 +3,21 @@
 ``evaluate(config, out_dir)`` writes into ``out_dir``:
 
 * ``<benchmark>.jsonl``: one line per question (id, prompt, completion, pred, gold, correct,
-  tokens, finish, seconds), appended and fsynced as each answer ends. A rerun with the same
-  ``out_dir`` skips the questions already there, so a killed evaluation resumes where it stopped.
+  tokens, finish, seconds), appended and fsynced as each chunk of answers ends (one answer with
+  the hf backend, one engine call with vLLM). A rerun with the same ``out_dir`` skips the questions
+  already there, so a killed evaluation resumes where it stopped.
 * ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
   dtype, backend); a rerun with different ones is refused rather than mixed into old results.
 * ``summary.json``: per benchmark n, correct, accuracy, its 95% Wilson interval, tokens and
   seconds, plus the unweighted average over benchmarks (the paper's "Avg."); rewritten as each
   benchmark ends, with the benchmarks still to come under ``pending``.
 
-Generation is greedy pass@1 like the Qwen2.5-Math toolkit: a cached decoding loop with continuous
-batching (:mod:`lightreasoner.decoding`; or vLLM, imported only when asked for), stopping on every
-end token of :func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real
-vocabulary are never generated. The model's own generation config (which may sample) plays no part.
+Generation is greedy pass@1 like the Qwen2.5-Math toolkit, through a backend of
+:mod:`lightreasoner.backends` (the cached decoding loop with continuous batching, or one vLLM
+engine for the whole evaluation), stopping on every end token of
+:func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real vocabulary
+are never generated. The model's own generation config (which may sample) plays no part.
+``workers`` > 1 runs one evaluation process per GPU over shards of the questions and merges them.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
-from dataclasses import dataclass, field
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 
 from . import grading, prompts
+from .backends import BACKENDS, Backend, HFBackend, Output, Request, Sampling, VLLMBackend, resolve_backend
 from .config import config_to_dict
 from .data import BENCHMARKS, GENERATED, Problem, check_same_problems, load_problems
 from .errors import LightReasonerError
@@ -36,8 +43,6 @@ from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, wri
 
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
-# A stop string is looked for in the text of a completion's last tokens, decoded at every step.
-STOP_STRING_TOKENS = 16
 # Settings that decide the completions: a folder's answers are only resumed under the same ones. The
 # adapter counts by its content, not its path, so answers resume wherever the same adapter is rebuilt.
 RUN_KEYS = ("model", "adapter_sha256", "prompt", "max_new_tokens", "dtype", "backend", "split")
@@ -58,10 +63,19 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "seed for --sample"})
     prompt: str = field(default=prompts.DEFAULT_PROMPT, metadata={"help": "prompt template: qwen25-math-cot or plain"})
     max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer"})
-    batch_size: int = field(default=16, metadata={"help": "questions decoded together (HF backend)"})
-    backend: str = field(default="hf", metadata={"help": "hf or vllm (optional extra)"})
+    batch_size: int = field(default=16, metadata={
+        "help": "hf: questions decoded together; vllm: questions per engine call, their answers written when it "
+                "returns (the engine batches within a call by memory; a few hundred keep a GPU busy)"})
+    backend: str = field(default="auto", metadata={
+        "help": "hf (the cached decoding loop), vllm (optional extra) or auto: vllm on a CUDA GPU when installed, "
+                "else hf"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16 or float32"})
+    workers: int = field(default=1, metadata={
+        "help": "evaluation processes, one per GPU (worker k sees only the k-th visible GPU): each answers every "
+                "workers-th question into <out>/workers/, merged into --out when all are done"})
+    shard: str | None = field(default=None, metadata={
+        "help": "K/N: only questions K, K+N, K+2N, ... of each benchmark (what --workers gives worker K)"})
     grading_timeout: float = field(default=grading.DEFAULT_TIMEOUT,
                                    metadata={"help": "seconds allowed to grade one answer"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the model folder"})
@@ -73,11 +87,15 @@ class EvalConfig:
             raise ValueError(f"--benchmarks: unknown benchmark {unknown[0]!r} (choose from {', '.join(known)})")
         if not self.benchmarks:
             raise ValueError("--benchmarks: no benchmark given")
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"--backend: expected hf or vllm, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend: expected {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.prompt not in prompts.PROMPTS:
             raise ValueError(f"--prompt: unknown prompt {self.prompt!r} (choose from {', '.join(prompts.PROMPTS)})")
-        for name in ("max_new_tokens", "batch_size"):
+        if self.workers > 1 and self.shard is not None:
+            raise ValueError("--shard: a shard is one worker's part; give --shard or --workers, not both")
+        if self.shard is not None:
+            _parse_shard(self.shard)
+        for name in ("max_new_tokens", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         sizes = self.sample if isinstance(self.sample, dict) else {}
@@ -88,9 +106,23 @@ class EvalConfig:
                 self.sample, int) else [])]):
             raise ValueError(f"--sample: sizes must be whole numbers of at least 1, got {self.sample!r}")
 
+    def shard_of(self, items: list[Problem]) -> list[Problem]:
+        """This process's part of a benchmark's questions (all of them without ``shard``)."""
+        if self.shard is None:
+            return items
+        index, count = _parse_shard(self.shard)
+        return items[index::count]
+
     def sample_size(self, benchmark: str) -> int | None:
         """How many seeded random questions of ``benchmark`` to use (None: all)."""
         return self.sample.get(benchmark) if isinstance(self.sample, dict) else self.sample
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if match is None or not int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard: expected K/N with 0 <= K < N, got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True)
@@ -126,80 +158,30 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- generation
 
 
-def hf_generate(model: Any, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-                stop_strings: Sequence[str] = (), progress: bool = True,
-                desc: str = "generate") -> Iterator[list[tuple[int, Generation, float]]]:
-    """Greedy completions of ``prompt_texts``, ``batch_size`` decoded together with continuous
-    batching (:mod:`lightreasoner.decoding`), longest prompts first.
-
-    Yields each completion as it ends, as a list of one ``(index into prompt_texts, generation,
-    seconds)``, so that the caller can store it durably before the next one.
-    """
-    from tqdm.auto import tqdm
-
-    from .decoding import decode
-    from .models import encode_prompt, real_vocab_size, stop_token_ids
-
-    stops = stop_token_ids(tokenizer, model)
-    encoded = [encode_prompt(tokenizer, text) for text in prompt_texts]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-
-    def stop_text(ids: list[int]) -> bool:
-        tail = tokenizer.decode(ids[-STOP_STRING_TOKENS:], skip_special_tokens=True)
-        return any(stop in tail for stop in stop_strings)
-
-    with tqdm(total=len(order), desc=desc, unit="q", disable=not progress) as bar:
-        for done in decode(model, [encoded[i] for i in order], slots=batch_size, max_new_tokens=max_new_tokens,
-                           stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model), pad_id=tokenizer.pad_token_id,
-                           stop_text=stop_text if stop_strings else None):
-            yield [(order[done.index], _finish(tokenizer, done.token_ids, stops, stop_strings), done.seconds)]
-            bar.update(1)
+def completion_of(tokenizer: Any, output: Output, stop_strings: Sequence[str]) -> Generation:
+    """The graded text of a backend's output: decoded without special tokens, the end token left out,
+    cut before a stop string."""
+    ids = output.token_ids[:-1] if output.finish == "eos" else output.token_ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if output.finish == "stop":
+        stop = next((stop for stop in stop_strings if stop in text), None)
+        text = text if stop is None else text[:text.index(stop)]
+    return Generation(text, len(output.token_ids), output.finish)
 
 
-def _finish(tokenizer: Any, new_ids: list[int], stops: Sequence[int], stop_strings: Sequence[str]) -> Generation:
-    """Cut the generated ids at the first end token (rows that ended early are padded after it)."""
-    end = next((i for i, token in enumerate(new_ids) if token in stops), None)
-    kept = new_ids if end is None else new_ids[:end]
-    text = tokenizer.decode(kept, skip_special_tokens=True)
-    if end is not None:
-        return Generation(text, end + 1, "eos")
-    for stop in stop_strings:
-        if stop in text:
-            return Generation(text[:text.index(stop)], len(kept), "stop")
-    return Generation(text, len(kept), "length")
+def open_backend(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Backend:
+    """The backend ``config`` asks for; hf uses ``model``/``tokenizer`` when given, else loads them."""
+    from .models import load_tokenizer, resolve_model_path
 
-
-def vllm_generate(model_path: str, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int,
-                  dtype: str, adapter: str | None, stop_strings: Sequence[str] = (),
-                  trust_remote_code: bool = False) -> list[Generation]:
-    """Greedy completions with vLLM (optional extra ``pip install lightreasoner[vllm]``)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise LightReasonerError("--backend vllm: vLLM is not installed (pip install 'lightreasoner[vllm]')") from None
-    from .models import encode_prompt, real_vocab_size, stop_token_ids
-
-    llm = LLM(model=model_path, dtype="auto" if dtype == "auto" else dtype, enable_lora=adapter is not None,
-              trust_remote_code=trust_remote_code, seed=0)
-    vocab = real_vocab_size(tokenizer)
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer),
-                            stop=list(stop_strings) or None, skip_special_tokens=True,
-                            allowed_token_ids=list(range(vocab)))
-    lora = None
-    if adapter is not None:
-        from vllm.lora.request import LoRARequest
-
-        lora = LoRARequest("adapter", 1, adapter)
-    inputs = [{"prompt_token_ids": encode_prompt(tokenizer, text)} for text in prompt_texts]
-    outputs = llm.generate(inputs, params, lora_request=lora)
-    results = []
-    for output in outputs:
-        choice = output.outputs[0]
-        # vLLM's stop_reason is the stop string that ended the text, or a token id / None for an end token.
-        finish = "length" if choice.finish_reason == "length" else (
-            "stop" if isinstance(choice.stop_reason, str) else "eos")
-        results.append(Generation(choice.text, len(choice.token_ids), finish))
-    return results
+    if config.backend == "vllm":
+        tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        return VLLMBackend(resolve_model_path(config.model), tokenizer, dtype=config.dtype,
+                           chunk_size=config.batch_size, adapter=config.adapter, device=config.device,
+                           trust_remote_code=config.trust_remote_code)
+    if model is not None and tokenizer is not None:
+        return HFBackend(model, tokenizer, slots=config.batch_size)
+    model, tokenizer = load_for_eval(config)
+    return HFBackend(model, tokenizer, slots=config.batch_size, owns_model=True)
 
 
 # --------------------------------------------------------------------------- the evaluation loop
@@ -237,6 +219,12 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> None:
         write_json_atomic(path, {**settings, "adapter": config.adapter})
 
 
+def _unanswered(out_dir: Path, benchmark: str, items: list[Problem]) -> bool:
+    path = out_dir / f"{benchmark}.jsonl"
+    done = _done_records(path)
+    return any(p.id not in done for p in items)
+
+
 def _done_records(path: Path) -> dict[str, dict[str, Any]]:
     """Records already written, by question id (a torn last line is cut off and redone)."""
     if not path.exists():
@@ -270,62 +258,145 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
              progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation ``config`` into ``out_dir`` and return the summary.
 
-    ``model``/``tokenizer`` may be passed in already loaded (e.g. by ``lightreasoner run``);
-    otherwise they are loaded from ``config.model`` (+ ``config.adapter``) when there is work left.
+    ``model``/``tokenizer`` may be passed in already loaded (e.g. by ``lightreasoner run``) for the
+    hf backend; otherwise the backend is opened from ``config.model`` (+ ``config.adapter``) when
+    there is work left: one backend (one vLLM engine) for all benchmarks, closed before returning.
     """
+    config = replace(config, backend=resolve_backend(config.backend, config.device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_settings(out_dir, config)
     template = prompts.get_template(config.prompt)
-    problems = {name: load_problems(name, split=config.split, data_dir=config.data_dir, limit=config.limit,
-                                    sample=config.sample_size(name), seed=config.seed) for name in config.benchmarks}
+    problems = {name: config.shard_of(load_problems(name, split=config.split, data_dir=config.data_dir,
+                                                    limit=config.limit, sample=config.sample_size(name),
+                                                    seed=config.seed)) for name in config.benchmarks}
+    if config.workers > 1 and any(_unanswered(out_dir, name, items) for name, items in problems.items()):
+        run_workers(config, out_dir)
     results: dict[str, dict[str, Any]] = {}
-    for name, items in problems.items():
-        path = out_dir / f"{name}.jsonl"
-        done = _done_records(path)
-        check_same_problems(path, done.values(), items)
-        todo = [p for p in items if p.id not in done]
-        if todo:
-            if model is None or tokenizer is None:
-                model, tokenizer = load_for_eval(config)
-            with JsonlAppender(path) as appender:
-                for batch in _generate(config, model, tokenizer, name, todo, template, progress):
-                    appender.write(batch)
-                    done.update((record["id"], record) for record in batch)
-        results[name] = summarize([done[p.id] for p in items])
-        _write_summary(out_dir, config, results)
+    backend: Backend | None = None
+    try:
+        for name, items in problems.items():
+            path = out_dir / f"{name}.jsonl"
+            done = _done_records(path)
+            check_same_problems(path, done.values(), items)
+            todo = [p for p in items if p.id not in done]
+            if todo and config.workers > 1:
+                todo = adopt_worker_answers(out_dir, path, todo, done)
+            if todo:
+                backend = backend or open_backend(config, model=model, tokenizer=tokenizer)
+                with JsonlAppender(path) as appender:
+                    for batch in _generate(config, backend, name, todo, template, progress):
+                        appender.write(batch)
+                        done.update((record["id"], record) for record in batch)
+            results[name] = summarize([done[p.id] for p in items])
+            _write_summary(out_dir, config, results)
+    finally:
+        if backend is not None:
+            backend.close()
     return _write_summary(out_dir, config, results)
 
 
-def _generate(config: EvalConfig, model: Any, tokenizer: Any, benchmark: str, todo: list[Problem],
+def _generate(config: EvalConfig, backend: Backend, benchmark: str, todo: list[Problem],
               template: prompts.PromptTemplate, progress: bool) -> Iterator[list[dict[str, Any]]]:
-    """Records for ``todo``, batch by batch (one batch for vLLM, which schedules on its own)."""
+    """Records for ``todo``, chunk by chunk as the backend yields them; longest prompts first, so
+    the hf loop's batch narrows as it goes."""
+    from tqdm.auto import tqdm
+
+    from .models import encode_prompt
+
+    tokenizer = backend.tokenizer
     texts = [prompts.build_prompt(config.prompt, prompts.toolkit_question(p.question, p.gold), tokenizer)
              for p in todo]
-    if config.backend == "vllm":
-        from .models import resolve_model_path
+    encoded = [encode_prompt(tokenizer, text) for text in texts]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    sampling = Sampling(stop_strings=tuple(template.stop_strings))
+    requests = [Request(encoded[i], config.max_new_tokens) for i in order]
+    with tqdm(total=len(todo), desc=benchmark, unit="q", disable=not progress) as bar:
+        for chunk in backend.generate(requests, sampling):
+            records = []
+            for output in chunk:
+                index = order[output.index]
+                problem, generation = todo[index], completion_of(tokenizer, output, sampling.stop_strings)
+                graded = grading.grade(generation.completion, problem.gold or "", benchmark,
+                                       timeout=config.grading_timeout)
+                records.append({"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
+                                "completion": generation.completion, "pred": graded.pred, "gold": problem.gold,
+                                "correct": graded.correct and problem.gold is not None,
+                                "tokens": generation.tokens, "finish": generation.finish,
+                                "seconds": round(output.seconds, 4)})
+            yield records
+            bar.update(len(chunk))
 
-        began = time.perf_counter()
-        generations = vllm_generate(resolve_model_path(config.model), tokenizer, texts,
-                                    max_new_tokens=config.max_new_tokens, dtype=config.dtype, adapter=config.adapter,
-                                    stop_strings=template.stop_strings, trust_remote_code=config.trust_remote_code)
-        seconds = (time.perf_counter() - began) / max(1, len(todo))
-        batches: Any = [[(i, g, seconds) for i, g in enumerate(generations)]]
-    else:
-        batches = hf_generate(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.batch_size, stop_strings=template.stop_strings, progress=progress,
-                              desc=benchmark)
-    for batch in batches:
-        records = []
-        for index, generation, seconds in batch:
-            problem = todo[index]
-            graded = grading.grade(generation.completion, problem.gold or "", benchmark,
-                                   timeout=config.grading_timeout)
-            records.append({"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
-                            "completion": generation.completion, "pred": graded.pred, "gold": problem.gold,
-                            "correct": graded.correct and problem.gold is not None, "tokens": generation.tokens,
-                            "finish": generation.finish, "seconds": round(seconds, 4)})
-        yield records
+
+# --------------------------------------------------------------------------- one process per GPU
+
+WORKERS_DIR = "workers"
+
+
+def worker_gpus(workers: int) -> list[str | None]:
+    """The GPU each worker is shown: the visible ones in order (``CUDA_VISIBLE_DEVICES``, else all);
+    on a machine without CUDA, none (the workers share the CPU)."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([gpu.strip() for gpu in visible.split(",") if gpu.strip()] if visible is not None
+            else [str(index) for index in range(torch.cuda.device_count())])
+    if not gpus:
+        return [None] * workers
+    if len(gpus) < workers:
+        raise LightReasonerError(f"--workers {workers}: only {len(gpus)} GPUs are visible here")
+    return gpus[:workers]
+
+
+def run_workers(config: EvalConfig, out_dir: Path) -> None:
+    """``config.workers`` processes of ``lightreasoner eval``, worker k on GPU k with ``--shard k/N``
+    into ``out_dir/workers/k-of-N``; returns when all have finished, raises if one failed (each
+    resumes its own folder on a rerun)."""
+    if config.device not in ("auto", "cuda", "cpu"):
+        raise LightReasonerError(f"--device {config.device}: with --workers each worker gets its own GPU; "
+                                 "use --device cuda (or auto)")
+    processes = []
+    try:
+        for index, gpu in enumerate(worker_gpus(config.workers)):
+            folder = out_dir / WORKERS_DIR / f"{index}-of-{config.workers}"
+            folder.mkdir(parents=True, exist_ok=True)
+            settings = config_to_dict(replace(config, workers=1, shard=f"{index}/{config.workers}"))
+            write_json_atomic(folder / "config.json", settings)  # JSON is YAML, what --config reads
+            env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+            with (folder / "log.txt").open("a") as log:
+                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config", str(folder / "config.json"),
+                           "--out", str(folder), "--quiet"]
+                processes.append((folder, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        codes = [process.wait() for _, process in processes]
+    finally:
+        for _, process in processes:
+            if process.poll() is None:  # interrupted: stop the others too; a rerun resumes them all
+                process.terminate()
+                process.wait()
+    for (folder, _), code in zip(processes, codes):
+        if code != 0:
+            lines = (folder / "log.txt").read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            raise LightReasonerError(f"{folder}: evaluation worker stopped with exit code {code}: {lines[-1]} "
+                                     f"(log: {folder / 'log.txt'}); rerun to resume")
+
+
+def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]]
+                         ) -> list[Problem]:
+    """Append the workers' answers to ``todo`` to ``path`` (and ``done``); returns the questions left."""
+    answers: dict[str, dict[str, Any]] = {}
+    for folder in sorted((out_dir / WORKERS_DIR).iterdir()):
+        if (folder / path.name).exists():
+            answers.update(_done_records(folder / path.name))
+    adopted = [answers[p.id] for p in todo if p.id in answers]
+    if adopted:
+        with JsonlAppender(path) as appender:
+            appender.write(adopted)
+        done.update((record["id"], record) for record in adopted)
+    left = [p for p in todo if p.id not in answers]
+    if left:
+        raise LightReasonerError(f"{out_dir / WORKERS_DIR}: the workers left {len(left)} {path.stem} questions "
+                                 f"unanswered (first: {left[0].id}); rerun to resume")
+    return left
 
 
 def _write_summary(out_dir: Path, config: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:

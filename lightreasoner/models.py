@@ -12,10 +12,11 @@ import hashlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
 from .errors import LightReasonerError
@@ -98,6 +99,21 @@ def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False) -> PreT
     return tokenizer
 
 
+def load_model_settings(spec: str | Path, *, trust_remote_code: bool = False) -> SimpleNamespace:
+    """A model's ``config`` and ``generation_config`` without its weights, shaped like a loaded model
+    for :func:`stop_token_ids` and :func:`real_vocab_size`: for engines that load the weights themselves."""
+    path = resolve_model_path(spec)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LightReasonerError(f"{spec}: cannot load model config: {str(exc).splitlines()[0]}") from None
+    try:
+        generation = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: transformers derives one from the config, as here
+        generation = GenerationConfig.from_model_config(config)
+    return SimpleNamespace(config=config, generation_config=generation)
+
+
 def load_model(spec: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                trust_remote_code: bool = False) -> PreTrainedModel:
     path = resolve_model_path(spec)
@@ -109,15 +125,20 @@ def load_model(spec: str | Path, *, dtype: torch.dtype = torch.float32, device: 
     return model.to(device).eval()
 
 
-def real_vocab_size(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> int:
+def real_vocab_size(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None, *,
+                    rows: int | None = None) -> int:
     """Number of leading vocabulary rows that are real tokens.
 
     Rows past ``len(tokenizer)`` are padding rows of the embedding matrix. GGUF-rebuilt Qwen
-    tokenizers also name those rows ``[PAD151665]``...; they are no token either.
+    tokenizers also name those rows ``[PAD151665]``...; they are no token either. The model's row
+    count comes from ``model``, or from ``rows`` (its config's ``vocab_size``) when another engine
+    holds the weights.
     """
     size = len(tokenizer)
     if model is not None:
-        size = min(size, model.get_output_embeddings().weight.shape[0])
+        rows = model.get_output_embeddings().weight.shape[0]
+    if rows is not None:
+        size = min(size, rows)
     while size > 0 and _is_filler(tokenizer.convert_ids_to_tokens(size - 1), size - 1):
         size -= 1
     return size
@@ -127,8 +148,10 @@ def _is_filler(token: str | None, index: int) -> bool:
     return token is None or token == f"[PAD{index}]"
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> list[int]:
-    """End-of-turn tokens: the configured EOS ids plus Qwen's <|im_end|> and <|endoftext|>."""
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | SimpleNamespace | None = None
+                   ) -> list[int]:
+    """End-of-turn tokens: the configured EOS ids (of a loaded model or :func:`load_model_settings`)
+    plus Qwen's <|im_end|> and <|endoftext|>."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         eos = getattr(source, "eos_token_id", None)

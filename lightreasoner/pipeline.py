@@ -22,13 +22,13 @@ project's generated arithmetic problems, at a demonstration budget (16 questions
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .backends import release_memory, resolve_backend
 from .config import build_config, check_same_settings, config_to_dict
 from .errors import LightReasonerError
 from .evaluation import EvalConfig, evaluate
@@ -216,9 +216,11 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     # The controls train on the LightReasoner trajectories (and the kept steps' count) too.
     on_samples = [arm for arm in ("lightreasoner", *CONTROL_ARMS.values()) if arm in arms]
     samples_needed = bool(on_samples) and not stages.done("sample")
+    # vLLM loads the model in its own engine: the pair would only hold GPU memory the engine needs.
+    eval_on_hf = resolve_backend(eval_config.backend, eval_config.device) == "hf"
 
     def eval_before() -> None:
-        if samples_needed:  # load the pair once for both stages
+        if samples_needed and eval_on_hf:  # load the pair once for both stages
             loaded = get_pair()
             evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
                      progress=progress)
@@ -238,8 +240,8 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                                             pair=get_pair()), say)
         stages.finish("sample")
     tokenizer = pair.tokenizer if pair is not None else None
-    pair = None  # free both models before training
-    gc.collect()
+    pair = None  # free both models before training (and any vLLM engine: it measures free GPU memory)
+    release_memory()
 
     if "lightreasoner" in arms:
         stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,

@@ -134,29 +134,29 @@ def test_interrupted_eval_resumes_without_redoing(tiny_dir, data_dir, tmp_path, 
     reference = tmp_path / "reference"
     evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), reference, progress=False)
 
-    real = evaluation.hf_generate
+    real = evaluation._generate
     asked: list[int] = []
 
-    def killed_after_two_answers(model, tokenizer, texts, **kwargs):
-        asked.append(len(texts))
-        for number, answers in enumerate(real(model, tokenizer, texts, **kwargs)):
+    def killed_after_two_answers(config, backend, benchmark, todo, *args):
+        asked.append(len(todo))
+        for number, answers in enumerate(real(config, backend, benchmark, todo, *args)):
             yield answers
             if number == 1:
                 raise KeyboardInterrupt
 
     out = tmp_path / "out"
-    monkeypatch.setattr(evaluation, "hf_generate", killed_after_two_answers)
+    monkeypatch.setattr(evaluation, "_generate", killed_after_two_answers)
     with pytest.raises(KeyboardInterrupt):
         evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), out, progress=False)
     assert len(read_lines(out / "gsm8k.jsonl")) == 2
     with (out / "gsm8k.jsonl").open("a") as handle:  # and a torn line from a kill mid-write
         handle.write('{"id": "4", "completion": "hal')
 
-    def counting(model, tokenizer, texts, **kwargs):
-        asked.append(len(texts))
-        yield from real(model, tokenizer, texts, **kwargs)
+    def counting(config, backend, benchmark, todo, *args):
+        asked.append(len(todo))
+        yield from real(config, backend, benchmark, todo, *args)
 
-    monkeypatch.setattr(evaluation, "hf_generate", counting)
+    monkeypatch.setattr(evaluation, "_generate", counting)
     summary = evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), out, progress=False)
     assert asked == [5, 3]  # the resumed run generated only the 3 unfinished questions
     resumed = read_lines(out / "gsm8k.jsonl")
@@ -168,20 +168,20 @@ def test_interrupted_eval_resumes_without_redoing(tiny_dir, data_dir, tmp_path, 
 
 
 def test_the_summary_of_an_unfinished_eval_lists_its_pending_benchmarks(tiny_dir, data_dir, tmp_path, monkeypatch):
-    real = evaluation.hf_generate
+    real = evaluation._generate
 
-    def killed_on_the_second_benchmark(model, tokenizer, texts, **kwargs):
-        if kwargs["desc"] == "mmlu_stem":
+    def killed_on_the_second_benchmark(config, backend, benchmark, *args):
+        if benchmark == "mmlu_stem":
             raise KeyboardInterrupt
-        yield from real(model, tokenizer, texts, **kwargs)
+        yield from real(config, backend, benchmark, *args)
 
-    monkeypatch.setattr(evaluation, "hf_generate", killed_on_the_second_benchmark)
+    monkeypatch.setattr(evaluation, "_generate", killed_on_the_second_benchmark)
     settings = config(tiny_dir, data_dir, benchmarks=["gsm8k", "mmlu_stem"])
     with pytest.raises(KeyboardInterrupt):
         evaluate(settings, tmp_path, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["benchmarks"]) == ["gsm8k"] and summary["pending"] == ["mmlu_stem"]
-    monkeypatch.setattr(evaluation, "hf_generate", real)
+    monkeypatch.setattr(evaluation, "_generate", real)
     assert evaluate(settings, tmp_path, progress=False)["pending"] == []
 
 
@@ -195,7 +195,7 @@ def test_the_data_folder_may_move_but_its_answers_may_not_change(tiny_dir, data_
     first = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
     moved = tmp_path / "elsewhere"
     shutil.copytree(data_dir, moved)
-    monkeypatch.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+    monkeypatch.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
     again = evaluate(config(tiny_dir, moved, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
     assert again["benchmarks"] == first["benchmarks"]
     rows = (moved / "mmlu_stem" / "test.jsonl").read_text().splitlines()

@@ -123,7 +123,7 @@ def test_a_published_run_restores_from_the_data_and_continues_elsewhere(tmp_path
     import lightreasoner.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampling ran again"))
-    monkeypatch.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+    monkeypatch.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
     run(config, restored, progress=False, say=lambda _: None)  # the rebuilt adapter is the very same here
     for name in ("eval_before", "eval_after"):
         assert json.loads((restored / name / "summary.json").read_text())["benchmarks"] == \

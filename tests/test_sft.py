@@ -17,6 +17,7 @@ import torch
 import lightreasoner.pipeline as pipeline
 import lightreasoner.sft as sft_module
 from lightreasoner import models, training
+from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, run
@@ -68,8 +69,9 @@ def scripted_generation(tokenizer, items=SCRIPT):
     by_question = {q: [(t, f) for t, f, *_ in completions] for q, _, completions in items}
     calls = []
 
-    def generate(model, tok, prompts, *, num_samples, temperature, top_p, max_new_tokens, seeds, slots):
-        calls.append((len(prompts), num_samples, seeds, slots))
+    def generate(backend, prompts, *, num_samples, temperature, top_p, max_new_tokens, seeds):
+        tok = backend.tokenizer
+        calls.append((len(prompts), num_samples, seeds, backend.slots))
         for index, prompt in enumerate(prompts):
             text = tok.decode(prompt)
             question = next(q for q in by_question if q in text)
@@ -184,7 +186,7 @@ def test_real_sampling_is_seeded_batched_and_resumes_identically(pair, tokenizer
     kwargs = dict(num_samples=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seeds=[5, 6, 7])
 
     def sampled(slots: int) -> list[list[Completion]]:
-        streamed = list(generate_samples(model, tokenizer, prompts, slots=slots, **kwargs))
+        streamed = list(generate_samples(HFBackend(model, tokenizer, slots=slots), prompts, **kwargs))
         assert [i for i, _ in streamed] == [0, 1, 2]  # in prompt order
         return [completions for _, completions in streamed]
 
@@ -415,7 +417,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(sft_module, "generate_samples", lambda *a, **k: pytest.fail("sft sampled again"))
         patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
-        patched.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+        patched.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
         run(config, restored, progress=False, say=lambda _: None)
     for name in arm_names:
         assert (restored / name / "adapter" / "adapter_model.safetensors").is_file()
