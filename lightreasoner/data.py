@@ -213,6 +213,6 @@ def _unique_ids(problems: list[Problem], source: str) -> list[Problem]:
         unique.append(problem if count == 0 else Problem(f"{problem.id}#{count}", problem.question, problem.gold))
     repeated = [problem_id for problem_id, count in seen.items() if count > 1]
     if repeated:
-        log.warning("note: %s: %d ids occur more than once (first: %r); their repeats are read as %r, ...",
-                    source, len(repeated), repeated[0], f"{repeated[0]}#1")
+        log.warning("note: %s: question ids repeat (%d of them, first %r); a repeat is read as %s#1, %s#2, ...",
+                    source, len(repeated), repeated[0], repeated[0], repeated[0])
     return unique

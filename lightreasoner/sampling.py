@@ -339,7 +339,7 @@ def check_complete(path: str | Path) -> None:
     lines = path.read_bytes().split(b"\n")[:-1]  # whole lines only: a torn last one is no question held
     held = sum(1 for line in lines if line.startswith(b'{"type": "sample"'))
     planned = (meta or {}).get("questions_planned")
-    count = f"{held:,} of the {planned:,} questions its run asked for" if planned else f"{held:,} questions"
+    count = f"{held:,} of the {planned:,} questions its run asked for" if planned else f"{held:,} question(s)"
     why = "its sampling run did not finish" if meta is not None else f"no {meta_path(path).name} beside it says " \
         "its sampling run finished"
     raise LightReasonerError(f"{path}: {why}: it holds {count}; rerun the same `lightreasoner sample` to complete "

@@ -438,7 +438,9 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     generate, calls = scripted_generation(tokenizer)
     monkeypatch.setattr(sft_module, "generate_samples", generate)
     data = write_questions(tmp_path / "q.jsonl")
-    (tmp_path / "sft.yaml").write_text("sft:\n  samples_per_question: 3\n  lora_r: 4\n  temperature: 0.5\n")
+    # max_new_tokens: the tiny expert's context is 512 tokens, prompt included (a longer ask is refused)
+    (tmp_path / "sft.yaml").write_text("sft:\n  samples_per_question: 3\n  lora_r: 4\n  temperature: 0.5\n"
+                                       "  max_new_tokens: 64\n")
     out = tmp_path / "sft"
     assert main(["sft", "--model", str(pair[0]), "--data", str(data), "--out", str(out), "--config",
                  str(tmp_path / "sft.yaml"), "--max-steps", "1", "--dtype", "float32", "--quiet"]) == 0

@@ -360,7 +360,7 @@ def test_two_processes_on_gloo_give_the_same_loss_curve(tmp_path, pair, tokenize
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                port, "-m", "lightreasoner.cli", "train", "--model", str(pair[0]), "--samples", str(samples),
-               "--out", str(tmp_path / "two"), *options]
+               "--out", str(tmp_path / "two"), "--allow-incomplete", *options]  # a hand-made file has no .meta.json
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
