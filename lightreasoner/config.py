@@ -111,8 +111,8 @@ def _bounds_problem(value: Any, metadata: typing.Mapping[str, Any]) -> str | Non
     """What is wrong with ``value`` against the field's ``min``/``above``/``max``/``choices``, if anything."""
     if "choices" in metadata and value not in metadata["choices"]:
         return f"expected one of {', '.join(map(str, metadata['choices']))}, got {value!r}"
-    low_open, low = ("above" in metadata, metadata.get("above", metadata.get("min")))
-    high = metadata.get("max")
+    low_open = "above" in metadata  # a lower bound the value may not equal
+    low, high = metadata.get("above", metadata.get("min")), metadata.get("max")
     if (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high):
         return None
     if low is not None and high is not None:

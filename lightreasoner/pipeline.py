@@ -138,8 +138,9 @@ class Stages:
     A running stage saves its seconds every ``heartbeat`` seconds, so an attempt that is killed
     (a session's end, an out-of-memory kill) still counts in the efficiency table.
 
-    ``started(name)`` tells whether a stage has produced anything: a first attempt that fails before
-    it has (a bad setting, a missing GPU) leaves no entry, so the stage's settings may still change."""
+    ``started(name)`` tells whether a stage has produced anything: a first attempt that fails with an
+    error before it has (a bad setting, a missing GPU) leaves no entry, so the stage's settings may
+    still change."""
 
     def __init__(self, run_dir: Path, heartbeat: float = 30.0, started: Callable[[str], bool] | None = None):
         self.path = run_dir / "stages.json"
@@ -176,7 +177,7 @@ class Stages:
         beating.start()
         try:
             return work()
-        except BaseException:
+        except Exception:  # an error, not an interruption: the stage's time then still counts
             if first and self._started is not None and not self._started(name):
                 self.state.pop(name)
             raise

@@ -275,6 +275,16 @@ def test_a_failed_sft_or_control_start_does_not_lock_its_arm_folder(pair, sample
     assert json.loads((out / "arm.json").read_text())["train"]["target_modules"] == ["q_proj", "v_proj"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_a_failed_run_start_does_not_lock_the_run_folder(pair, tmp_path, capsys):
+    run = ["run", "--expert", pair[0], "--amateur", pair[1], "--arms", "baseline", "--eval-limit", "2",
+           "--eval-max-new-tokens", "4", "--dtype", "float32", "--out", tmp_path / "run", "--quiet"]
+    fails(capsys, [*run, "--device", "cuda"], "--device cuda: CUDA is not available")
+    assert "eval_before" not in json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert main([str(a) for a in [*run, "--device", "cpu"]]) == 0  # eval.device was cuda: free until it ran
+    assert json.loads((tmp_path / "run" / "stages.json").read_text())["eval_before"]["done"]
+
+
 # ------------------------------------------------------------------------------------------ one error path
 
 

@@ -474,6 +474,7 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     moved = tmp_path / "moved" / "samples.jsonl"  # the same samples under another path: the finished arm is kept
     moved.parent.mkdir()
     moved.write_bytes(samples.read_bytes())
+    moved.with_name("samples.jsonl.meta.json").write_bytes(samples.with_name("samples.jsonl.meta.json").read_bytes())
     assert main(["control", "--model", str(pair[0]), "--samples", str(moved), "--out", str(tmp_path / "c"),
                  "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 0
     assert "[train] already done" in capsys.readouterr().out
