@@ -20,7 +20,7 @@ import lightreasoner.sampling as sampling
 from lightreasoner.cli import main
 from lightreasoner.records import JsonlAppender
 
-from tiny import save_pair
+from tiny import make_tokenizer, save_pair
 
 QUESTIONS = ["How many clips did Natalia sell?", "Weng earns $12 an hour. How much?", "What is 7 + 2?"]
 
@@ -537,6 +537,16 @@ def test_unknown_names_and_missing_paths(pair, data, tmp_path, capsys):
     fails(capsys, [*sample_args(pair, data, tmp_path / "out.jsonl"), "--config", tmp_path / "none.yaml"],
           "none.yaml: config file not found")
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "eval").exists()
+
+
+def test_models_with_different_tokenizers(pair, data, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(pair[1] / name, other / name)
+    make_tokenizer(corpus=["Zebras quietly juggle seventy purple xylophones."] * 3).save_pretrained(other)
+    fails(capsys, sample_args((pair[0], other), data, tmp_path / "out.jsonl"), "tokenizers differ at id")
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_resume_with_another_setting_is_refused(pair, data, tmp_path, capsys):
