@@ -31,15 +31,16 @@ import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 from . import grading, prompts
 from .backends import BACKENDS, Backend, HFBackend, Output, Request, Sampling, VLLMBackend, resolve_backend
-from .config import config_to_dict
+from .config import SettingError, check_fields, config_to_dict
 from .data import BENCHMARKS, GENERATED, Problem, check_same_problems, load_problems
 from .errors import LightReasonerError
-from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
+                      repair_torn_tail, write_json_atomic)
 
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -56,55 +57,54 @@ class EvalConfig:
                                   metadata={"help": "benchmarks to run, comma separated; default: the paper's seven, " + ",".join(PAPER_BENCHMARKS)})
     split: str = field(default="test", metadata={"help": "data split file <data-dir>/<name>/<split>.jsonl"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with <benchmark>/<split>.jsonl files"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N questions of each benchmark"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N questions of each benchmark",
+                                                      "min": 1})
     sample: int | dict[str, int] | None = field(default=None, metadata={
         "help": "a seeded random N questions of each benchmark, or per benchmark: gsm8k=300,math500=100 "
                 "(benchmarks not named: all questions); a smaller N of the same seed is a subset of a larger one"})
     seed: int = field(default=0, metadata={"help": "seed for --sample"})
     prompt: str = field(default=prompts.DEFAULT_PROMPT, metadata={"help": "prompt template: qwen25-math-cot or plain"})
-    max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer"})
+    max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer", "min": 1})
     batch_size: int = field(default=16, metadata={
         "help": "hf: questions decoded together; vllm: questions per engine call, their answers written when it "
-                "returns (the engine batches within a call by memory; a few hundred keep a GPU busy)"})
+                "returns (the engine batches within a call by memory; a few hundred keep a GPU busy)", "min": 1})
     backend: str = field(default="auto", metadata={
         "help": "hf (the cached decoding loop), vllm (optional extra) or auto: vllm on a CUDA GPU when installed, "
-                "else hf"})
+                "else hf", "choices": BACKENDS})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16 or float32"})
     workers: int = field(default=1, metadata={
         "help": "evaluation processes, one per GPU (worker k sees only the k-th visible GPU): each answers every "
-                "workers-th question into <out>/workers/, merged into --out when all are done"})
+                "workers-th question into <out>/workers/, merged into --out when all are done", "min": 1})
     shard: str | None = field(default=None, metadata={
         "help": "K/N: only questions K, K+N, K+2N, ... of each benchmark (what --workers gives worker K)"})
     grading_timeout: float = field(default=grading.DEFAULT_TIMEOUT,
-                                   metadata={"help": "seconds allowed to grade one answer"})
+                                   metadata={"help": "seconds allowed to grade one answer", "above": 0})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the model folder"})
 
     def __post_init__(self) -> None:
+        from .models import model_location
+
+        check_fields(self)
+        self.model = model_location(self.model)
         known = [*BENCHMARKS, *GENERATED]
         unknown = [name for name in self.benchmarks if name not in known]
         if unknown:
-            raise ValueError(f"--benchmarks: unknown benchmark {unknown[0]!r} (choose from {', '.join(known)})")
+            raise SettingError("benchmarks", f"unknown benchmark {unknown[0]!r} (choose from {', '.join(known)})")
         if not self.benchmarks:
-            raise ValueError("--benchmarks: no benchmark given")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"--backend: expected {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise SettingError("benchmarks", "no benchmark given")
         if self.prompt not in prompts.PROMPTS:
-            raise ValueError(f"--prompt: unknown prompt {self.prompt!r} (choose from {', '.join(prompts.PROMPTS)})")
+            raise SettingError("prompt", f"unknown prompt {self.prompt!r} (choose from {', '.join(prompts.PROMPTS)})")
         if self.workers > 1 and self.shard is not None:
-            raise ValueError("--shard: a shard is one worker's part; give --shard or --workers, not both")
+            raise SettingError("shard", "a shard is one worker's part; give --shard or --workers, not both")
         if self.shard is not None:
             _parse_shard(self.shard)
-        for name in ("max_new_tokens", "batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         sizes = self.sample if isinstance(self.sample, dict) else {}
         stray = [name for name in sizes if name not in self.benchmarks]
         if stray:
-            raise ValueError(f"--sample: {stray[0]!r} is not one of the benchmarks {', '.join(self.benchmarks)}")
-        if any(not isinstance(n, int) or n < 1 for n in [*sizes.values(), *([self.sample] if isinstance(
-                self.sample, int) else [])]):
-            raise ValueError(f"--sample: sizes must be whole numbers of at least 1, got {self.sample!r}")
+            raise SettingError("sample", f"{stray[0]!r} is not one of the benchmarks {', '.join(self.benchmarks)}")
+        if any(n < 1 for n in [*sizes.values(), *([self.sample] if isinstance(self.sample, int) else [])]):
+            raise SettingError("sample", f"sizes must be whole numbers of at least 1, got {self.sample!r}")
 
     def shard_of(self, items: list[Problem]) -> list[Problem]:
         """This process's part of a benchmark's questions (all of them without ``shard``)."""
@@ -203,26 +203,31 @@ def adapter_fingerprint(adapter: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _check_run_settings(out_dir: Path, config: EvalConfig) -> None:
+def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
+    """The run.json settings of this evaluation, refused if ``out_dir`` holds answers made otherwise, or
+    files that are not a lightreasoner evaluation's (before anything touches them)."""
+    from .models import check_adapter, same_model
+
     settings = {key: getattr(config, key) for key in RUN_KEYS if key != "adapter_sha256"}
-    settings["adapter_sha256"] = adapter_fingerprint(config.adapter) if config.adapter else None
+    settings["adapter_sha256"] = adapter_fingerprint(check_adapter(config.adapter)) if config.adapter else None
     path = out_dir / "run.json"
     if path.exists():
         previous = read_json(path)
-        changed = [key for key in RUN_KEYS if previous.get(key) != settings[key]]
+        if not isinstance(previous, dict) or "max_new_tokens" not in previous:
+            raise LightReasonerError(f"{path}: not the run.json of a lightreasoner evaluation; choose another --out")
+        changed = [key for key in RUN_KEYS if previous.get(key) != settings[key]
+                   and not (key == "model" and same_model(previous.get(key), settings[key]))]
         if changed:
             key = changed[0]
             raise LightReasonerError(
                 f"{path}: this folder holds results for {key}={previous.get(key)!r}, not {settings[key]!r}; "
                 f"use another --out folder, or delete {out_dir} to answer again")
     else:
-        write_json_atomic(path, {**settings, "adapter": config.adapter})
-
-
-def _unanswered(out_dir: Path, benchmark: str, items: list[Problem]) -> bool:
-    path = out_dir / f"{benchmark}.jsonl"
-    done = _done_records(path)
-    return any(p.id not in done for p in items)
+        found = [name for name in config.benchmarks if (out_dir / f"{name}.jsonl").exists()]
+        if found:
+            raise LightReasonerError(f"{out_dir / found[0]}.jsonl: exists without the run.json of a lightreasoner "
+                                     "evaluation beside it, so it was left as it is; choose another --out")
+    return {**settings, "adapter": config.adapter}
 
 
 def _done_records(path: Path) -> dict[str, dict[str, Any]]:
@@ -235,23 +240,33 @@ def _done_records(path: Path) -> dict[str, dict[str, Any]]:
 
 def load_for_eval(config: EvalConfig) -> tuple[Any, Any]:
     """The model (with its adapter, if any) and tokenizer, ready for generation."""
-    from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from .models import check_adapter, load_adapter, load_model, load_tokenizer, resolve_device, resolve_dtype
 
     if not config.model:
         raise LightReasonerError("--model: no model given")
-    # Before the model loads, which takes minutes for a real expert (evaluate() checks this earlier
-    # still, with the adapter's fingerprint; this is for callers of load_for_eval itself).
-    if config.adapter and not (Path(config.adapter) / "adapter_config.json").is_file():
-        raise LightReasonerError(f"{config.adapter}: no adapter_config.json here, so it is not a peft adapter folder")
+    if config.adapter:  # before the model loads, which takes minutes for a real expert
+        check_adapter(config.adapter)
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     model = load_model(config.model, dtype=resolve_dtype(config.dtype, device), device=device,
                        trust_remote_code=config.trust_remote_code)
     if config.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(config.adapter), use_safetensors=True).eval()
+        model = load_adapter(model, config.adapter).eval()
     return model, tokenizer
+
+
+def _check_prompts_fit(config: EvalConfig, tokenizer: Any, todo: dict[str, list[Problem]]) -> None:
+    """Refuse, before any model work, a question whose prompt and answer cannot fit the model's context."""
+    from .models import check_prompts_fit, context_length, encode_prompt, load_tokenizer
+
+    if not any(todo.values()):
+        return
+    tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    context = context_length(config.model, trust_remote_code=config.trust_remote_code)
+    for name, problems in todo.items():
+        lengths = {p.id: len(encode_prompt(tokenizer, prompts.build_prompt(
+            config.prompt, prompts.toolkit_question(p.question, p.gold), tokenizer))) for p in problems}
+        check_prompts_fit(lengths, config.max_new_tokens, context, model=config.model, source=name)
 
 
 def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, tokenizer: Any = None,
@@ -264,31 +279,42 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     """
     config = replace(config, backend=resolve_backend(config.backend, config.device))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_settings(out_dir, config)
+    if model is None and not config.model:
+        raise LightReasonerError("--model: no model given")
+    refuse_own_input(out_dir, {"model folder": config.model, "adapter folder": config.adapter})
+    check_writable(out_dir)
+    settings = _check_run_settings(out_dir, config)
     template = prompts.get_template(config.prompt)
     problems = {name: config.shard_of(load_problems(name, split=config.split, data_dir=config.data_dir,
                                                     limit=config.limit, sample=config.sample_size(name),
                                                     seed=config.seed)) for name in config.benchmarks}
-    if config.workers > 1 and any(_unanswered(out_dir, name, items) for name, items in problems.items()):
+    done = {name: _done_records(out_dir / f"{name}.jsonl") for name in problems}
+    for name, items in problems.items():
+        check_same_problems(out_dir / f"{name}.jsonl", done[name].values(), items)
+    todo = {name: [p for p in items if p.id not in done[name]] for name, items in problems.items()}
+    _check_prompts_fit(config, tokenizer, todo)
+
+    def append(path: Path, records: list[dict[str, Any]]) -> None:
+        if not (out_dir / "run.json").exists():  # with the first answer: a failed start locks nothing
+            write_json_atomic(out_dir / "run.json", settings)
+        with JsonlAppender(path) as appender:
+            appender.write(records)
+
+    if config.workers > 1 and any(todo.values()):
         run_workers(config, out_dir)
     results: dict[str, dict[str, Any]] = {}
     backend: Backend | None = None
     try:
         for name, items in problems.items():
             path = out_dir / f"{name}.jsonl"
-            done = _done_records(path)
-            check_same_problems(path, done.values(), items)
-            todo = [p for p in items if p.id not in done]
-            if todo and config.workers > 1:
-                todo = adopt_worker_answers(out_dir, path, todo, done)
-            if todo:
+            if todo[name] and config.workers > 1:
+                todo[name] = adopt_worker_answers(out_dir, path, todo[name], done[name], append)
+            if todo[name]:
                 backend = backend or open_backend(config, model=model, tokenizer=tokenizer)
-                with JsonlAppender(path) as appender:
-                    for batch in _generate(config, backend, name, todo, template, progress):
-                        appender.write(batch)
-                        done.update((record["id"], record) for record in batch)
-            results[name] = summarize([done[p.id] for p in items])
+                for batch in _generate(config, backend, name, todo[name], template, progress):
+                    append(path, batch)
+                    done[name].update((record["id"], record) for record in batch)
+            results[name] = summarize([done[name][p.id] for p in items])
             _write_summary(out_dir, config, results)
     finally:
         if backend is not None:
@@ -380,8 +406,8 @@ def run_workers(config: EvalConfig, out_dir: Path) -> None:
                                      f"(log: {folder / 'log.txt'}); rerun to resume")
 
 
-def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]]
-                         ) -> list[Problem]:
+def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]],
+                         append: Callable[[Path, list[dict[str, Any]]], None]) -> list[Problem]:
     """Append the workers' answers to ``todo`` to ``path`` (and ``done``); returns the questions left."""
     answers: dict[str, dict[str, Any]] = {}
     for folder in sorted((out_dir / WORKERS_DIR).iterdir()):
@@ -389,8 +415,7 @@ def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: d
             answers.update(_done_records(folder / path.name))
     adopted = [answers[p.id] for p in todo if p.id in answers]
     if adopted:
-        with JsonlAppender(path) as appender:
-            appender.write(adopted)
+        append(path, adopted)
         done.update((record["id"], record) for record in adopted)
     left = [p for p in todo if p.id not in answers]
     if left:
@@ -426,7 +451,12 @@ def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_
 
     if benchmark not in BENCHMARKS:
         raise LightReasonerError(f"--benchmark: unknown benchmark {benchmark!r} (choose from {', '.join(BENCHMARKS)})")
-    input_path = Path(input_path)
+    input_path, out_path = Path(input_path), Path(out_path)
+    refuse_own_input(out_path, {"--input file": input_path})
+    if out_path.is_file() and out_path.stat().st_size and not {"pred", "correct"} <= (first_record(out_path) or {}).keys():
+        raise LightReasonerError(f"{out_path}: exists and is not a graded file of `lightreasoner score` (no 'pred' "
+                                 "and 'correct' on its first line); it was left as it is: choose another --out")
+    check_writable(out_path)  # before grading, which can take long
     lines = list(iter_jsonl(input_path))
     if not lines:
         raise LightReasonerError(f"{input_path}: no records in file (empty)")
@@ -451,7 +481,6 @@ def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_
         gold = _gold_text(gold)
         result = grading.grade(completion, gold or "", benchmark, timeout=timeout)
         graded.append({**record, "pred": result.pred, "correct": result.correct})
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_name(f".{out_path.name}.tmp")
     temporary.unlink(missing_ok=True)

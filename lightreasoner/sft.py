@@ -33,13 +33,15 @@ from tqdm.auto import tqdm
 
 from . import grading, training
 from .backends import BACKENDS, Backend, HFBackend, Request, Sampling, VLLMBackend, resolve_backend
-from .config import check_same_settings, config_to_dict
+from .config import build_config, check_fields, check_same_settings, config_to_dict
 from .data import BENCHMARKS, Problem, check_same_problems, load_problems, resolve_data_dir
 from .decoding import derived_seed
 from .errors import LightReasonerError
-from .models import (chat_prompt, encode_prompt, load_model, load_tokenizer, real_vocab_size, resolve_device,
-                     resolve_dtype, resolve_model_path, tokenizer_fingerprint)
-from .records import JsonlAppender, file_sha256, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .models import (chat_prompt, check_prompts_fit, context_length, encode_prompt, load_model, load_tokenizer,
+                     model_location, real_vocab_size, resolve_device, resolve_dtype, resolve_model_path, same_model,
+                     tokenizer_fingerprint)
+from .records import (JsonlAppender, check_writable, file_sha256, first_record, iter_jsonl, read_json, refuse_own_input,
+                      repair_torn_tail, write_json_atomic)
 from .training import SampleSet, TrainConfig, one_hot_example
 
 SFT_FORMAT = "lightreasoner-sft-samples"
@@ -70,20 +72,18 @@ FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir", "backend", "workers"}
 CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
 
 
-def sft_train_config(values: dict[str, Any] | None = None) -> TrainConfig:
+def sft_train_config(values: dict[str, Any] | None = None, origins: dict[str, str] | None = None) -> TrainConfig:
     """A :class:`TrainConfig` with SFT's defaults: one pass over every kept completion token (unless
     ``max_steps`` or ``epochs`` is given) at :data:`SFT_TOKENS_PER_UPDATE` tokens per optimizer step
     in :data:`SFT_MICRO_BATCHES` micro-batches;
-    the LoRA and optimizer settings are TrainConfig's (the paper's), as the baseline requires."""
+    the LoRA and optimizer settings are TrainConfig's (the paper's), as the baseline requires.
+    ``origins`` says where each value came from, for messages (:func:`config.build_config`)."""
     values = {key.replace("-", "_"): value for key, value in (values or {}).items()}
     if values.get("epochs") is None and "max_steps" not in values:
         values["epochs"] = 1.0
     values.setdefault("steps_per_update", SFT_TOKENS_PER_UPDATE)
     values.setdefault("gradient_accumulation_steps", SFT_MICRO_BATCHES)
-    try:
-        return TrainConfig(**values)
-    except (TypeError, ValueError) as exc:
-        raise LightReasonerError(f"sft training settings: {exc}") from None
+    return build_config(TrainConfig, values, source="sft training settings", origins=origins)
 
 
 @dataclass
@@ -96,32 +96,26 @@ class SFTConfig:
     data: str = field(default="gsm8k", metadata={"help": "benchmark name or JSONL file of questions with gold answers"})
     split: str = field(default="train", metadata={"help": "benchmark split"})
     data_dir: str | None = field(default=None, metadata={"help": "folder holding <benchmark>/<split>.jsonl"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N questions"})
-    samples_per_question: int = field(default=4, metadata={"help": "K solutions sampled per question"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold (1 = off)"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N questions", "min": 1})
+    samples_per_question: int = field(default=4, metadata={"help": "K solutions sampled per question", "min": 1})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature", "above": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold (1 = off)", "above": 0, "max": 1})
     max_new_tokens: int = field(default=512, metadata={
-        "help": "generation limit per solution (a solution cut off here is not kept)"})
+        "help": "generation limit per solution (a solution cut off here is not kept)", "min": 1})
     batch_size: int = field(default=16, metadata={
         "help": "hf: sequences decoded together (continuous batching: a finished one makes room for the next); "
-                "vllm: sequences per engine call (a few hundred keep a GPU busy)"})
+                "vllm: sequences per engine call (a few hundred keep a GPU busy)", "min": 1})
     backend: str = field(default="auto", metadata={
-        "help": "sampling backend: hf, vllm (optional extra) or auto: vllm on a CUDA GPU when installed, else hf"})
+        "help": "sampling backend: hf, vllm (optional extra) or auto: vllm on a CUDA GPU when installed, else hf",
+        "choices": BACKENDS})
     benchmark: str | None = field(default=None, metadata={
         "help": "grading rules of this benchmark (default: --data when it is a benchmark name)"})
     device: str = field(default="auto", metadata={"help": "sampling device: auto, cpu, cuda, cuda:1, mps"})
     train: TrainConfig = field(default_factory=sft_train_config, metadata={"help": "training settings"})
 
     def __post_init__(self) -> None:
-        for name in ("samples_per_question", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (SFT samples), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        check_fields(self)
+        self.model = model_location(self.model)
 
     @property
     def grading_benchmark(self) -> str | None:
@@ -233,12 +227,15 @@ def _check_resumable(path: Path, config: SFTConfig, problems: list[Problem]) -> 
     """Ids already sampled into ``path`` (a torn last line is cut and redone); settings and questions must match."""
     if not path.exists() or path.stat().st_size == 0:
         return set()
+    if (first_record(path) or {}).get("format") != SFT_FORMAT:
+        raise LightReasonerError(f"{path}: exists and is not an SFT sample file (no '{SFT_FORMAT}' header); it was "
+                                 "left as it is: choose another --out")
     repair_torn_tail(path)
     header, records = read_sft_samples(path)
     previous, current = header.get("settings", {}), sft_config_dict(config)
     for key in RESULT_SETTINGS:
         before = previous.get(key, RESULT_SETTING_DEFAULTS.get(key))
-        if before != current[key]:
+        if before != current[key] and not (key == "model" and same_model(before, current[key])):
             raise LightReasonerError(f"{path}: sampled with {key}={before!r}, now {current[key]!r}; use another --out")
     for key in RESULT_TRAIN_SETTINGS:
         if previous.get("train", {}).get(key) != current["train"][key]:
@@ -276,12 +273,13 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
     check_golds(problems, config)
     done = _check_resumable(out, config, problems)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.train.trust_remote_code)
-    if not out.exists() or out.stat().st_size == 0:
-        with JsonlAppender(out) as writer:
-            writer.write([_header(config, tokenizer)])
     todo = [p for p in problems if p.id not in done]
     texts = [chat_prompt(tokenizer, p.question, config.train.system_prompt) for p in todo]
     prompt_ids = [encode_prompt(tokenizer, text) for text in texts]
+    if todo:
+        check_prompts_fit({p.id: len(ids) for p, ids in zip(todo, prompt_ids)}, config.max_new_tokens,
+                          context_length(config.model, trust_remote_code=config.train.trust_remote_code),
+                          model=config.model, source=config.data)
     # A question's samples depend on the run's seed and the question, not on what ran before it, so a
     # resumed run samples what an uninterrupted one would have.
     seeds = [derived_seed("lightreasoner-sft", config.train.seed, p.id) for p in todo]
@@ -289,7 +287,8 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
                disable=not progress, dynamic_ncols=True)
     kept = 0
     with ExitStack() as stack:
-        writer = stack.enter_context(JsonlAppender(out))
+        # The header is written with the first question, so a start that fails leaves no file behind.
+        writer = stack.enter_context(JsonlAppender(out, header=_header(config, tokenizer)))
         backend = stack.enter_context(open_sampling_backend(config, tokenizer)) if todo else None
         for i, completions in (generate_samples(backend, prompt_ids, num_samples=config.samples_per_question,
                                                 temperature=config.temperature, top_p=config.top_p,
@@ -375,10 +374,16 @@ def control_examples(path: str | Path, tokenizer: Any, *, positions: str = "kept
 # Arm folders
 
 
+def arm_started(out_dir: Path) -> bool:
+    """Whether an arm folder holds work (samples, or a training run that got somewhere)."""
+    return (out_dir / SAMPLES_FILE).exists() or training.run_started(out_dir / ADAPTER_DIR)
+
+
 def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] = FREE_SETTINGS) -> None:
-    """``arm.json`` records what the folder was made with; a rerun with other settings is refused."""
+    """``arm.json`` records what the folder was made with; once it holds work, a rerun with other settings
+    is refused (before that, as after a start that failed, the new settings replace the old)."""
     path = out_dir / SETTINGS_FILE
-    if path.exists():
+    if path.exists() and arm_started(out_dir):
         check_same_settings(path, read_json(path), settings, free)
     write_json_atomic(path, settings)
 
@@ -402,6 +407,8 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
     from .pipeline import Stages  # the run's stage bookkeeping (pipeline imports this module)
 
     out_dir = Path(out_dir)
+    refuse_own_input(out_dir, {"model folder": config.model})
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, train=replace(config.train, resume=True))  # a rerun continues the folder
     _check_arm_settings(out_dir, {"arm": "sft", **sft_config_dict(config)})
@@ -436,10 +443,12 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     from .sampling import meta_path, read_samples
 
     out_dir, samples = Path(out_dir), Path(samples)
+    refuse_own_input(out_dir, {"model folder": model})
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, resume=True)
     arm = control_arm(positions)
-    _check_arm_settings(out_dir, {"arm": arm, "model": str(model), "samples": str(samples),
+    _check_arm_settings(out_dir, {"arm": arm, "model": model_location(model), "samples": str(samples),
                                   "samples_sha256": file_sha256(samples), "train": config_to_dict(config)},
                         CONTROL_FREE_SETTINGS)
     stages = Stages(out_dir)

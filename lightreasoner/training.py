@@ -42,10 +42,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import distributed, models
-from .config import config_to_dict
+from .config import check_fields, config_to_dict
 from .contrast import soft_label_kl
 from .errors import LightReasonerError
-from .records import JsonlAppender, iter_jsonl, read_json, write_json_atomic
+from .records import JsonlAppender, check_writable, iter_jsonl, read_json, refuse_own_input, write_json_atomic
 
 REFERENCE_SYSTEM_PROMPT = "Please reason step by step."
 SAMPLE_FORMAT = "lightreasoner-samples"
@@ -63,52 +63,48 @@ class TrainConfig:
     16 kept steps per optimizer step; 1,000 optimizer steps)."""
 
     full: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank", "min": 1})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha", "min": 1})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout", "min": 0, "max": 1})
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
                                       metadata={"help": "modules LoRA adapts, comma-separated (paper: q_proj,v_proj)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
-    lr_scheduler: str = field(default="linear", metadata={"help": "linear (decay to 0) or constant"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up optimizer steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)", "above": 0})
+    lr_scheduler: str = field(default="linear", metadata={"help": "linear (decay to 0) or constant",
+                                                          "choices": ("linear", "constant")})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up optimizer steps", "min": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)", "min": 0})
     steps_per_update: int = field(default=16, metadata={
-        "help": "kept steps (labelled positions) per optimizer step, summed over all processes"})
+        "help": "kept steps (labelled positions) per optimizer step, summed over all processes", "min": 1})
     gradient_accumulation_steps: int = field(default=2, metadata={
-        "help": "micro-batches per process per optimizer step (memory knob; does not change the maths)"})
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (ignored when --epochs is set)"})
-    epochs: float | None = field(default=None, metadata={"help": "passes over the kept steps; replaces --max-steps"})
+        "help": "micro-batches per process per optimizer step (memory knob; does not change the maths)", "min": 1})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (ignored when --epochs is set)", "min": 1})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the kept steps; replaces --max-steps",
+                                                         "above": 0})
     max_length: int = field(default=2048, metadata={
-        "help": "longest forward sequence; kept steps past it are dropped with a warning"})
+        "help": "longest forward sequence; kept steps past it are dropped with a warning", "min": 1})
     dtype: str = field(default="auto", metadata={
         "help": "compute dtype: auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
     seed: int = field(default=0, metadata={"help": "seed for LoRA init, dropout and data order"})
-    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps (0 = never)"})
-    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps (0 = never)", "min": 0})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept on disk", "min": 1})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --out"})
     system_prompt: str = field(default=REFERENCE_SYSTEM_PROMPT, metadata={
         "help": "system prompt used to rebuild prompts of reference-format files"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the model folder"})
     report_to: str = field(default="none", metadata={
-        "help": "also send loss, learning rate, gradient norm and kept steps/s to: tensorboard (OUT/logs), wandb or none"})
+        "help": "also send loss, learning rate, gradient norm and kept steps/s to: tensorboard (OUT/logs), wandb or none",
+        "choices": TRACKERS})
 
     def __post_init__(self) -> None:
-        for name in ("steps_per_update", "gradient_accumulation_steps", "max_steps", "max_length", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError("epochs must be > 0")
-        if self.lr_scheduler not in ("linear", "constant"):
-            raise ValueError(f"lr_scheduler must be linear or constant, not {self.lr_scheduler!r}")
-        if self.report_to not in TRACKERS:
-            raise ValueError(f"report_to must be one of {', '.join(TRACKERS)}, not {self.report_to!r}")
+        check_fields(self)
 
 
 # Settings that may change between a run and its resumption: they do not change the maths. (The
 # micro-batching is a memory knob to raise after running out of memory; with LoRA dropout, a resume
 # with another value draws other masks, so it is not bit-identical to an uninterrupted run.)
-RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit", "gradient_accumulation_steps", "report_to"}
+RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit", "gradient_accumulation_steps", "report_to",
+                     "trust_remote_code"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,12 +614,23 @@ def _load_checkpoint(accelerator, model, optimizer, path: Path) -> dict[str, Any
 
 
 def _run_record(config: TrainConfig, data: SampleSet, model_spec: str, samples: str | None) -> dict[str, Any]:
-    return {"model": str(model_spec), "samples": samples, "examples": len(data.examples),
+    return {"model": models.model_location(model_spec), "samples": samples, "examples": len(data.examples),
             "kept_steps": data.kept_steps, "vocab_size": data.vocab_size, "config": config_to_dict(config)}
+
+
+def run_started(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a training run that got somewhere (a logged step, a checkpoint, its end).
+    Its settings alone, left by a start that failed, are no run: a corrected rerun starts afresh."""
+    log_file = out_dir / LOG_FILE
+    return (out_dir / RUN_FILE).exists() and bool(_checkpoint_dirs(out_dir) or (out_dir / SUMMARY_FILE).exists()
+                                               or (log_file.is_file() and log_file.stat().st_size))
 
 
 def _check_resumable(out_dir: Path, run: dict[str, Any]) -> None:
     previous = read_json(out_dir / RUN_FILE)
+    if not models.same_model(previous.get("model"), run["model"]):
+        raise LightReasonerError(f"{out_dir / RUN_FILE}: --resume with another model ({previous.get('model')!r}, "
+                                 f"now {run['model']!r})")
     for key in ("examples", "kept_steps", "vocab_size"):
         if previous.get(key) != run[key]:
             raise LightReasonerError(f"{out_dir / RUN_FILE}: --resume with different samples ({key} was "
@@ -744,12 +751,14 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
+    refuse_own_input(out_dir, {"model folder": model_spec})
+    check_writable(out_dir)
     dtype = models.resolve_dtype(config.dtype, models.resolve_device(None))
     accelerator = _make_accelerator(config, dtype, out_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
 
     run = _run_record(config, data, str(model_spec), samples)
-    started = (out_dir / RUN_FILE).exists()
+    started = run_started(out_dir)
     if started and not config.resume:
         raise LightReasonerError(f"{out_dir}: holds a training run already; pass --resume to continue it "
                                  "or choose another --out")
@@ -758,9 +767,6 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
         if (out_dir / SUMMARY_FILE).exists():
             accelerator.print(f"{out_dir}: training is already complete")
             return read_json(out_dir / SUMMARY_FILE)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomic(out_dir / RUN_FILE, run)
 
     set_seed(config.seed)
     tokenizer = models.load_tokenizer(model_spec, trust_remote_code=config.trust_remote_code)
@@ -774,6 +780,10 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
                               weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, adamw)
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare(): FSDP2 replaces the Parameters
+    # Written once the model, adapter and optimizer are set up: a start that fails leaves no settings behind.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(out_dir / RUN_FILE, run)
 
     num_updates, num_labels = total_updates(config, data.kept_steps)
     state = {"step": 0, "seconds": 0.0, "tokens_tuned": 0, "forward_tokens": 0}
@@ -826,7 +836,7 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
             _save_checkpoint(accelerator, model, adamw, out_dir, step + 1, state, config.save_total_limit)
     bar.close()
 
-    summary = {"model": str(model_spec), "samples": samples, "format": data.format, "mode": "full" if config.full
+    summary = {"model": run["model"], "samples": samples, "format": data.format, "mode": "full" if config.full
                else "lora", "processes": world, "optimizer_steps": state["step"], "seconds": round(state["seconds"], 3),
                "kept_steps": data.kept_steps, "examples": len(examples), "steps_dropped_too_long": data.dropped_too_long,
                "tokens_tuned": state["tokens_tuned"], "forward_tokens": state["forward_tokens"],
@@ -852,20 +862,17 @@ def train_from_file(model_spec: str | Path, samples: str | Path, config: TrainCo
 def merge(model_spec: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto",
           trust_remote_code: bool = False) -> Path:
     """Fold a LoRA adapter into the base weights; save a standalone safetensors model + tokenizer."""
-    from peft import PeftModel
-
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise LightReasonerError(f"{adapter_dir}: no adapter_config.json, so it is not a LoRA adapter folder")
+    refuse_own_input(out_dir, {"model folder": model_spec, "adapter folder": adapter_dir})
+    models.check_adapter(adapter_dir)
+    check_writable(out_dir)
     torch_dtype = models.resolve_dtype(dtype, torch.device("cpu"))
     base = models.load_model(model_spec, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(out_dir, safe_serialization=True)
+    merged = models.load_adapter(base, adapter_dir).merge_and_unload()
     if (adapter_dir / "tokenizer_config.json").is_file():  # train saves the tokenizer beside the adapter
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
+        tokenizer = models.tokenizer_from(str(adapter_dir), trust_remote_code=trust_remote_code)
     else:
         tokenizer = models.load_tokenizer(model_spec, trust_remote_code=trust_remote_code)
+    merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir

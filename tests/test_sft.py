@@ -440,7 +440,9 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     generate, calls = scripted_generation(tokenizer)
     monkeypatch.setattr(sft_module, "generate_samples", generate)
     data = write_questions(tmp_path / "q.jsonl")
-    (tmp_path / "sft.yaml").write_text("sft:\n  samples_per_question: 3\n  lora_r: 4\n  temperature: 0.5\n")
+    # max_new_tokens: the tiny expert's context is 512 tokens, prompt included (a longer ask is refused)
+    (tmp_path / "sft.yaml").write_text("sft:\n  samples_per_question: 3\n  lora_r: 4\n  temperature: 0.5\n"
+                                       "  max_new_tokens: 64\n")
     out = tmp_path / "sft"
     assert main(["sft", "--model", str(pair[0]), "--data", str(data), "--out", str(out), "--config",
                  str(tmp_path / "sft.yaml"), "--max-steps", "1", "--dtype", "float32", "--quiet"]) == 0
@@ -474,6 +476,7 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     moved = tmp_path / "moved" / "samples.jsonl"  # the same samples under another path: the finished arm is kept
     moved.parent.mkdir()
     moved.write_bytes(samples.read_bytes())
+    moved.with_name("samples.jsonl.meta.json").write_bytes(samples.with_name("samples.jsonl.meta.json").read_bytes())
     assert main(["control", "--model", str(pair[0]), "--samples", str(moved), "--out", str(tmp_path / "c"),
                  "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 0
     assert "[train] already done" in capsys.readouterr().out

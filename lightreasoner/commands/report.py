@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import LightReasonerError
 from ..models import load_tokenizer
 from ..records import read_json
 from ..report import build_report
@@ -18,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = read_json(args.run_dir / "run.json")["settings"]
+    record = read_json(args.run_dir / "run.json")
+    if not isinstance(record, dict) or "expert" not in record.get("settings", {}):
+        raise LightReasonerError(f"{args.run_dir / 'run.json'}: not the run.json of a `lightreasoner run` folder")
+    settings = record["settings"]
     md_path, html_path = build_report(args.run_dir, tokenizer=load_tokenizer(settings["expert"]))
     print(f"Report: {html_path} (and {md_path})")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..config import finite_float
     from ..grading import DEFAULT_TIMEOUT
 
     parser = subparsers.add_parser(
@@ -18,15 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="graded JSONL to write")
     parser.add_argument("--data-dir", default=None, help="folder with <benchmark>/<split>.jsonl (for 'id' lines)")
     parser.add_argument("--split", default="test", help="data split for 'id' lines (default: test)")
-    parser.add_argument("--grading-timeout", type=float, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--grading-timeout", type=finite_float, default=DEFAULT_TIMEOUT,
                         help=f"seconds allowed to grade one answer (default: {DEFAULT_TIMEOUT})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import LightReasonerError
     from ..evaluation import score
 
+    if args.grading_timeout <= 0:
+        raise LightReasonerError(f"--grading-timeout: must be > 0, got {args.grading_timeout}")
     summary = score(args.benchmark, args.input, args.out, data_dir=args.data_dir, split=args.split,
                     timeout=args.grading_timeout, progress=not args.quiet)
     low, high = summary["ci95"]
