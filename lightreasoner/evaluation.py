@@ -121,7 +121,7 @@ class EvalConfig:
 def _parse_shard(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
     if match is None or not int(match[1]) < int(match[2]):
-        raise ValueError(f"--shard: expected K/N with 0 <= K < N, got {text!r}")
+        raise SettingError("shard", f"expected K/N with 0 <= K < N, got {text!r}")
     return int(match[1]), int(match[2])
 
 

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..config import SECTIONS, add_config_arguments, config_from_args, load_yaml, refuse_unknown
+from ..config import add_config_arguments, config_from_args, load_yaml, refuse_unknown, yaml_sections
 from ..distributed import refuse_several_processes
 from ..pipeline import RunConfig, run
 from ..report import text_summary
@@ -32,9 +32,9 @@ def main(args: argparse.Namespace) -> int:
     if args.config:
         data = load_yaml(args.config)  # config_from_args checked that the sections are mappings
         # The top level holds the headline settings only; a stage's other settings go in its section.
-        refuse_unknown({k: v for k, v in data.items() if k not in SECTIONS},
+        overrides = yaml_sections(data, args.config)
+        refuse_unknown({k: v for k, v in data.items() if k not in overrides},
                        {f.name for f in dataclasses.fields(RunConfig)}, str(args.config))
-        overrides = {section: data[section] for section in SECTIONS if section in data}
     out = args.out or Path("runs") / "-".join(Path(x).stem for x in (config.expert, config.amateur, config.data))
     html_path = run(config, out, overrides=overrides, progress=not args.quiet, source=str(args.config or "run config"))
     table = text_summary(out)
