@@ -14,7 +14,8 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, Stages, run
 from lightreasoner.publish import restore
-from lightreasoner.report import kept_step_statistics, paired_difference, settings_rows
+from lightreasoner.report import kept_step_statistics, settings_rows
+from lightreasoner.stats import paired_difference
 from lightreasoner.sampling import read_samples
 
 from tiny import save_pair
@@ -240,18 +241,6 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
             progress=False, say=lambda _: None)
 
 
-def test_paired_difference_against_direct_counts():
-    before = [True, False, False, True, True, False, False, False]
-    after = [True, True, True, False, True, False, True, False]
-    result = paired_difference(before, after, resamples=4000, seed=1)
-    assert result["gained"] == 3 and result["lost"] == 1
-    assert result["diff"] == pytest.approx((sum(after) - sum(before)) / len(before))
-    assert result["low"] < result["diff"] < result["high"]
-    assert -1 <= result["low"] and result["high"] <= 1
-    same = paired_difference(before, before)
-    assert same["diff"] == same["low"] == same["high"] == 0
-
-
 def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(tmp_path):
     from lightreasoner.report import accuracy_tables
 
@@ -346,17 +335,6 @@ def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(
     assert gains_plot(gains)[:4] == b"\x89PNG" and gains_plot({}) is None
     outside = {"diff": 0.1, "low": 0.2, "high": 0.3, "gained": 1, "lost": 0}  # may miss the estimate
     assert gains_plot({"sft": [("arith", outside)]})[:4] == b"\x89PNG"
-
-
-@pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (8, 3)])
-def test_mcnemar_p_against_enumerating_every_split_of_the_discordant_questions(gained, lost):
-    from itertools import product
-
-    from lightreasoner.report import mcnemar_p
-
-    n = gained + lost  # every way n fair coins can fall; count those at least as uneven as observed
-    uneven = sum(abs(2 * sum(flips) - n) >= abs(gained - lost) for flips in product((0, 1), repeat=n))
-    assert mcnemar_p(gained, lost) == pytest.approx(uneven / 2 ** n)
 
 
 def test_kept_step_statistics_against_a_direct_count():
