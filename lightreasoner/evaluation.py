@@ -417,8 +417,8 @@ def _golds(path: Path, lines: list[tuple[int, dict[str, Any]]], benchmark: str, 
     if len(golds) == len(lines):
         return golds
     sample = settings.get("sample")
-    problems = load_problems(benchmark, split=settings.get("split", "test"), data_dir=data_dir or settings.get("data_dir"),
-                             limit=settings.get("limit"), seed=settings.get("seed"),
+    problems = load_problems(benchmark, split=settings.get("split", "test"), limit=settings.get("limit"),
+                             data_dir=data_dir or settings.get("data_dir"), seed=settings.get("seed"),
                              sample=sample.get(benchmark) if isinstance(sample, dict) else sample)
     from_data = {p.id: p.gold for p in problems}
     for number, record in lines:

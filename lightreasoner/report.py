@@ -131,11 +131,11 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], b
             label = name if key == "correct" else ""
             if not after:
                 suffix = "" if key == "correct" else "_strict"
-                rows.append([label, VERDICTS[key], f"0 of {n}", accuracy_ci(results[name], suffix),
+                rows.append([label, VERDICTS[key], f"0/{n}", accuracy_ci(results[name], suffix),
                              "not evaluated yet", "", "", ""])
                 continue
             _, _, before, answered = by_verdict[key][index]
-            rows.append([label, VERDICTS[key], str(n) if len(after) == n else f"{len(after)} of {n}",
+            rows.append([label, VERDICTS[key], str(n) if len(after) == n else f"{len(after)}/{n}",
                          _accuracy(before), _accuracy(answered), *_difference(paired_difference(before, answered))])
     return rows, complete
 
@@ -197,7 +197,7 @@ def headline_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
             before, after = [c for p in pairs for c in p[2]], [c for p in pairs for c in p[3]]
             if len(cells) == 1:
                 total = sum(p[1] for p in pairs)
-                cells.append(str(total) if len(after) == total else f"{len(after)} of {total}")
+                cells.append(str(total) if len(after) == total else f"{len(after)}/{total}")
             diff, _, p = _difference(paired_difference(before, after))
             cells += [diff, p]
         efficiency = _read_efficiency(arm_dir.parent)

@@ -128,7 +128,8 @@ VERDICT_CASES = [
      ("\\frac{33}{", "boxed", False, False)),  # cut off inside the box
     ("gsm8k", "She sold 72 clips. The answer is 72.", "eos", "72", ("72", "answer-is", True, True)),
     ("gsm8k", "She sold 72 clips. The answer is 72.", "stop", "72", ("72", "answer-is", True, True)),
-    ("minerva_math", "The final answer is $7.1$. I hope it is correct.", "eos", "7.1", ("7.1", "answer-is", True, True)),
+    ("minerva_math", "The final answer is $7.1$. I hope it is correct.", "eos", "7.1",
+     ("7.1", "answer-is", True, True)),
     ("gsm8k", "April 48, May 24, together 72", "eos", "72", ("72", "last-number", True, False)),
     ("math500", "Since p <= x <= 15, we consider the cases x = p and", "length", "15",
      ("15", "last-number", True, False)),  # cut off; "15" is a bound of an inequality, not an answer

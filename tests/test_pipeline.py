@@ -259,18 +259,18 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     (tmp_path / "eval_before" / "summary.json").write_text(json.dumps({"benchmarks": {
         "arith": {"n": 6, "correct": 4, "accuracy": 4 / 6, "ci95": [0.3, 0.9]},
         "words": {"n": 3, "correct": 1, "accuracy": 1 / 3, "ci95": [0.06, 0.79]}}}))
-    [(_, header, _)] = accuracy_tables(tmp_path)  # no answer after training yet
-    assert header == ["benchmark", "n", "accuracy [95% CI]"]
+    assert accuracy_tables(tmp_path) == []  # no answer after training yet: nothing to pair
 
+    # Answers graded before the strict verdict existed: the toolkit's rows only.
     write(tmp_path / "eval_after", [(i, a) for i, a in zip(order, after)])
     [(title, header, rows)] = accuracy_tables(tmp_path)
-    assert "lightreasoner" in title and "in progress" in title and header[3] == "lightreasoner [95% CI]"
+    assert "lightreasoner" in title and "in progress" in title and header[3:5] == ["baseline", "lightreasoner"]
     arith, words = rows  # no pooled row while only one benchmark has answers
     paired_before = [before[i] for i in order]  # 3 of 4 correct; after: 3 of 4; gained 1 (q1), lost 1 (q2)
-    assert arith[:2] == ["arith", "4 of 6"]
-    assert arith[2].startswith(f"{100 * sum(paired_before) / 4:.1f} [") and arith[3].startswith("75.0 [")
-    assert arith[4].startswith("+0.0 [") and arith[5:] == ["+1 / -1", "1.00"]
-    assert words[:2] == ["words", "0 of 3"] and words[3] == "not evaluated yet"
+    assert arith[:3] == ["arith", "toolkit", "4/6"]
+    assert arith[3].startswith(f"{100 * sum(paired_before) / 4:.1f} [") and arith[4].startswith("75.0 [")
+    assert arith[5].startswith("+0.0 [") and arith[6:] == ["+1/-1", "1.00"]
+    assert words[:3] == ["words", "toolkit", "0/3"] and words[4] == "not evaluated yet"
 
     # A second arm, done: its own table (before lightreasoner's, in the paper's order), with the
     # questions of both benchmarks pooled.
@@ -278,19 +278,19 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     write(tmp_path / "sft" / "eval_after", [(0, True), (1, True), (2, True)], "words")
     [(title, header, rows), (second, _, _)] = accuracy_tables(tmp_path)
     assert "lightreasoner" in second and "sft" in title and "in progress" not in title
-    assert header[4] == "sft - baseline [paired 95% CI]"
-    assert [row[:2] for row in rows] == [["arith", "6"], ["words", "3"], ["all questions", "9"]]
-    assert rows[2][3].startswith("100.0 [") and rows[2][4].startswith("+44.4 [") and rows[2][5] == "+4 / -0"
-    assert rows[2][6] == f"{2 / 2 ** 4:.2f}"
+    assert header == ["benchmark", "verdict", "n", "baseline", "sft", "diff [95% CI]", "+/-", "p"]
+    assert [[row[0], row[2]] for row in rows] == [["arith", "6"], ["words", "3"], ["all questions", "9"]]
+    assert rows[2][4].startswith("100.0 [") and rows[2][5].startswith("+44.4 [") and rows[2][6] == "+4/-0"
+    assert rows[2][7] == f"{2 / 2 ** 4:.2f}"
 
     # The control against lightreasoner: paired on the questions both have answered.
     write(tmp_path / "format-only" / "eval_after", [(0, False), (3, True)])
     (tmp_path / "eval_after" / "summary.json").write_text(json.dumps({"benchmarks": {
         "arith": {"n": 4, "correct": 3, "accuracy": 0.75, "ci95": [0.3, 0.95]}}}))
     title, header, [row] = accuracy_tables(tmp_path)[-1]
-    assert title.startswith("Accuracy: format-only against lightreasoner") and "in progress" in title
-    assert header[4] == "format-only - lightreasoner [paired 95% CI]"
-    assert row[:2] == ["arith", "2 of 4"] and row[4].startswith("-50.0 [") and row[5] == "+0 / -1"
+    assert title.startswith("Paired: format-only against lightreasoner") and "in progress" in title
+    assert header[3:5] == ["lightreasoner", "format-only"]
+    assert row[:3] == ["arith", "toolkit", "2/4"] and row[5].startswith("-50.0 [") and row[6] == "+0/-1"
 
     # lightreasoner against sft, the paper's comparison, once sft's evaluation has its summary.
     (tmp_path / "sft" / "eval_after" / "summary.json").write_text(json.dumps({"benchmarks": {
@@ -298,13 +298,13 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
         "words": {"n": 3, "correct": 3, "accuracy": 1.0, "ci95": [0.4, 1.0]}}}))
     titles = [title for title, _, _ in accuracy_tables(tmp_path)]
     assert [t.split(" (")[0] for t in titles] == [
-        "Accuracy: sft against baseline", "Accuracy: lightreasoner against baseline",
-        "Accuracy: format-only against baseline", "Accuracy: lightreasoner against sft",
-        "Accuracy: format-only against lightreasoner"]
+        "Paired: sft against baseline", "Paired: lightreasoner against baseline",
+        "Paired: format-only against baseline", "Paired: lightreasoner against sft",
+        "Paired: format-only against lightreasoner"]
     _, header, (arith, words) = accuracy_tables(tmp_path)[3]
-    assert header[4] == "lightreasoner - sft [paired 95% CI]" and arith[:2] == ["arith", "4 of 6"]
-    assert arith[2].startswith("100.0 [") and arith[3].startswith("75.0 [") and arith[4].startswith("-25.0 [")
-    assert arith[5] == "+0 / -1" and words[3] == "not evaluated yet"
+    assert header[3:5] == ["sft", "lightreasoner"] and arith[:3] == ["arith", "toolkit", "4/6"]
+    assert arith[3].startswith("100.0 [") and arith[4].startswith("75.0 [") and arith[5].startswith("-25.0 [")
+    assert arith[6] == "+0/-1" and words[4] == "not evaluated yet"
 
 
 def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(tmp_path):
