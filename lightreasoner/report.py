@@ -266,7 +266,7 @@ def gains_plot(gains: GainRows, strict: GainRows | None = None) -> bytes | None:
         return None
     panels = {"toolkit's verdict": gains, **({"strict verdict": strict} if strict else {})}
     groups = list(dict.fromkeys(name for rows in gains.values() for name, _ in rows))
-    figure, axes = plt.subplots(1, len(panels), sharey=True, squeeze=False,
+    figure, axes = plt.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False,
                                 figsize=(5 * len(panels) + 1, 0.8 + 0.25 * len(groups) * (len(gains) + 1)))
     for axis, (verdict, arms) in zip(axes[0], panels.items()):
         for index, (arm, rows) in enumerate(arms.items()):
@@ -436,7 +436,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     if efficiency:
         section("Time per stage", ["stage", "seconds", "status"], efficiency)
     if sample_meta or records:  # a baseline-only run has no cost to account for
-        section("Efficiency", ["quantity", "value"], [
+        section("Sampling and training of the lightreasoner arm", ["quantity", "value"], [
             ["questions sampled", f"{sample_meta.get('questions', len(records)):,}"],
             ["tokens generated (sampling)", f"{sample_meta.get('tokens_generated', 0):,}"],
             ["kept steps", f"{sum(len(r['steps']) for r in records):,}"],

@@ -327,7 +327,7 @@ def arms_plot(arms: Sequence[Arm]) -> bytes:
             axis.bar(offsets, values, width, label=label, color=f"C{index}", yerr=list(zip(*errors)), capsize=2,
                      error_kw={"linewidth": 0.8})
         axis.set(ylabel="accuracy (%)", title=f"accuracy per arm, {verdict} (95% intervals)", ylim=(0, 100))
-    axes[0, 0].legend(fontsize="small")
+    axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes[-1, 0].set_xticks(range(len(shown)), shown, rotation=20 if len(shown) > 5 else 0)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

@@ -457,3 +457,12 @@ def test_regrade_of_a_fresh_evaluation_changes_nothing(tiny_dir, data_dir, tmp_p
     shutil.rmtree(data_dir)
     assert regrade(out, progress=False) == summary
     assert {name: (out / f"{name}.jsonl").read_bytes() for name in files} == files
+
+
+def test_the_default_budget_is_the_toolkits():
+    """2,048 new tokens per answer, as the Qwen2.5-Math toolkit and the paper, unless set."""
+    from lightreasoner.pipeline import RunConfig, stage_configs
+
+    assert EvalConfig().max_new_tokens == RunConfig().eval_max_new_tokens == 2048
+    assert stage_configs(RunConfig())[2].max_new_tokens == 2048
+    assert stage_configs(RunConfig(eval_max_new_tokens=512))[2].max_new_tokens == 512
