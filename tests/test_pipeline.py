@@ -52,7 +52,8 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
                                                         abs=0.02)
 
     report = (out / "report.md").read_text()
-    assert "| arith | 5 |" in report and "## Efficiency" in report
+    assert "| arith | toolkit | 5 |" in report and "| strict | 5 |" in report
+    assert report.index("## Each arm against the baseline") < report.index("## Sampling and training")
     assert (out / "kl.png").read_bytes()[:4] == b"\x89PNG" and (out / "loss.png").is_file()
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page  # self-contained
@@ -80,7 +81,7 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     redrawn = (published / "report.md").read_text()
 
     def efficiency_section(text: str) -> str:
-        return text[text.index("## Efficiency"):text.index("## Settings")]
+        return text[text.index("## Sampling and training"):text.index("## Settings")]
 
     assert efficiency_section(redrawn) == efficiency_section(report)
     assert "## Kept steps" in redrawn and "![kl.png](kl.png)" in redrawn
@@ -195,7 +196,8 @@ def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "Accuracy: lightreasoner against baseline" in printed and "arith" in printed
+    assert printed.index("Each arm against the baseline") < printed.index("Paired: lightreasoner against baseline")
+    assert "arith" in printed and max(len(line) for line in printed.splitlines() if "/" not in line) <= 100
     assert f"Report: {out / 'report.html'}" in printed
     header, _ = read_samples(out / "samples.jsonl")
     assert header["settings"]["contrast_every"] == 2
@@ -227,7 +229,8 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
         run(tiny_config(pair, arms=["baseline"], data_dir=str(tmp_path)), out, progress=False, say=lambda _: None)
     baseline = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
     report = (out / "report.md").read_text()  # the baseline's accuracy, and no cost table of stages not run
-    assert f"| arith | 5 | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
+    assert f"| arith (5) | baseline | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
+    assert "## Sampling and training" not in report and "## Each arm" not in report
     # Training has not started in this folder, so its settings are still free; evaluation has. Where
     # the data is read from is not a setting of any stage (the stages' files check their questions).
     run(tiny_config(pair, arms=["lightreasoner"], data_dir=str(tmp_path / "moved")), out,
