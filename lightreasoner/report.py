@@ -24,7 +24,7 @@ from .tables import (ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, _read_effi
 TOKEN_VIEW_TRAJECTORIES = 3
 
 
-# ----------------------------------------------------------------------------------- statistics
+# ----------------------------------------------------------------------------------- kept steps
 
 
 def kept_step_statistics(records: Sequence[dict[str, Any]], beta: float) -> dict[str, float]:
@@ -67,7 +67,10 @@ def kept_step_rows(stats: dict[str, float], beta: float) -> list[list[str]]:
     ]
 
 
+# ------------------------------------------------------------------------------- accuracy tables
+
 VERDICTS = {"correct": "toolkit", "correct_strict": "strict"}  # record field -> name in the tables
+POOLED = "all questions"  # the row of every benchmark's questions together
 PAIRED_NOTE = ("Paired tables: accuracy [95% Wilson CI] of both sides on the questions both answered, the "
                "difference with its paired-bootstrap 95% interval, the questions gained (wrong before, right "
                "after) and lost, and the exact McNemar p of gained against lost; by the toolkit's verdict "
@@ -91,7 +94,7 @@ def paired_answers(before_dir: Path, after_dir: Path,
                    key: str = "correct") -> list[tuple[str, int, list[bool], list[bool]]]:
     """Per benchmark of ``before_dir``'s summary: its number of questions and whether each question
     both folders have answered was correct before and after by the verdict ``key`` (in the same
-    order); then the same over all those questions together, as "all questions", when more than one
+    order); then the same over all those questions together, as :data:`POOLED`, when more than one
     benchmark has any."""
     paired, pooled_before, pooled_after = [], [], []
     for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
@@ -101,8 +104,16 @@ def paired_answers(before_dir: Path, after_dir: Path,
         pooled_before += paired[-1][2]
         pooled_after += paired[-1][3]
     if sum(1 for *_, after in paired if after) > 1:
-        paired.append(("all questions", len(pooled_before), pooled_before, pooled_after))
+        paired.append((POOLED, len(pooled_before), pooled_before, pooled_after))
     return paired
+
+
+def _pooled(paired: list[tuple[str, int, list[bool], list[bool]]]) -> tuple[int, list[bool], list[bool]]:
+    """Every benchmark of :func:`paired_answers` together: the questions in all, and the answers of
+    those both sides have answered, before and after."""
+    per_benchmark = [p for p in paired if p[0] != POOLED]
+    return (sum(n for _, n, _, _ in per_benchmark), [c for p in per_benchmark for c in p[2]],
+            [c for p in per_benchmark for c in p[3]])
 
 
 def _accuracy(answers: Sequence[bool]) -> str:
@@ -187,19 +198,15 @@ def headline_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
         arm_dir = run_dir / folder
         if arm == "baseline" or not any(arm_dir.glob("*.jsonl")):
             continue
-        keys = verdicts(baseline_dir, arm_dir)
-        cells = [arm]
+        pooled = {key: _pooled(paired_answers(baseline_dir, arm_dir, key)) for key in verdicts(baseline_dir, arm_dir)}
+        total, answered, _ = pooled["correct"]
+        cells = [arm, str(total) if len(answered) == total else f"{len(answered)}/{total}"]
         for key in VERDICTS:
-            if key not in keys:
+            if key in pooled:
+                diff, _, p = _difference(paired_difference(*pooled[key][1:]))
+                cells += [diff, p]
+            else:  # answers graded before the strict verdict existed
                 cells += ["-", "-"]
-                continue
-            pairs = [p for p in paired_answers(baseline_dir, arm_dir, key) if p[0] != "all questions"]
-            before, after = [c for p in pairs for c in p[2]], [c for p in pairs for c in p[3]]
-            if len(cells) == 1:
-                total = sum(p[1] for p in pairs)
-                cells.append(str(total) if len(after) == total else f"{len(after)}/{total}")
-            diff, _, p = _difference(paired_difference(before, after))
-            cells += [diff, p]
         efficiency = _read_efficiency(arm_dir.parent)
         cells.append(f"{efficiency['total_seconds'] / 3600:.1f}" if efficiency else "-")
         rows.append(cells)
