@@ -277,7 +277,7 @@ def test_compare_command(tmp_path, tiny_dir, data_dir, capsys):
 # --------------------------------------------------------------------------- score and bad input
 
 
-def test_score_grades_in_input_order(tmp_path, data_dir):
+def test_score_grades_in_input_order(tmp_path, data_dir, capsys):
     source = tmp_path / "in.jsonl"
     lines = [{"completion": "so \\boxed{72}", "gold": "72", "extra": 1},
              {"completion": "The answer is 9", "id": "1"},  # gold 10 from the data by id
@@ -295,6 +295,11 @@ def test_score_grades_in_input_order(tmp_path, data_dir):
     assert graded[0]["extra"] == 1 and graded[1]["id"] == "1" and graded[5]["finish"] == "length"
     assert (summary["n"], summary["correct"], summary["correct_strict"], summary["cut_off"]) == (6, 4, 2, 1)
     assert summary["accuracy_strict"] == pytest.approx(2 / 6)
+    assert cli.main(["score", "--benchmark", "gsm8k", "--input", str(source), "--out", str(tmp_path / "cli.jsonl"),
+                     "--data-dir", str(data_dir), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "4/6 correct" in printed and "strict 2/6" in printed and "cut off 1" in printed
+    assert read_lines(tmp_path / "cli.jsonl") == graded
 
 
 @pytest.mark.parametrize("content, message", [
