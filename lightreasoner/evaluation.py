@@ -2,15 +2,21 @@
 
 ``evaluate(config, out_dir)`` writes into ``out_dir``:
 
-* ``<benchmark>.jsonl``: one line per question (id, prompt, completion, pred, gold, correct,
-  tokens, finish, seconds), appended and fsynced as each chunk of answers ends (one answer with
-  the hf backend, one engine call with vLLM). A rerun with the same ``out_dir`` skips the questions
-  already there, so a killed evaluation resumes where it stopped.
+* ``<benchmark>.jsonl``: one line per question (id, prompt, completion, gold, pred, source,
+  correct, correct_strict, tokens, finish, seconds), appended and fsynced as each chunk of answers
+  ends (one answer with the hf backend, one engine call with vLLM). A rerun with the same
+  ``out_dir`` skips the questions already there, so a killed evaluation resumes where it stopped.
+  ``correct`` is the Qwen2.5-Math toolkit's verdict, ``correct_strict`` also asks for a stated final
+  answer in a completion that was not cut off (:mod:`lightreasoner.grading`).
 * ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
   dtype, backend); a rerun with different ones is refused rather than mixed into old results.
-* ``summary.json``: per benchmark n, correct, accuracy, its 95% Wilson interval, tokens and
-  seconds, plus the unweighted average over benchmarks (the paper's "Avg."); rewritten as each
-  benchmark ends, with the benchmarks still to come under ``pending``.
+* ``summary.json``: per benchmark n, both verdicts' counts, accuracies and 95% Wilson intervals,
+  the answers cut off at the token limit, tokens and seconds, plus the unweighted average over
+  benchmarks (the paper's "Avg.") of both; rewritten as each benchmark ends, with the benchmarks
+  still to come under ``pending``.
+
+:func:`regrade` grades a folder's answers again (e.g. a published one, whose gold answers come back
+from the data), and :func:`score` grades completions made elsewhere.
 
 Generation is greedy pass@1 like the Qwen2.5-Math toolkit, through a backend of
 :mod:`lightreasoner.backends` (the cached decoding loop with continuous batching, or one vLLM
@@ -24,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import subprocess
@@ -42,8 +47,9 @@ from .errors import LightReasonerError
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
 
+from .stats import wilson_interval
+
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 # Settings that decide the completions: a folder's answers are only resumed under the same ones. The
 # adapter counts by its content, not its path, so answers resume wherever the same adapter is rebuilt.
 RUN_KEYS = ("model", "adapter_sha256", "prompt", "max_new_tokens", "dtype", "backend", "split")
@@ -132,27 +138,26 @@ class Generation:
     finish: str  # "eos" (an end token), "stop" (a stop string) or "length"
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (sane at 0 and n, unlike the normal one)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+# --------------------------------------------------------------------------- summaries
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """n, correct, accuracy, 95% interval, tokens and seconds of one benchmark's records."""
+    """n; the count, accuracy and 95% Wilson interval of each verdict (``correct``, ``correct_strict``);
+    the answers cut off at the token limit (``cut_off``); tokens and seconds of one benchmark's records.
+    Records graded before the strict verdict existed (no ``correct_strict``) give no strict figures."""
     n = len(records)
-    correct = sum(bool(r["correct"]) for r in records)
-    low, high = wilson_interval(correct, n)
-    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "ci95": [low, high],
+    result = {"n": n, **_verdict(records, "correct", "")}
+    if all("correct_strict" in r for r in records):
+        result.update(_verdict(records, "correct_strict", "_strict"))
+    return {**result, "cut_off": sum(r.get("finish") == "length" for r in records),
             "tokens": sum(int(r.get("tokens", 0)) for r in records),
             "seconds": round(sum(float(r.get("seconds", 0.0)) for r in records), 3)}
+
+
+def _verdict(records: Sequence[dict[str, Any]], key: str, suffix: str) -> dict[str, Any]:
+    n, correct = len(records), sum(bool(r[key]) for r in records)
+    return {f"correct{suffix}": correct, f"accuracy{suffix}": correct / n if n else 0.0,
+            f"ci95{suffix}": list(wilson_interval(correct, n))}
 
 
 # --------------------------------------------------------------------------- generation
@@ -343,13 +348,10 @@ def _generate(config: EvalConfig, backend: Backend, benchmark: str, todo: list[P
             for output in chunk:
                 index = order[output.index]
                 problem, generation = todo[index], completion_of(tokenizer, output, sampling.stop_strings)
-                graded = grading.grade(generation.completion, problem.gold or "", benchmark,
-                                       timeout=config.grading_timeout)
-                records.append({"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
-                                "completion": generation.completion, "pred": graded.pred, "gold": problem.gold,
-                                "correct": graded.correct and problem.gold is not None,
-                                "tokens": generation.tokens, "finish": generation.finish,
-                                "seconds": round(output.seconds, 4)})
+                record = {"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
+                          "completion": generation.completion, "gold": problem.gold, "tokens": generation.tokens,
+                          "finish": generation.finish, "seconds": round(output.seconds, 4)}
+                records.append(_graded(record, problem.gold, benchmark, config.grading_timeout))
             yield records
             bar.update(len(chunk))
 
@@ -424,15 +426,111 @@ def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: d
     return left
 
 
+GRADE_FIELDS = ("pred", "source", "correct", "correct_strict")
+
+
+def _graded(record: dict[str, Any], gold: str | None, benchmark: str, timeout: float | None) -> dict[str, Any]:
+    """``record`` with its grade (GRADE_FIELDS, placed before ``tokens``) from its ``completion`` and
+    ``finish`` against ``gold``; no gold answer (None) grades wrong."""
+    result = grading.grade(record["completion"], gold or "", benchmark, finish=record.get("finish"), timeout=timeout)
+    grade = {"pred": result.pred, "source": result.source, "correct": result.correct and gold is not None,
+             "correct_strict": result.correct_strict and gold is not None}
+    rest = [(key, value) for key, value in record.items() if key not in GRADE_FIELDS]
+    at = next((i for i, (key, _) in enumerate(rest) if key == "tokens"), len(rest))
+    return dict(rest[:at] + list(grade.items()) + rest[at:])
+
+
 def _write_summary(out_dir: Path, config: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    accuracies = [r["accuracy"] for r in results.values()]
-    summary = {"model": config.model, "adapter": config.adapter, "settings": config_to_dict(config),
-               "benchmarks": results, "pending": [name for name in config.benchmarks if name not in results],
-               "average": sum(accuracies) / len(accuracies) if accuracies else 0.0,
-               "tokens": sum(r["tokens"] for r in results.values()),
-               "seconds": round(sum(r["seconds"] for r in results.values()), 3)}
+    head = {"model": config.model, "adapter": config.adapter, "settings": config_to_dict(config)}
+    return _write_summary_file(out_dir, head, config.benchmarks, results)
+
+
+def _write_summary_file(out_dir: Path, head: dict[str, Any], benchmarks: Sequence[str],
+                        results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """summary.json: ``head`` (model, adapter, settings), the results per benchmark, those still pending,
+    the average accuracy over benchmarks by each verdict, tokens and seconds."""
+    summary = {**head, "benchmarks": results, "pending": [name for name in benchmarks if name not in results]}
+    for key in ("accuracy", "accuracy_strict"):
+        if results and all(key in r for r in results.values()):
+            summary[key.replace("accuracy", "average")] = sum(r[key] for r in results.values()) / len(results)
+    summary.setdefault("average", 0.0)
+    summary["tokens"] = sum(r["tokens"] for r in results.values())
+    summary["seconds"] = round(sum(r["seconds"] for r in results.values()), 3)
     write_json_atomic(out_dir / "summary.json", summary)
     return summary
+
+
+# --------------------------------------------------------------------------- grading again
+
+
+def is_eval_folder(folder: str | Path) -> bool:
+    """An evaluation folder: its run.json records the settings of its answers (RUN_KEYS)."""
+    path = Path(folder) / "run.json"
+    return path.is_file() and "max_new_tokens" in read_json(path)
+
+
+def find_eval_folders(folder: str | Path) -> list[Path]:
+    """``folder`` if it is an evaluation folder, else every evaluation folder under it (a run's arms)."""
+    folder = Path(folder)
+    if is_eval_folder(folder):
+        return [folder]
+    return sorted(path.parent for path in folder.rglob("run.json") if is_eval_folder(path.parent))
+
+
+def regrade(eval_dir: str | Path, *, data_dir: str | Path | None = None,
+            timeout: float | None = grading.DEFAULT_TIMEOUT, progress: bool = True) -> dict[str, Any]:
+    """Grade the answers of the evaluation folder ``eval_dir`` again with the current rules (both
+    verdicts), rewrite its answer files and summary.json, and return the summary.
+
+    A record without its gold answer (a published folder keeps none) gets it from the data, loaded
+    as the evaluation loaded it (the benchmarks, split and subset of its summary's settings) from
+    ``data_dir``, else from the folder the evaluation read. Nothing is added to a record but its grade.
+    """
+    from tqdm.auto import tqdm
+
+    eval_dir = Path(eval_dir)
+    if not is_eval_folder(eval_dir) or not (eval_dir / "summary.json").is_file():
+        raise LightReasonerError(f"{eval_dir}: no run.json and summary.json of an evaluation here")
+    summary = read_json(eval_dir / "summary.json")
+    settings = summary["settings"]
+    results = {}
+    for name in summary["benchmarks"]:
+        path = eval_dir / f"{name}.jsonl"
+        lines = list(iter_jsonl(path))
+        golds = _golds(path, lines, name, settings, data_dir)
+        graded = [_graded(record, golds[str(record["id"])], name, timeout)
+                  for _, record in tqdm(lines, desc=f"regrade {name}", unit="answer", disable=not progress)]
+        _replace_jsonl(path, graded)
+        results[name] = summarize(graded)
+    head = {key: value for key, value in summary.items() if key in ("model", "adapter", "settings")}
+    return _write_summary_file(eval_dir, head, settings["benchmarks"], results)
+
+
+def _golds(path: Path, lines: list[tuple[int, dict[str, Any]]], benchmark: str, settings: dict[str, Any],
+           data_dir: str | Path | None) -> dict[str, str | None]:
+    """The gold answer of every record of ``path`` by id: its own, else the data's (loaded as ``settings`` say)."""
+    golds = {str(record["id"]): record["gold"] for _, record in lines if "gold" in record}
+    if len(golds) == len(lines):
+        return golds
+    sample = settings.get("sample")
+    problems = load_problems(benchmark, split=settings.get("split", "test"), limit=settings.get("limit"),
+                             data_dir=data_dir or settings.get("data_dir"), seed=settings.get("seed"),
+                             sample=sample.get(benchmark) if isinstance(sample, dict) else sample)
+    from_data = {p.id: p.gold for p in problems}
+    for number, record in lines:
+        if str(record["id"]) not in golds and str(record["id"]) not in from_data:
+            raise LightReasonerError(f"{path}:{number}: question {record['id']!r} is not among the {benchmark} "
+                                     "questions this evaluation's settings select from the data")
+    return {**from_data, **golds}
+
+
+def _replace_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Write ``records`` to ``path`` as a whole: the old file stays until the new one is complete."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    with JsonlAppender(temporary) as appender:
+        appender.write(records)
+    temporary.replace(path)
 
 
 # --------------------------------------------------------------------------- grading files made elsewhere
@@ -441,11 +539,14 @@ def _write_summary(out_dir: Path, config: EvalConfig, results: dict[str, dict[st
 def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_dir: str | Path | None = None,
           split: str = "test", timeout: float | None = grading.DEFAULT_TIMEOUT,
           progress: bool = True) -> dict[str, Any]:
-    """Grade completions made elsewhere; write each input line plus ``pred`` and ``correct``.
+    """Grade completions made elsewhere; write each input line plus its grade (``pred``, ``source``,
+    ``correct``, ``correct_strict``).
 
     Every line needs ``completion`` and either ``gold`` (an extracted final answer) or an ``id``
-    of the benchmark's data, whose gold answer is then parsed like ``evaluate`` does.
-    Returns the summary (n, correct, accuracy, ci95, ...).
+    of the benchmark's data, whose gold answer is then parsed like ``evaluate`` does. An optional
+    ``finish`` ("length" when the completion was cut off by the token limit) informs the strict
+    verdict; without it a completion counts as finished.
+    Returns the summary (n, correct, accuracy, ci95, the strict ones, ...).
     """
     from tqdm.auto import tqdm
 
@@ -478,15 +579,14 @@ def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_
             gold = golds[str(record["id"])]
         elif isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
             raise LightReasonerError(f"{where}: field 'gold' must be a string or a number")
-        gold = _gold_text(gold)
-        result = grading.grade(completion, gold or "", benchmark, timeout=timeout)
-        graded.append({**record, "pred": result.pred, "correct": result.correct})
+        finish = record.get("finish")
+        if finish is not None and not isinstance(finish, str):
+            raise LightReasonerError(f"{where}: field 'finish' must be a string (\"length\" when cut off)")
+        result = grading.grade(completion, _gold_text(gold) or "", benchmark, finish=finish, timeout=timeout)
+        graded.append({**record, "pred": result.pred, "source": result.source, "correct": result.correct,
+                       "correct_strict": result.correct_strict})
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(f".{out_path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    with JsonlAppender(temporary) as appender:
-        appender.write(graded)
-    temporary.replace(out_path)
+    _replace_jsonl(out_path, graded)
     return {"benchmark": benchmark, **summarize(graded)}
 
 

@@ -66,7 +66,9 @@ class RunConfig:
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate", "above": 0})
     benchmarks: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "evaluation benchmarks"})
     eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)", "min": 1})
-    eval_max_new_tokens: int = field(default=256, metadata={"help": "generation limit when evaluating", "min": 1})
+    eval_max_new_tokens: int = field(default=2048, metadata={
+        "help": "generation limit when evaluating (the Qwen2.5-Math toolkit's and the paper's 2048; fewer cut off "
+                "long answers, and the toolkit's grading may still credit their last number)", "min": 1})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)",
                                                   "min": 1})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})

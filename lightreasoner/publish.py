@@ -2,7 +2,8 @@
 and rebuild a run folder from such a copy plus the benchmark data.
 
 Kept: settings, stage times, summaries, training logs, report pages and figures, every evaluation
-answer reduced to the model's side (id, completion, pred, correct, tokens, finish, seconds), and
+answer reduced to the model's side and its grade (id, completion, pred, source, correct,
+correct_strict, tokens, finish, seconds), and
 the sample files reduced to the models' outputs (``samples.outputs.jsonl``: the trajectories, KL
 values and soft labels, or the SFT solutions and their grades, keyed by question id). Left behind:
 model weights and checkpoints, tokenizers, and everything of the benchmark's own: questions,
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LightReasonerError
+from .evaluation import is_eval_folder
 from .records import JsonlAppender, check_writable, iter_jsonl, read_json, write_json_atomic
 from .tables import ARM_EVAL_DIRS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
                "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html"}
-ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "correct", "tokens", "finish", "seconds")
+ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "correct_strict", "tokens", "finish",
+                 "seconds")
 SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.
 BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
@@ -40,11 +43,6 @@ ADAPTER_EVAL_STAGES = tuple(folder for arm, folder in ARM_EVAL_DIRS.items() if a
 def published_record(record: dict) -> dict:
     """An evaluation record without the benchmark's text (prompt and gold answer)."""
     return {key: record[key] for key in ANSWER_FIELDS if key in record}
-
-
-def _is_eval_folder(folder: Path) -> bool:
-    # An evaluation folder's run.json records its generation settings (evaluation.RUN_KEYS).
-    return (folder / "run.json").is_file() and "max_new_tokens" in read_json(folder / "run.json")
 
 
 def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
@@ -66,7 +64,7 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if path.name == SAMPLES_FILE:
             target = target.with_name(OUTPUTS_FILE)
             records: Any = (_without_benchmark(record) for _, record in iter_jsonl(path))
-        elif path.suffix == ".jsonl" and _is_eval_folder(path.parent):
+        elif path.suffix == ".jsonl" and is_eval_folder(path.parent):
             records = (published_record(record) for _, record in iter_jsonl(path))
         elif path.name in SHOWN_FILES or path.suffix == ".png":
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``lightreasoner report DIR``: (re)draw the report of a run folder."""
+"""``lightreasoner report DIR``: (re)draw the report of a run folder (also a published one)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import LightReasonerError
-from ..models import load_tokenizer
 from ..records import read_json
-from ..report import build_report
+from ..report import build_report, report_tokenizer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write report.md and report.html of a run folder",
                                    description=__doc__)
-    parser.add_argument("run_dir", type=Path, help="folder made by `lightreasoner run`")
+    parser.add_argument("run_dir", type=Path, help="folder made by `lightreasoner run` or `lightreasoner publish`")
     parser.set_defaults(func=main)
 
 
@@ -22,7 +21,6 @@ def main(args: argparse.Namespace) -> int:
     record = read_json(args.run_dir / "run.json")
     if not isinstance(record, dict) or "expert" not in record.get("settings", {}):
         raise LightReasonerError(f"{args.run_dir / 'run.json'}: not the run.json of a `lightreasoner run` folder")
-    settings = record["settings"]
-    md_path, html_path = build_report(args.run_dir, tokenizer=load_tokenizer(settings["expert"]))
+    md_path, html_path = build_report(args.run_dir, tokenizer=report_tokenizer(args.run_dir))
     print(f"Report: {html_path} (and {md_path})")
     return 0
