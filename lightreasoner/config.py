@@ -255,22 +255,24 @@ def all_setting_names() -> set[str]:
     return {f.name for cls in classes for f in dataclasses.fields(cls)} | set(SECTIONS)
 
 
-def yaml_sections(data: dict[str, Any], path: str | Path) -> dict[str, dict[str, Any]]:
-    """The stage sections of a YAML file's top level. ``sample`` is also an evaluation setting (the
-    seeded subset sizes, a number or a mapping of benchmark names): it is the sampling stage's section
-    only when it is a mapping holding a sampling setting."""
+def yaml_sections(data: dict[str, Any], path: str | Path, known: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """The stage sections of a YAML file's top level. For a command whose own settings (``known``)
+    include ``sample`` (evaluation's seeded subset sizes: a number or a mapping of benchmark names), a
+    top-level ``sample`` is the sampling stage's section only when it is a mapping holding a sampling
+    setting; for the others it is always the section."""
     from .sampling import SampleConfig
 
     sampling = {f.name for f in dataclasses.fields(SampleConfig)}
     sections = {}
     for name in SECTIONS:
-        value = data.get(name)
-        if name == "sample" and not (isinstance(value, dict) and any(k.replace("-", "_") in sampling for k in value)):
+        if name not in data:
             continue
-        if name in data and not isinstance(value, dict):
+        value = data[name]
+        if name in known and not (isinstance(value, dict) and any(k.replace("-", "_") in sampling for k in value)):
+            continue
+        if not isinstance(value, dict):
             raise LightReasonerError(f"{path}: section {name!r} must be a mapping of option: value")
-        if name in data:
-            sections[name] = value
+        sections[name] = value
     return sections
 
 
@@ -280,7 +282,7 @@ def yaml_values(path: Path, section: str | None, known: set[str], also: typing.I
     where they came from for messages. Every key of the file must be a setting of some command; in the
     section, one of ``known`` or ``also`` (what the command's other configs read there)."""
     data = load_yaml(path)
-    sections = yaml_sections(data, path)
+    sections = yaml_sections(data, path, known)
     top = {k: v for k, v in data.items() if k not in sections}
     refuse_unknown(top, all_setting_names(), str(path))
     if section is not None and section in data:

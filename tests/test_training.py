@@ -404,7 +404,7 @@ def test_report_to_an_absent_tracker_is_refused_before_training(tmp_path, pair, 
     with pytest.raises(LightReasonerError, match="--report-to wandb: the wandb package is not installed"):
         train_from_file(pair[0], samples, fast_config(report_to="wandb"), tmp_path / "w")
     assert not (tmp_path / "w").exists()
-    with pytest.raises(ValueError, match="report_to must be one of none, tensorboard, wandb"):
+    with pytest.raises(ValueError, match="report_to: expected one of none, tensorboard, wandb"):
         fast_config(report_to="mlflow")
 
 
