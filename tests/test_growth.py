@@ -223,8 +223,10 @@ def slow_continuation(model, tokenizer, prompt_ids: list[int], so_far: list[int]
 
 def test_a_published_folder_grows_from_its_ids_or_else_from_its_text(expert_dir, made, tmp_path):
     """A published folder keeps each answer's ids (no prompt, no gold answer), and grows exactly. An
-    older folder without ids continues from its completion text encoded again, and says so."""
+    older folder without ids continues from its completion text encoded again, and says so (the tiny
+    model's random bytes encode to other ids, as a real model's text rarely does)."""
     data_dir, fresh, small = made.data_dir, made.fresh, made.small
+    model, tokenizer = load_model(expert_dir), load_tokenizer(expert_dir)
     published, older = tmp_path / "published", tmp_path / "older"
     for folder, keep_ids in ((published, True), (older, False)):
         folder.mkdir()
@@ -236,10 +238,25 @@ def test_a_published_folder_grows_from_its_ids_or_else_from_its_text(expert_dir,
             if not keep_ids:
                 reduced = [{k: v for k, v in r.items() if k != "completion_ids"} for r in reduced]
             (folder / f"{benchmark}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reduced))
-        evaluate(settings(expert_dir, data_dir, LARGE), folder, progress=False)
+    evaluate(settings(expert_dir, data_dir, LARGE), published, progress=False)
     assert_equal_answers(published, fresh)
 
-    model, tokenizer = load_model(expert_dir), load_tokenizer(expert_dir)
+    # A text that encodes to at least the new budget's tokens has nothing left to generate: it is kept,
+    # counted by those tokens.
+    evaluate(settings(expert_dir, data_dir, SMALL + 1), older, progress=False)
+    full = 0
+    for benchmark in ("gsm8k", "mmlu_stem"):
+        old = records(small, benchmark)
+        for key, kept in records(older, benchmark).items():
+            so_far = tokenizer(old[key]["completion"], add_special_tokens=False)["input_ids"]
+            if old[key]["finish"] == "length" and len(so_far) > SMALL:
+                assert (kept["completion"], kept["completion_ids"], kept["tokens"], kept["finish"]) == (
+                    old[key]["completion"], so_far, len(so_far), "length")
+                assert kept["continued_from"] == "text"
+                full += 1
+    assert full > 0
+    evaluate(settings(expert_dir, data_dir, LARGE), older, progress=False)
+
     for benchmark in ("gsm8k", "mmlu_stem"):
         old = records(small, benchmark)
         for key, grown in records(older, benchmark).items():
@@ -274,3 +291,14 @@ def test_a_continuation_stops_on_a_stop_string_that_began_before_it():
     assert evaluation._stop_across(tokenizer, encode("So the total is 72."), new, stops) is None
     assert evaluation._stop_across(tokenizer, [], new, stops) is None
     assert evaluation._stop_across(tokenizer, so_far, new, ()) is None
+
+
+def test_a_vllm_folder_grows_through_the_engine(expert_dir, made, tmp_path, standin_vllm):
+    """The continuation requests (prompt ids + the answer's ids, the rest of the budget) through the
+    vLLM backend (the stand-in generates with the same model) end as the hf backend's fresh answers."""
+    out = tmp_path / "out"
+    evaluate(settings(expert_dir, made.data_dir, SMALL, backend="vllm", device="auto"), out, progress=False)
+    cut = sum(r["finish"] == "length" for name in ("gsm8k", "mmlu_stem") for r in records(out, name).values())
+    evaluate(settings(expert_dir, made.data_dir, LARGE, backend="vllm", device="auto"), out, progress=False)
+    assert sum(standin_vllm.ENGINES[-1].calls) == cut
+    assert_equal_answers(out, made.fresh)
