@@ -594,7 +594,8 @@ def regrade(eval_dir: str | Path, *, data_dir: str | Path | None = None,
     results = {}
     for name in summary["benchmarks"]:
         path = eval_dir / f"{name}.jsonl"
-        lines = list(iter_jsonl(path))
+        # A growth stopped before its file was rewritten holds a question twice: the last line counts.
+        lines = list({str(record["id"]): (number, record) for number, record in iter_jsonl(path)}.values())
         golds = _golds(path, lines, name, settings, data_dir)
         graded = [_graded(record, golds[str(record["id"])], name, timeout)
                   for _, record in tqdm(lines, desc=f"regrade {name}", unit="answer", disable=not progress)]

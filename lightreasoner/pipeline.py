@@ -2,7 +2,8 @@
 
 Layout of the run folder::
 
-    run.json                 the settings (a rerun that changes a setting of a started stage is refused)
+    run.json                 the settings (a rerun that changes a setting of a started stage is refused,
+                             except a larger eval budget: it grows every evaluation)
     stages.json              per stage: done, seconds
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json

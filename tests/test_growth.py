@@ -189,6 +189,11 @@ def test_a_growth_killed_midway_resumes_without_losing_or_repeating_an_answer(ex
     assert json.loads((out / "run.json").read_text())["max_new_tokens"] == LARGE
     gsm8k = [json.loads(line) for line in lines(out, "gsm8k")]
     assert len(gsm8k) == len(before["gsm8k"]) + 1 and gsm8k[-1]["continued_from"] == "ids"
+    # Meanwhile regrade counts each question once, by its last line (and writes one line each).
+    stopped = shutil.copytree(out, tmp_path / "stopped")
+    regraded = evaluation.regrade(stopped, progress=False)["benchmarks"]["gsm8k"]
+    assert regraded["n"] == len(records(stopped, "gsm8k")) == len(before["gsm8k"])
+    assert {f: records(stopped, "gsm8k")[gsm8k[-1]["id"]][f] for f in ANSWER} == {f: gsm8k[-1][f] for f in ANSWER}
     with (out / "gsm8k.jsonl").open("a") as handle:  # and a line torn by a kill mid-write
         handle.write('{"id": "4", "completion": "hal')
 
