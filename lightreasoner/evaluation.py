@@ -396,7 +396,7 @@ def _generate(config: EvalConfig, backend: Backend, benchmark: str, todo: list[P
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     # An answer whose text, encoded again, already fills the budget has nothing left to generate.
     full = [i for i in order if len(so_far[i]) >= config.max_new_tokens]
-    order = [i for i in order if i not in full]
+    order = [i for i in order if len(so_far[i]) < config.max_new_tokens]
     sampling = Sampling(stop_strings=tuple(template.stop_strings))
     requests = [Request(encoded[i], config.max_new_tokens - len(so_far[i])) for i in order]
 

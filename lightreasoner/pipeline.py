@@ -243,10 +243,13 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
     stages = Stages(run_dir, started=lambda name: stage_started(run_dir, name))
-    for stage in SECTION_STAGES["eval"]:  # an evaluation done at a smaller budget runs again, to grow
+    # An evaluation done at a smaller budget runs again, to grow; saved before it starts, so that a kill
+    # once its folder records the larger budget leaves it marked to finish.
+    for stage in SECTION_STAGES["eval"]:
         folder = run_dir / stage / "run.json"
         if stages.done(stage) and folder.is_file() and read_json(folder)["max_new_tokens"] < eval_config.max_new_tokens:
             stages.state[stage]["done"] = False
+            stages.save()
     pair = None
 
     def get_pair():
