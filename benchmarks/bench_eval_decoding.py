@@ -24,8 +24,10 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from lightreasoner import prompts
 from lightreasoner.data import load_problems
 from lightreasoner.decoding import decode
-from lightreasoner.models import (encode_prompt, load_model, load_tokenizer, only_this_generation_config,
-                                  real_vocab_size, resolve_device, resolve_dtype, stop_token_ids)
+from lightreasoner.models import (encode_prompt, load_model, load_tokenizer, real_vocab_size, resolve_device,
+                                  resolve_dtype, stop_token_ids)
+
+from hf_generate import only_this_generation_config  # benchmarks/, the script's own folder
 
 
 class SuppressRows(LogitsProcessor):
