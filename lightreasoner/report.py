@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
 from .evaluation import summarize
 from .publish import OUTPUTS_FILE, SAMPLES_FILE
@@ -141,13 +142,17 @@ def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]
     baseline, paired on the same questions (those answered so far while an arm's evaluation runs),
     then lightreasoner against sft (the paper's comparison), the format-only control against
     lightreasoner (what the contrast's labels add over training the same positions on the expert's
-    own tokens) and the random-positions control against format-only (what the contrast's positions
-    add); or the baseline alone; nothing before any evaluation."""
+    own tokens), the random-positions control against format-only (what the contrast's positions
+    add), every other control against lightreasoner, and entropy-one-hot against format-only (the
+    expert's own uncertainty against the amateur for finding the positions); or the baseline alone;
+    nothing before any evaluation."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
     if not (baseline_dir / "summary.json").exists():
         return []
     pairs = [("baseline", arm) for arm in ARM_EVAL_DIRS if arm != "baseline"]
     pairs += [("sft", "lightreasoner"), ("lightreasoner", "format-only"), ("format-only", "random-positions")]
+    pairs += [("lightreasoner", arm) for arm in CONTROL_ARMS.values() if arm not in ("format-only", "random-positions")]
+    pairs += [("format-only", "entropy-one-hot")]
     tables = []
     for reference, arm in pairs:
         reference_dir, arm_dir = run_dir / ARM_EVAL_DIRS[reference], run_dir / ARM_EVAL_DIRS[arm]
