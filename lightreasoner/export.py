@@ -1,4 +1,4 @@
-"""Write our sample files in other tools' formats."""
+"""Write our sample files in other tools' formats: the authors' per-step JSONL, and Parquet."""
 
 from __future__ import annotations
 
@@ -40,3 +40,12 @@ def export_reference(samples: str | Path, out: str | Path, tokenizer: PreTrained
             writer.write(lines)
             count += len(lines)
     return count
+
+
+def export_parquet(samples: str | Path, out: str | Path, *, with_text: bool = False) -> int:
+    """Write ``samples`` as a Parquet dataset (see :mod:`lightreasoner.parquet`); returns the row count."""
+    from .parquet import write_parquet
+
+    header, records = read_samples(samples)
+    write_parquet(header, records, out, with_text=with_text)
+    return len(records)

@@ -236,13 +236,20 @@ def _header(config: SampleConfig, pair: ModelPair) -> dict[str, Any]:
 
 
 def read_samples(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The header and the sample records of a sample file (a torn last line is an error here)."""
+    """The header and the sample records of a sample file, JSONL or Parquet (``export --format
+    parquet``); a torn last line is an error here."""
     path = Path(path)
-    lines = iter_jsonl(path)
-    try:
-        _, header = next(lines)
-    except StopIteration:
-        raise LightReasonerError(f"{path}: empty sample file") from None
+    if path.suffix == ".parquet":
+        from .parquet import read_parquet
+
+        header, records = read_parquet(path)
+        lines = iter(enumerate(records, start=1))
+    else:
+        lines = iter_jsonl(path)
+        try:
+            _, header = next(lines)
+        except StopIteration:
+            raise LightReasonerError(f"{path}: empty sample file") from None
     if header.get("format") != FORMAT:
         raise LightReasonerError(f"{path}:1: not a lightreasoner sample file (no '{FORMAT}' header)")
     if header.get("version") != FORMAT_VERSION:
