@@ -241,19 +241,22 @@ def write_examples(samples: str | Path, out: str | Path, *, model: str, position
             writer.write([header])
         for batch in _batches(range(done, len(records)), batch_size):
             pairs = [(records[i]["prompt_ids"], records[i]["completion_ids"]) for i in batch]
-            expert_logp = teacher_forced_log_probs(expert, pairs, vocab_size) if expert else [None] * len(batch)
-            amateur_logp = (teacher_forced_log_probs(amateur_model, pairs, vocab_size) if amateur_model
-                            else [None] * len(batch))
+            expert_logp = ([None] * len(batch) if expert is None
+                           else teacher_forced_log_probs(expert, pairs, vocab_size))
+            amateur_logp = ([None] * len(batch) if amateur_model is None
+                            else teacher_forced_log_probs(amateur_model, pairs, vocab_size))
             lines = []
             for i, logp_e, logp_a in zip(batch, expert_logp, amateur_logp):
                 record = records[i]
                 line = {key: value for key, value in record.items() if key != "steps"}
-                entropies = entropy(logp_e).tolist() if logp_e is not None else None
-                if entropies is not None:
-                    line["entropy"] = entropies
-                count = len(record["steps"])
-                steps = ([s["step"] for s in record["steps"]] if positions == "kept" else drawn[i]
-                         if positions == "random" else highest_entropy_steps(entropies, count))
+                if logp_e is not None:
+                    line["entropy"] = entropy(logp_e).tolist()
+                if positions == "kept":
+                    steps = [s["step"] for s in record["steps"]]
+                elif positions == "random":
+                    steps = drawn[i]
+                else:
+                    steps = highest_entropy_steps(line["entropy"], len(record["steps"]))
                 line["steps"] = label_steps(record, steps, labels, alpha, logp_e, logp_a)
                 lines.append(line)
             writer.write(lines)
@@ -262,6 +265,24 @@ def write_examples(samples: str | Path, out: str | Path, *, model: str, position
     del expert, amateur_model
     gc.collect()
     return out
+
+
+def expert_entropies(model: str, records: Sequence[dict[str, Any]], vocab_size: int, *,
+                     trust_remote_code: bool = False, batch_size: int = PASS_BATCH_SIZE,
+                     progress: bool = True) -> list[list[float]]:
+    """The entropy of the expert's own next-token distribution at every step of each trajectory
+    (teacher-forced, float32, over the first ``vocab_size`` rows)."""
+    if any("prompt_ids" not in r for r in records):
+        raise LightReasonerError("the trajectories have no prompt_ids (a published file: restore it first)")
+    expert = load_model(model, dtype=torch.float32, device=resolve_device(None), trust_remote_code=trust_remote_code)
+    result: list[list[float]] = []
+    with tqdm(total=len(records), desc="expert entropies", unit="traj", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for batch in _batches(records, batch_size):
+            pairs = [(r["prompt_ids"], r["completion_ids"]) for r in batch]
+            result += [entropy(logp).tolist() for logp in teacher_forced_log_probs(expert, pairs, vocab_size)]
+            bar.update(len(batch))
+    return result
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
 from .evaluation import summarize
+from .inspection import findings_tables, inspect_samples
 from .publish import OUTPUTS_FILE, SAMPLES_FILE
 from .records import iter_jsonl, read_json
 from .tables import (ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, error_bar,
@@ -43,46 +44,6 @@ def paired_difference(before: Sequence[bool], after: Sequence[bool], *, resample
     means = sorted(sum(deltas[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     return {"n": n, "diff": sum(deltas) / n, "low": means[int(0.025 * resamples)],
             "high": means[int(0.975 * resamples) - 1], "gained": deltas.count(1), "lost": deltas.count(-1)}
-
-
-def kept_step_statistics(records: Sequence[dict[str, Any]], beta: float) -> dict[str, float]:
-    """What the contrast found in a sample file: how the KL of every step is spread, how many steps
-    pass ``beta``, and what the soft labels of the kept steps ask of the expert.
-
-    ``label_disagrees`` is the share of kept steps whose soft label puts most weight on a token
-    other than the expert's own greedy token (``completion_ids[step]``): there the training moves
-    the expert's choice, elsewhere it only reshapes the distribution around the same choice.
-    """
-    import numpy as np
-
-    kl = np.asarray([v for r in records for v in r.get("kl", [])], dtype=float)
-    kept = [(r, s) for r in records for s in r["steps"]]
-    own_weight = [s["weights"][s["ids"].index(r["completion_ids"][s["step"]])] for r, s in kept]
-    disagrees = [s["ids"][int(np.argmax(s["weights"]))] != r["completion_ids"][s["step"]] for r, s in kept]
-    quantile = (lambda q: float(np.quantile(kl, q))) if kl.size else (lambda q: 0.0)
-    return {"questions": len(records), "steps": int(kl.size), "kept_steps": len(kept),
-            "kept_share": float((kl >= beta).mean()) if kl.size else 0.0,
-            "kl_mean": float(kl.mean()) if kl.size else 0.0,
-            "kl_median": quantile(0.5), "kl_p90": quantile(0.9), "kl_p99": quantile(0.99),
-            "kept_per_question": len(kept) / max(len(records), 1),
-            "questions_without_kept_step": sum(not r["steps"] for r in records),
-            "plausible_set_size": float(np.mean([len(s["ids"]) for _, s in kept])) if kept else 0.0,
-            "own_token_weight": float(np.mean(own_weight)) if kept else 0.0,
-            "label_disagrees": float(np.mean(disagrees)) if kept else 0.0}
-
-
-def kept_step_rows(stats: dict[str, float], beta: float) -> list[list[str]]:
-    return [
-        ["steps (all trajectories)", f"{stats['steps']:,}"],
-        ["KL(expert || amateur): mean / median / p90 / p99",
-         f"{stats['kl_mean']:.3f} / {stats['kl_median']:.3f} / {stats['kl_p90']:.3f} / {stats['kl_p99']:.3f}"],
-        [f"steps with KL >= {beta} (kept)", f"{stats['kept_steps']:,} ({stats['kept_share']:.1%})"],
-        ["kept steps per question", f"{stats['kept_per_question']:.1f}"],
-        ["questions without a kept step", f"{stats['questions_without_kept_step']:,}"],
-        ["plausible tokens per kept step (mean)", f"{stats['plausible_set_size']:.2f}"],
-        ["soft-label weight on the expert's own token (mean)", f"{stats['own_token_weight']:.3f}"],
-        ["kept steps whose soft label prefers another token", f"{stats['label_disagrees']:.1%}"],
-    ]
 
 
 def mcnemar_p(gained: int, lost: int) -> float:
@@ -373,9 +334,14 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
             ["tokens tuned (positions carrying loss)", f"{tokens_tuned:,}" if tokens_tuned is not None else "-"],
             ["forward tokens (training)", f"{train_summary.get('forward_tokens', 0):,}"],
         ])
-    if records:
-        section("Kept steps: what the contrast teaches", ["quantity", "value"],
-                kept_step_rows(kept_step_statistics(records, settings["beta"]), settings["beta"]))
+    if records:  # lightreasoner inspect: the numbers and their reading
+        findings = inspect_samples(samples, tokenizer=tokenizer)
+        for table in findings_tables(findings):
+            section(*table)
+        md.extend(["Reading (generated from the numbers above; thresholds in lightreasoner/inspection.py):", ""]
+                  + [f"- {sentence}" for sentence in findings["reading"]] + [""])
+        html_parts.append("<p>Reading (generated from the numbers above):</p><ul>"
+                          + "".join(f"<li>{html.escape(s)}</li>" for s in findings["reading"]) + "</ul>")
     section("Settings", ["setting", "value"], settings_rows(run))
 
     kl_values = [v for r in records for v in r.get("kl", [])]

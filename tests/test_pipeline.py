@@ -14,7 +14,8 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, Stages, run
 from lightreasoner.publish import restore
-from lightreasoner.report import kept_step_statistics, paired_difference, settings_rows
+from lightreasoner.inspection import kept_step_statistics
+from lightreasoner.report import paired_difference, settings_rows
 from lightreasoner.sampling import read_samples
 
 from tiny import save_pair

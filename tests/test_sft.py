@@ -343,6 +343,9 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     assert "| format-only |" in report and (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Accuracy: random-positions against format-only" in report
     assert "## Accuracy: lightreasoner against sft" in report
+    assert "## What the contrast finds" in report and "- The contrast keeps" in report
+    assert "## Kept positions and the expert's own uncertainty" in report  # cached by the entropy-one-hot arm
+    assert "cached in entropy-one-hot/examples.jsonl" in report
     for title in ("entropy-one-hot against format-only", "entropy-one-hot against lightreasoner",
                   "kept-expert against lightreasoner", "kept-expert against baseline"):
         assert f"## Accuracy: {title}" in report
