@@ -28,7 +28,7 @@ NUMBER_PUNCTUATION = set(".,()")  # decimal points, thousands separators, bracke
 
 # The reading's thresholds (each sentence names the one it used).
 CONFIRMS_OWN_TOKEN = 0.9  # mean label weight on the expert's own token from which the labels mostly confirm it
-OVER_REPRESENTED = 1.5  # a token class's share of kept steps, as a multiple of its share of all steps
+OVER_REPRESENTED = 1.5  # a token class's share of kept steps, as a multiple of its share of all steps (or 1/1.5)
 RANKS_ALIKE = 0.5  # Spearman(KL, entropy) from which the two rank the steps alike (at -0.5: in opposite orders)
 RANKS_UNRELATED = 0.2  # ... and within +-0.2 of 0, nearly unrelated
 
@@ -197,17 +197,24 @@ def reading(findings: dict[str, Any]) -> list[str]:
     classes = findings.get("token_classes")
     if classes and stats["kept_steps"]:
         all_steps = sum(c["steps"] for c in classes.values())
-        over = []
+        over, under = [], []
         for name, counts in classes.items():
             kept_share, step_share = counts["kept"] / stats["kept_steps"], counts["steps"] / all_steps
-            if counts["kept"] and kept_share >= OVER_REPRESENTED * step_share:
-                over.append(f"{name} ({kept_share:.1%} of kept steps against {step_share:.1%} of all steps)")
+            described = f"{name} ({kept_share:.1%} of kept steps against {step_share:.1%} of all steps)"
+            if step_share and kept_share >= OVER_REPRESENTED * step_share:
+                over.append(described)
+            elif step_share and kept_share * OVER_REPRESENTED <= step_share:
+                under.append(described)
         if over:
             sentences.append(f"Kept steps fall more often than their share (at least {OVER_REPRESENTED} times) on "
                              + " and on ".join(over) + ".")
-        else:
+        if under:
+            sentences.append(f"Kept steps fall less often than their share (at most 1/{OVER_REPRESENTED} of it) on "
+                             + " and on ".join(under) + ".")
+        if not over and not under:
             sentences.append("Kept steps fall on digits/operators, words and markup/whitespace about as often as "
-                             f"these occur (no class at {OVER_REPRESENTED} times its share of all steps or more).")
+                             f"these occur (no class at {OVER_REPRESENTED} times its share of all steps, or 1/"
+                             f"{OVER_REPRESENTED} of it).")
     overlap = findings.get("entropy")
     if overlap is None:
         sentences.append("The expert's own entropies are not at hand: `lightreasoner inspect SAMPLES --model EXPERT` "
