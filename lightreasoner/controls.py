@@ -28,9 +28,8 @@ the last bits from the decode-time ones that chose the tokens (other kernels, ot
 
 from __future__ import annotations
 
-import gc
 import random
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -38,11 +37,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import training
+from .backends import release_memory
 from .config import config_to_dict
 from .contrast import entropy, log_probs, plausible_distribution, plausible_mask, soft_labels
 from .errors import LightReasonerError
-from .models import check_same_vocabulary, load_model, load_tokenizer, resolve_device
-from .records import JsonlAppender, file_sha256, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .models import check_same_vocabulary, load_model, load_tokenizer, model_location, resolve_device
+from .records import (JsonlAppender, check_writable, file_sha256, iter_jsonl, read_json, refuse_own_input,
+                      repair_torn_tail, write_json_atomic)
 from .sft import ADAPTER_DIR, EFFICIENCY_FILE, FREE_SETTINGS, _check_arm_settings, efficiency_record
 from .training import TrainConfig
 
@@ -78,6 +79,21 @@ def needs_amateur(positions: str, labels: str) -> bool:
     return labels == "contrast" and positions != "kept"
 
 
+def control_started(out_dir: Path) -> bool:
+    """Whether a control's folder holds work (examples, or a training run that got somewhere): from then
+    on its ``arm.json`` binds it (:func:`free_settings`)."""
+    return (out_dir / EXAMPLES_FILE).exists() or training.run_started(out_dir / ADAPTER_DIR)
+
+
+def free_settings(out_dir: Path, positions: str) -> set[str]:
+    """The settings a rerun may change in a control's folder: until its training got somewhere, every
+    training setting the examples do not depend on (all but the seed that drew random positions), so
+    a training start that failed locks only what its examples were made with."""
+    if training.run_started(out_dir / ADAPTER_DIR):
+        return CONTROL_FREE_SETTINGS
+    return CONTROL_FREE_SETTINGS | {f.name for f in fields(TrainConfig) if f.name != "seed" or positions != "random"}
+
+
 # ----------------------------------------------------------------------------------------------
 # Teacher-forced distributions and the choice of positions
 
@@ -88,7 +104,8 @@ def teacher_forced_log_probs(model: Any, trajectories: Sequence[tuple[list[int],
     """float32 log pi(.|s_t) over the first ``vocab_size`` rows for every step t of each
     ``(prompt_ids, completion_ids)``: a ``[len(completion_ids), vocab_size]`` tensor each, from one
     forward of the batch. Rows are padded on the right, so real tokens never attend to padding, and
-    the output layer runs only at the positions that predict a completion token."""
+    the output layer runs only at the positions that predict a completion token (the training loop's
+    hook, :func:`training.logits_only_at`)."""
     device = next(model.parameters()).device
     inputs = [list(prompt) + list(completion[:-1]) for prompt, completion in trajectories]
     width = max(map(len, inputs))
@@ -101,11 +118,9 @@ def teacher_forced_log_probs(model: Any, trajectories: Sequence[tuple[list[int],
         keep[row, len(prompt) - 1:len(prompt) - 1 + len(completion)] = True  # position of s_t predicts y_t
     if not keep.any():
         return [torch.zeros((0, vocab_size)) for _ in trajectories]
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                   position_ids=torch.arange(width).expand(len(inputs), width).to(device),
-                   logits_to_keep=keep.to(device), use_cache=False).logits
-    if logits.dim() != 2:
-        raise RuntimeError("this transformers version ignores a boolean logits_to_keep mask; upgrade transformers")
+    with training.logits_only_at(model, keep.to(device)):
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                       position_ids=torch.arange(width).expand(len(inputs), width).to(device), use_cache=False).logits
     return list(log_probs(logits, vocab_size).split([len(c) for _, c in trajectories]))
 
 
@@ -166,9 +181,9 @@ def examples_header(samples_header: dict[str, Any], samples: Path, *, model: str
     if positions == "random":
         control["seed"] = seed
     if needs_expert(positions, labels):
-        control["teacher_forced"] = {"expert": str(model), "dtype": "float32"}
+        control["teacher_forced"] = {"expert": model_location(model), "dtype": "float32"}
         if needs_amateur(positions, labels):
-            control["teacher_forced"]["amateur"] = str(amateur)
+            control["teacher_forced"]["amateur"] = model_location(amateur)
     return {**samples_header, "control": control}
 
 
@@ -236,9 +251,8 @@ def write_examples(samples: str | Path, out: str | Path, *, model: str, position
         out.unlink(missing_ok=True)  # a header alone starts afresh
     bar = tqdm(total=len(records), initial=done, desc=f"{control_arm(positions, labels)} examples", unit="traj",
                disable=not progress, dynamic_ncols=True)
-    with JsonlAppender(out) as writer:
-        if done == 0:
-            writer.write([header])
+    # A new file is written with its first batch, so a start that fails leaves none behind.
+    with JsonlAppender(out, header=header) as writer:
         for batch in _batches(range(done, len(records)), batch_size):
             pairs = [(records[i]["prompt_ids"], records[i]["completion_ids"]) for i in batch]
             expert_logp = ([None] * len(batch) if expert is None
@@ -263,7 +277,7 @@ def write_examples(samples: str | Path, out: str | Path, *, model: str, position
             bar.update(len(lines))
     bar.close()
     del expert, amateur_model
-    gc.collect()
+    release_memory()  # before anything else needs the device (a vLLM engine measures free memory)
     return out
 
 
@@ -302,14 +316,16 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     from .sampling import meta_path, read_samples
 
     out_dir, samples = Path(out_dir), Path(samples)
+    arm = control_arm(positions, labels)
+    refuse_own_input(out_dir, {"model folder": model, "amateur model folder": amateur})
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, resume=True)
-    arm = control_arm(positions, labels)
-    settings = {"arm": arm, "model": str(model), "samples": str(samples), "samples_sha256": file_sha256(samples),
-                "train": config_to_dict(config)}
+    settings = {"arm": arm, "model": model_location(model), "samples": str(samples),
+                "samples_sha256": file_sha256(samples), "train": config_to_dict(config)}
     if needs_amateur(positions, labels):
-        settings["amateur"] = amateur or read_samples(samples)[0].get("amateur")
-    _check_arm_settings(out_dir, settings, CONTROL_FREE_SETTINGS)
+        settings["amateur"] = model_location(amateur or read_samples(samples)[0].get("amateur"))
+    _check_arm_settings(out_dir, settings, free_settings(out_dir, positions), started=control_started)
     stages = Stages(out_dir)
     examples = out_dir / EXAMPLES_FILE
     if not examples.exists():

@@ -10,6 +10,7 @@ with a plain reading: sentences generated from those numbers, each stating the t
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -318,12 +319,14 @@ def findings_tables(findings: dict[str, Any]) -> list[tuple[str, list[str], list
     return tables
 
 
-def findings_text(findings: dict[str, Any]) -> str:
-    """The findings as plain-text tables, then the reading."""
+def findings_text(findings: dict[str, Any], width: int = 100) -> str:
+    """The findings as plain-text tables, then the reading; titles and sentences wrapped at ``width``
+    columns, as the tables fit in them."""
     title = (f"{findings['samples']}: expert {findings['expert']}, amateur {findings['amateur']}, "
              f"alpha {findings['alpha']}, beta {findings['beta']}")
-    parts = [title, ""]
+    parts = [textwrap.fill(title, width), ""]
     for name, header, rows in findings_tables(findings):
-        parts += [name, _render(header, rows) if rows else "(none)", ""]
-    parts += ["Reading"] + [f"- {sentence}" for sentence in findings["reading"]]
+        parts += [textwrap.fill(name, width), _render(header, rows) if rows else "(none)", ""]
+    parts += ["Reading"] + [textwrap.fill(sentence, width, initial_indent="- ", subsequent_indent="  ")
+                            for sentence in findings["reading"]]
     return "\n".join(parts)

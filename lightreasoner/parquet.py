@@ -50,6 +50,14 @@ def write_parquet(header: dict[str, Any], records: Sequence[dict[str, Any]], out
     return out
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is a Parquet file :func:`write_parquet` wrote (its header in the schema metadata)."""
+    try:
+        return METADATA_KEY in (pq.read_schema(path).metadata or {})
+    except (pa.ArrowException, OSError):
+        return False
+
+
 def read_parquet(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The header and the records (as in the JSONL sample file) of a file :func:`write_parquet` wrote."""
     path = Path(path)

@@ -23,23 +23,23 @@ project's generated arithmetic problems, at a demonstration budget (16 questions
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import build_config, check_same_settings, config_to_dict
-from .errors import LightReasonerError
+from .backends import release_memory, resolve_backend
+from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
 from .evaluation import EvalConfig, evaluate
-from .records import read_json, write_json_atomic
+from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .controls import CONTROL_ARMS, control
-from .sft import FREE_SETTINGS, SFTConfig, efficiency_record, sft, sft_config_dict, sft_train_config
+from .controls import CONTROL_ARMS, control, control_started
+from .sft import FREE_SETTINGS, SFTConfig, arm_started, efficiency_record, sft, sft_config_dict, sft_train_config
 from .tables import ARM_EVAL_DIRS
-from .training import TrainConfig, train_from_file
+from .models import model_location
+from .training import TrainConfig, run_started, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", *CONTROL_ARMS.values())
 
@@ -59,16 +59,19 @@ class RunConfig:
     data: str = field(default="arith", metadata={"help": "training questions: benchmark name or JSONL file"})
     split: str = field(default="train", metadata={"help": "split of the training questions"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with <benchmark>/<split>.jsonl files"})
-    questions: int | None = field(default=16, metadata={"help": "training questions to sample (None: all)"})
-    max_new_tokens: int = field(default=128, metadata={"help": "trajectory length when sampling"})
-    alpha: float = field(default=0.2, metadata={"help": "plausibility threshold"})
-    beta: float = field(default=0.4, metadata={"help": "KL threshold for keeping a step"})
-    max_steps: int = field(default=8, metadata={"help": "optimizer steps (16 kept steps each)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    questions: int | None = field(default=16, metadata={"help": "training questions to sample (None: all)", "min": 1})
+    max_new_tokens: int = field(default=128, metadata={"help": "trajectory length when sampling", "min": 1})
+    alpha: float = field(default=0.2, metadata={"help": "plausibility threshold", "above": 0, "max": 1})
+    beta: float = field(default=0.4, metadata={"help": "KL threshold for keeping a step", "min": 0})
+    max_steps: int = field(default=8, metadata={"help": "optimizer steps (16 kept steps each)", "min": 1})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate", "above": 0})
     benchmarks: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "evaluation benchmarks"})
-    eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)"})
-    eval_max_new_tokens: int = field(default=256, metadata={"help": "generation limit when evaluating"})
-    batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)"})
+    eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)", "min": 1})
+    eval_max_new_tokens: int = field(default=2048, metadata={
+        "help": "generation limit when evaluating (the Qwen2.5-Math toolkit's and the paper's 2048; fewer cut off "
+                "long answers, and the toolkit's grading may still credit their last number)", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)",
+                                                  "min": 1})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
@@ -79,68 +82,76 @@ class RunConfig:
                 "the expert's highest-entropy positions: no amateur), kept-expert (the expert's own plausible "
                 "distribution at the kept steps) and the other <positions>-<labels> cells"})
     sft_samples_per_question: int = field(default=4, metadata={
-        "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)"})
+        "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)",
+        "min": 1})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow Python code shipped with the models"})
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        self.expert, self.amateur = model_location(self.expert), model_location(self.amateur)
         unknown = [arm for arm in self.arms if arm not in ARMS]
         if unknown or not self.arms:
-            raise ValueError(f"arms: unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
+            raise SettingError("arms", f"unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
 
 
 
-def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None = None
-                  ) -> tuple[SampleConfig, TrainConfig, EvalConfig]:
-    """The three stage configs a run uses: headline settings first, then the YAML sections."""
+def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None = None, *,
+                  source: str = "run config") -> tuple[SampleConfig, TrainConfig, EvalConfig]:
+    """The three stage configs a run uses: headline settings first, then the YAML sections (read from
+    ``source``, the file named in messages)."""
     overrides = overrides or {}
+    trust = config.trust_remote_code
     sample_config = SampleConfig(expert=config.expert, amateur=config.amateur, data=config.data, split=config.split,
                                  data_dir=config.data_dir, limit=config.questions, max_new_tokens=config.max_new_tokens,
                                  alpha=config.alpha, beta=config.beta, batch_size=config.batch_size,
-                                 dtype=config.dtype, device=config.device, seed=config.seed)
+                                 dtype=config.dtype, device=config.device, seed=config.seed, trust_remote_code=trust)
     train_config = TrainConfig(max_steps=config.max_steps, learning_rate=config.learning_rate, dtype=config.dtype,
-                               seed=config.seed, save_steps=10, resume=True)
+                               seed=config.seed, save_steps=10, resume=True, trust_remote_code=trust)
     eval_config = EvalConfig(model=config.expert, benchmarks=config.benchmarks, data_dir=config.data_dir,
                              limit=config.eval_limit, max_new_tokens=config.eval_max_new_tokens,
                              batch_size=config.batch_size, dtype=config.dtype, device=config.device,
-                             seed=config.seed)
+                             seed=config.seed, trust_remote_code=trust)
     result = []
     for name, base in (("sample", sample_config), ("train", train_config), ("eval", eval_config)):
-        values = {**config_to_dict(base), **overrides.get(name, {})}
-        result.append(build_config(type(base), values, source=f"run config section {name!r}"))
+        section = overrides.get(name, {})
+        refuse_unknown(section, {f.name for f in fields(type(base))}, f"{source}: {name}")
+        values = {**config_to_dict(base), **section}
+        result.append(build_config(type(base), values, source=f"{source}: {name}"))
     return result[0], result[1], result[2]
 
 
-def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any] | None = None
-                     ) -> SFTConfig:
+def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any] | None = None, *,
+                     source: str = "run config") -> SFTConfig:
     """The sft arm's settings: the run's questions and LoRA/optimizer settings, SFT's own training
     length (one epoch over the kept solutions), solutions as long as evaluation answers; then the
     YAML section ``sft:`` (any option of ``lightreasoner sft``)."""
     shared = {k: v for k, v in config_to_dict(train_config).items()
               if k not in ("max_steps", "epochs", "steps_per_update", "gradient_accumulation_steps")}
     names = {f.name for f in fields(SFTConfig)} - {"train"}
+    refuse_unknown(overrides or {}, names | {f.name for f in fields(TrainConfig)}, f"{source}: sft")
     overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
-    unknown = set(overrides) - names - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise LightReasonerError(f"run config section 'sft': unknown setting {sorted(unknown)[0]!r}")
     train = sft_train_config({**shared, **{k: v for k, v in overrides.items() if k not in names}})
     values = {"model": config.expert, "data": config.data, "split": config.split, "data_dir": config.data_dir,
               "limit": config.questions, "samples_per_question": config.sft_samples_per_question,
               "max_new_tokens": config.eval_max_new_tokens, "batch_size": config.batch_size, "device": config.device,
               **{k: v for k, v in overrides.items() if k in names}}
-    try:
-        return SFTConfig(**values, train=train)
-    except (TypeError, ValueError) as exc:
-        raise LightReasonerError(f"run config section 'sft': {exc}") from None
+    return build_config(SFTConfig, {**values, "train": train}, source=f"{source}: sft")
 
 
 class Stages:
     """stages.json: which stages are done and the seconds each took, summed over resumed attempts.
     A running stage saves its seconds every ``heartbeat`` seconds, so an attempt that is killed
-    (a session's end, an out-of-memory kill) still counts in the efficiency table."""
+    (a session's end, an out-of-memory kill) still counts in the efficiency table.
 
-    def __init__(self, run_dir: Path, heartbeat: float = 30.0):
+    ``started(name)`` tells whether a stage has produced anything: a first attempt that fails with an
+    error before it has (a bad setting, a missing GPU) leaves no entry, so the stage's settings may
+    still change."""
+
+    def __init__(self, run_dir: Path, heartbeat: float = 30.0, started: Callable[[str], bool] | None = None):
         self.path = run_dir / "stages.json"
         self.heartbeat = heartbeat
         self.state: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
+        self._started = started
         self._lock = threading.Lock()
 
     def done(self, name: str) -> bool:
@@ -155,6 +166,7 @@ class Stages:
             say(f"[{name}] already done, skipping")
             return None
         say(f"[{name}] ...")
+        first = name not in self.state
         entry = self.state.setdefault(name, {"done": False, "seconds": 0.0})
         base, started, stop = entry["seconds"], time.perf_counter(), threading.Event()
 
@@ -170,6 +182,10 @@ class Stages:
         beating.start()
         try:
             return work()
+        except Exception:  # an error, not an interruption: the stage's time then still counts
+            if first and self._started is not None and not self._started(name):
+                self.state.pop(name)
+            raise
         finally:
             stop.set()
             beating.join()
@@ -180,19 +196,36 @@ class Stages:
         self.save()
 
 
+def stage_started(run_dir: Path, stage: str) -> bool:
+    """Whether a stage of the run folder has produced anything (then its settings bind the folder)."""
+    if stage == "sample":
+        return (run_dir / "samples.jsonl").exists()  # it is written with the first trajectories
+    if stage == "train":
+        return run_started(run_dir / "adapter")
+    if stage == "sft":
+        return arm_started(run_dir / stage)
+    if stage in CONTROL_ARMS.values():
+        return control_started(run_dir / stage)
+    return (run_dir / stage / "run.json").exists()  # an evaluation writes it with its first answer
+
+
 def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
-        progress: bool = True, say: Callable[[str], None] = print) -> Path:
+        progress: bool = True, say: Callable[[str], None] = print, source: str = "run config") -> Path:
     """Run (or resume) the whole method, and any other arms asked for, into ``run_dir``; returns the
-    path of report.html. Every arm trains on the same questions and is evaluated on the same ones."""
+    path of report.html. Every arm trains on the same questions and is evaluated on the same ones.
+    ``overrides`` are the YAML sections, read from ``source`` (named in messages)."""
     run_dir = Path(run_dir)
+    sample_config, train_config, eval_config = stage_configs(config, overrides, source=source)
+    refuse_own_input(run_dir, {"expert model folder": config.expert, "amateur model folder": config.amateur})
+    check_writable(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sample_config, train_config, eval_config = stage_configs(config, overrides)
     arms = config.arms
     settings = config_to_dict(config)
     # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
     record = {"settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
               "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
-    sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft")) if "sft" in arms else None
+    sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft"), source=source) \
+        if "sft" in arms else None
     if sft_config is not None:
         record["sft"] = sft_config_dict(sft_config)
     if (run_dir / "run.json").exists():
@@ -209,7 +242,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
-    stages = Stages(run_dir)
+    stages = Stages(run_dir, started=lambda name: stage_started(run_dir, name))
     pair = None
 
     def get_pair():
@@ -220,9 +253,11 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     # The controls train on the LightReasoner trajectories (and the kept steps' count) too.
     on_samples = [arm for arm in ("lightreasoner", *CONTROL_ARMS.values()) if arm in arms]
     samples_needed = bool(on_samples) and not stages.done("sample")
+    # vLLM loads the model in its own engine: the pair would only hold GPU memory the engine needs.
+    eval_on_hf = resolve_backend(eval_config.backend, eval_config.device) == "hf"
 
     def eval_before() -> None:
-        if samples_needed:  # load the pair once for both stages
+        if samples_needed and eval_on_hf:  # load the pair once for both stages
             loaded = get_pair()
             evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
                      progress=progress)
@@ -242,8 +277,8 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                                             pair=get_pair()), say)
         stages.finish("sample")
     tokenizer = pair.tokenizer if pair is not None else None
-    pair = None  # free both models before training
-    gc.collect()
+    pair = None  # free both models before training (and any vLLM engine: it measures free GPU memory)
+    release_memory()
 
     if "lightreasoner" in arms:
         stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,

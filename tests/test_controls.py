@@ -19,12 +19,13 @@ from safetensors.torch import load_file
 from lightreasoner import models, training
 from lightreasoner.cli import main
 from lightreasoner.controls import (CONTROL_ARMS, EXAMPLES_FILE, control, control_arm, highest_entropy_steps,
-                                    write_examples)
+                                    teacher_forced_log_probs, write_examples)
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.records import iter_jsonl
 from lightreasoner.sampling import SampleConfig, sample
 from lightreasoner.training import one_hot_example
 
+import tiny
 from tiny import save_pair
 
 QUESTIONS = ["Natalia sold 48 clips in April and 24 in May. How many clips?",
@@ -135,6 +136,30 @@ def test_examples_file_is_a_sample_file_holding_the_controls_steps(pair, tokeniz
             t = step["step"]
             assert step == {"step": t, "kl": original["kl"][t], "ids": [original["completion_ids"][t]],
                             "weights": [1.0]}
+
+
+def test_teacher_forced_pass_runs_the_output_layer_on_the_steps_only_without_logits_to_keep():
+    class IntOnlyLogitsToKeep(type(tiny.make_model(0, layers=1))):
+        """Like transformers 5.19's Qwen2, which indexes ``hidden_states[:, logits_to_keep, :]``."""
+
+        def forward(self, *args, logits_to_keep=0, **kwargs):
+            if not isinstance(logits_to_keep, int):
+                raise IndexError("too many indices for tensor of dimension 3")
+            return super().forward(*args, logits_to_keep=logits_to_keep, **kwargs)
+
+    model = tiny.make_model(3, layers=1).float()
+    strict = IntOnlyLogitsToKeep(model.config).eval()
+    strict.load_state_dict(model.state_dict())
+    trajectories = [([5, 9, 11], [20, 21, 22, 2]), ([7, 8], [30, 2]), ([4, 6, 12, 13, 14], [40])]
+    shapes = []
+    strict.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    vocab_size = 50
+    found = teacher_forced_log_probs(strict, trajectories, vocab_size)
+    assert shapes == [(7, model.config.hidden_size)]  # one forward, the 7 completion steps only
+    for (prompt, completion), logp in zip(trajectories, found, strict=True):
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([prompt + completion[:-1]])).logits[0, len(prompt) - 1:]
+        torch.testing.assert_close(logp, torch.log_softmax(logits[:, :vocab_size].float(), dim=-1), atol=1e-5, rtol=0)
 
 
 def test_entropy_positions_are_the_experts_highest_entropy_steps(pair, tokenizer, samples, tmp_path):

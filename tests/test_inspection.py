@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -166,6 +165,7 @@ def test_inspect_command_on_a_sample_file(tmp_path, capsys):
     assert main(["inspect", str(samples)]) == 0
     text = capsys.readouterr().out
     assert "cached in" in text and "Reading\n- The contrast keeps" in text and "Most kept tokens" in text
+    assert max(len(line) for line in text.splitlines()) <= 100  # the report's width rule for text tables
     found = inspection.inspect_samples(samples)
     assert {k: found["entropy"][k] for k in ("jaccard", "spearman")} == \
         pytest.approx({k: computed["entropy"][k] for k in ("jaccard", "spearman")})

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args
+from ..distributed import refuse_several_processes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="expert: short name, model folder, .gguf file or Hub id")
     parser.add_argument("--samples", required=True, type=Path, help="sample file written by `lightreasoner sample`")
     parser.add_argument("--out", required=True, type=Path, help="arm folder to write (resumes if it exists)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="train on a sample file whose sampling run did not finish (refused otherwise)")
     parser.add_argument("--positions", choices=POSITIONS, default="kept", help="where the labels go (default: kept)")
     parser.add_argument("--labels", choices=LABELS, default="one-hot", help="what the labels are (default: one-hot)")
     parser.add_argument("--amateur", default=None,
@@ -36,10 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..controls import control
+    from ..sampling import check_complete
     from ..tables import format_seconds
     from ..training import TrainConfig
 
+    # The examples are written by one process (a teacher-forced pass on one device, appended to one file).
+    refuse_several_processes("run it without accelerate launch or torchrun")
     config = config_from_args(TrainConfig, args, section="train")
+    if not args.allow_incomplete:
+        check_complete(args.samples)
     record = control(args.model, args.samples, config, args.out, positions=args.positions, labels=args.labels,
                      amateur=args.amateur, progress=not args.quiet, say=print)
     print(f"{record['arm']} control: trained {record['optimizer_steps']} steps on {record['tokens_tuned']:,} labelled "
