@@ -2,7 +2,8 @@
 
 Layout of the run folder::
 
-    run.json                 the settings (a rerun that changes a setting of a started stage is refused)
+    run.json                 the settings (a rerun that changes a setting of a started stage is refused,
+                             except a larger eval budget: it grows every evaluation)
     stages.json              per stage: done, seconds
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
@@ -31,6 +32,7 @@ from typing import Any, Callable
 
 from .backends import release_memory, resolve_backend
 from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
+from .errors import LightReasonerError
 from .evaluation import EvalConfig, evaluate
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
@@ -224,25 +226,35 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
     record = {"settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
               "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
-    sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft"), source=source) \
+    previous = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
+    started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+    sft_config = sft_stage_config(config, train_config, _sft_overrides(overrides, previous, started), source=source) \
         if "sft" in arms else None
     if sft_config is not None:
         record["sft"] = sft_config_dict(sft_config)
-    if (run_dir / "run.json").exists():
-        previous = read_json(run_dir / "run.json")
-        started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+    if previous is not None:
         # An arm added to an existing run folder brings its own section; a section whose stages have
-        # not started yet may still change; the others must match, or results would be mixed.
+        # not started yet may still change; the others must match, or results would be mixed, except
+        # a larger evaluation budget, which grows the evaluations.
         for section in ("sample", "train", "eval", *(["sft"] if "sft" in previous and "sft" in record else [])):
             if not any(stage in started for stage in SECTION_STAGES[section]):
                 continue
-            check_same_settings(run_dir / "run.json", {section: previous.get(section, {})},
-                                {section: record[section]}, FREE_SETTINGS)
+            before = previous.get(section, {})
+            if section == "eval":
+                before = grown_eval_budget(run_dir / "run.json", before, record["eval"])
+            check_same_settings(run_dir / "run.json", {section: before}, {section: record[section]}, FREE_SETTINGS)
         # One command per arm is the usual way to fill a folder: it records the arms of them all.
         settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
     stages = Stages(run_dir, started=lambda name: stage_started(run_dir, name))
+    # An evaluation done at a smaller budget runs again, to grow; saved before it starts, so that a kill
+    # once its folder records the larger budget leaves it marked to finish.
+    for stage in SECTION_STAGES["eval"]:
+        folder = run_dir / stage / "run.json"
+        if stages.done(stage) and folder.is_file() and read_json(folder)["max_new_tokens"] < eval_config.max_new_tokens:
+            stages.state[stage]["done"] = False
+            stages.save()
     pair = None
 
     def get_pair():
@@ -312,6 +324,31 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     stages.state.pop("report", None)  # the report is redrawn on every run; it is not a stage to skip
     stages.save()
     return html_path
+
+
+def grown_eval_budget(path: Path, before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The eval section ``before`` (of ``path``) with the budget of ``now`` when that is larger: a rerun
+    with a larger ``max_new_tokens`` grows every evaluation (their cut-off answers are continued,
+    docs/EVALUATION.md). A smaller one is refused."""
+    budget = before.get("max_new_tokens")
+    if not isinstance(budget, int):
+        return before
+    if now["max_new_tokens"] < budget:
+        raise LightReasonerError(f"{path}: its evaluations were made with eval.max_new_tokens={budget}; a budget can "
+                                 f"grow, not shrink: use --eval-max-new-tokens {budget} or more, or another --out")
+    return {**before, "max_new_tokens": now["max_new_tokens"]}
+
+
+def _sft_overrides(overrides: dict[str, dict[str, Any]] | None, previous: dict[str, Any] | None,
+                   started: dict[str, Any]) -> dict[str, Any] | None:
+    """The YAML section ``sft:``, plus, once the sft arm has started, the length its solutions were
+    sampled at: it follows the evaluation budget by default, and a grown budget must not change them."""
+    section = (overrides or {}).get("sft")
+    if previous is None or "sft" not in started or "sft" not in previous:
+        return section
+    if any(key.replace("-", "_") == "max_new_tokens" for key in section or {}):
+        return section
+    return {"max_new_tokens": previous["sft"]["max_new_tokens"], **(section or {})}
 
 
 def efficiency(run_dir: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@ and rebuild a run folder from such a copy plus the benchmark data.
 
 Kept: settings, stage times, summaries, training logs, report pages and figures, every evaluation
 answer reduced to the model's side and its grade (id, completion, pred, source, correct,
-correct_strict, tokens, finish, seconds), and
+correct_strict, tokens, finish, seconds, continued_from, completion_ids), and
 the sample files reduced to the models' outputs (``samples.outputs.jsonl``: the trajectories, KL
 values and soft labels, or the SFT solutions and their grades, keyed by question id; likewise a
 control's ``examples.jsonl``). Left behind:
@@ -29,8 +29,10 @@ from .tables import ARM_EVAL_DIRS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
                "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html"}
+# The answer's token ids are the model's output too, and what a restored folder continues exactly when
+# its evaluation budget grows (evaluation.answer_ids).
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "correct_strict", "tokens", "finish",
-                 "seconds")
+                 "seconds", "continued_from", "completion_ids")
 SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
 # Files in the sample format (LightReasoner's and SFT's samples, a control's examples) and the names
 # of their published copies.

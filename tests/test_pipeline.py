@@ -241,8 +241,11 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     assert json.loads((out / "run.json").read_text())["settings"]["arms"] == ["baseline", "lightreasoner"]
     with pytest.raises(Exception, match="train.lora_r=4, now 8"):
         run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, progress=False, say=lambda _: None)
-    with pytest.raises(Exception, match="eval.max_new_tokens=8, now 9"):
-        run(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=9), out, overrides={"train": {"lora_r": 4}},
+    with pytest.raises(Exception, match="eval.max_new_tokens=8; a budget can grow, not shrink"):
+        run(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=7), out, overrides={"train": {"lora_r": 4}},
+            progress=False, say=lambda _: None)
+    with pytest.raises(Exception, match="eval.prompt='qwen25-math-cot', now 'plain'"):
+        run(tiny_config(pair, arms=["baseline"]), out, overrides={"train": {"lora_r": 4}, "eval": {"prompt": "plain"}},
             progress=False, say=lambda _: None)
 
 

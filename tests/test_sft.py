@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,11 @@ from lightreasoner import models, training
 from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import RunConfig, run
+from lightreasoner.pipeline import RunConfig, run, stage_configs
 from lightreasoner.sampling import SampleConfig, sample
 from lightreasoner.sft import (Completion, SFTConfig, generate_samples, read_sft_samples, sample_solutions, sft,
                                sft_examples, sft_train_config)
-from lightreasoner.tables import ACCURACY_TITLE, EFFICIENCY_TITLE, arms_report, find_arms, format_seconds
+from lightreasoner.tables import ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, arms_report, find_arms, format_seconds
 
 from tiny import save_pair
 
@@ -403,6 +404,31 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     run(config, out, overrides={"sft": {"gradient_accumulation_steps": 3}}, progress=False, say=lambda _: None)
     with pytest.raises(LightReasonerError, match=r"made with sft\.train\.lora_r=8, now 4"):
         run(config, out, overrides={"sft": {"lora_r": 4}}, progress=False, say=lambda _: None)
+
+    # A larger evaluation budget grows every arm's evaluation, to what a fresh one at that budget gives,
+    # and runs nothing else again (the sft solutions keep the length they were sampled at).
+    monkeypatch.undo()
+    for name in ("load_pair", "sample", "train_from_file", "sft", "control"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
+    grown = replace(config, eval_max_new_tokens=10)
+    run(grown, out, progress=False, say=lambda _: None)
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["eval"]["max_new_tokens"] == 10 and recorded["sft"]["max_new_tokens"] == 6
+    for arm, folder in ARM_EVAL_DIRS.items():
+        if arm not in config.arms:  # the control cells this run did not ask for
+            continue
+        assert json.loads((out / folder / "run.json").read_text())["max_new_tokens"] == 10
+        adapter = None if arm == "baseline" else str((out / folder).parent / "adapter")
+        fresh = evaluation.evaluate(replace(stage_configs(grown)[2], adapter=adapter), tmp_path / "fresh" / arm,
+                                    progress=False)
+        assert {k: v for k, v in json.loads((out / folder / "summary.json").read_text())["benchmarks"]["arith"].items()
+                if k != "seconds"} == {k: v for k, v in fresh["benchmarks"]["arith"].items() if k != "seconds"}
+        answers = [(path / "arith.jsonl").read_text().splitlines() for path in (out / folder, tmp_path / "fresh" / arm)]
+        assert [json.loads(line)["completion_ids"] for line in answers[0]] == \
+            [json.loads(line)["completion_ids"] for line in answers[1]]
+        assert any(json.loads(line)["tokens"] > 6 for line in answers[0])  # grown past the old budget
+    with pytest.raises(LightReasonerError, match="made with eval.max_new_tokens=10; a budget can grow, not shrink"):
+        run(config, out, progress=False, say=lambda _: None)
 
 
 def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys):
