@@ -9,9 +9,10 @@ Layout of the run folder::
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
     eval_before/ eval_after/ evaluation of the expert without and with the adapter
     efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
-    sft/ format-only/ random-positions/
+    sft/ format-only/ random-positions/ entropy-one-hot/ ...
                              the other arms when asked for (``--arms``): each an arm folder of
-                             :mod:`lightreasoner.sft` (adapter/, efficiency.json, ...) plus eval_after/
+                             :mod:`lightreasoner.sft` or :mod:`lightreasoner.controls` (adapter/,
+                             efficiency.json, ...) plus eval_after/
     report.md report.html kl.png loss.png (arms.png gains.png)
 
 Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
@@ -36,8 +37,8 @@ from .evaluation import EvalConfig, evaluate
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .sft import (CONTROL_ARMS, FREE_SETTINGS, SFTConfig, arm_started, control, efficiency_record, sft, sft_config_dict,
-                  sft_train_config)
+from .controls import CONTROL_ARMS, control, control_started
+from .sft import FREE_SETTINGS, SFTConfig, arm_started, efficiency_record, sft, sft_config_dict, sft_train_config
 from .tables import ARM_EVAL_DIRS
 from .models import model_location
 from .training import TrainConfig, run_started, train_from_file
@@ -78,8 +79,10 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
     arms: list[str] = field(default_factory=lambda: ["baseline", "lightreasoner"], metadata={
         "help": "what to train and evaluate on the same questions: baseline (the expert as is), lightreasoner, "
-                "sft (rejection-sampled SFT), format-only (one-hot control at the kept steps), random-positions "
-                "(one-hot control at as many random positions)"})
+                "sft (rejection-sampled SFT), and the controls (docs/SFT.md): format-only (one-hot labels at the "
+                "kept steps), random-positions (one-hot at as many random positions), entropy-one-hot (one-hot at "
+                "the expert's highest-entropy positions: no amateur), kept-expert (the expert's own plausible "
+                "distribution at the kept steps) and the other <positions>-<labels> cells"})
     sft_samples_per_question: int = field(default=4, metadata={
         "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)",
         "min": 1})
@@ -201,8 +204,10 @@ def stage_started(run_dir: Path, stage: str) -> bool:
         return (run_dir / "samples.jsonl").exists()  # it is written with the first trajectories
     if stage == "train":
         return run_started(run_dir / "adapter")
-    if stage in ("sft", *CONTROL_ARMS.values()):
+    if stage == "sft":
         return arm_started(run_dir / stage)
+    if stage in CONTROL_ARMS.values():
+        return control_started(run_dir / stage)
     return (run_dir / stage / "run.json").exists()  # an evaluation writes it with its first answer
 
 
@@ -298,13 +303,14 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                                       say=lambda text: say(f"[sft] {text}")), say)
         stages.finish("sft")
         eval_arm(run_dir / "sft", "sft/eval_after")
-    for positions, arm in CONTROL_ARMS.items():
+    for (positions, labels), arm in CONTROL_ARMS.items():
         if arm not in arms:
             continue
         # Same samples, same training settings, same optimizer steps as the lightreasoner arm; its
         # cost includes that arm's sampling, which made the trajectories.
         stages.run(arm, lambda: control(sample_config.expert, run_dir / "samples.jsonl", train_config, run_dir / arm,
-                                        positions=positions, sample_seconds=stages.state["sample"]["seconds"],
+                                        positions=positions, labels=labels, progress=progress,
+                                        sample_seconds=stages.state["sample"]["seconds"],
                                         say=lambda text: say(f"[{arm}] {text}")), say)
         stages.finish(arm)
         eval_arm(run_dir / arm, f"{arm}/eval_after")

@@ -14,7 +14,8 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, Stages, run
 from lightreasoner.publish import restore
-from lightreasoner.report import kept_step_statistics, settings_rows
+from lightreasoner.inspection import kept_step_statistics
+from lightreasoner.report import settings_rows
 from lightreasoner.stats import paired_difference
 from lightreasoner.sampling import read_samples
 
@@ -86,6 +87,7 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
 
     assert efficiency_section(redrawn) == efficiency_section(report)
     assert "## Kept steps" in redrawn and "![kl.png](kl.png)" in redrawn
+    assert "## Most kept tokens" in redrawn  # the expert's tokenizer is at hand, so its tables are drawn
 
     # A rerun skips every finished stage (no model is even loaded) and redraws the report.
     import lightreasoner.pipeline as pipeline
