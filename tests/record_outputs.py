@@ -32,9 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
-# Not sft: its rejection sampling keeps only solutions graded correct, which a tiny random model never
-# writes (tests/test_sft.py scripts them instead).
-ARMS = "baseline,lightreasoner,format-only,random-positions"
+# Every arm but sft: its rejection sampling keeps only solutions graded correct, which a tiny random model
+# never writes (tests/test_sft.py scripts them instead).
+ARMS = ("baseline,lightreasoner,format-only,random-positions,kept-expert,random-contrast,random-expert,"
+        "entropy-one-hot,entropy-contrast,entropy-expert")
 TIME_KEYS = ("seconds", "total_seconds")
 NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 # A time key's value: a number, or an object of numbers (an arm's seconds per stage).
