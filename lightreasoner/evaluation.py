@@ -12,8 +12,9 @@
   benchmark ends, with the benchmarks still to come under ``pending``.
 
 Generation is greedy pass@1 like the Qwen2.5-Math toolkit: a cached decoding loop with continuous
-batching (:mod:`lightreasoner.decoding`; or vLLM, imported only when asked for), stopping on every
-end token of :func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real
+batching (:mod:`lightreasoner.decoding`; or llama.cpp on the model's GGUF, :mod:`lightreasoner.llamacpp`;
+or vLLM; both imported only when asked for), stopping on every end token of
+:func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real
 vocabulary are never generated. The model's own generation config (which may sample) plays no part.
 """
 
@@ -41,6 +42,7 @@ STOP_STRING_TOKENS = 16
 # Settings that decide the completions: a folder's answers are only resumed under the same ones. The
 # adapter counts by its content, not its path, so answers resume wherever the same adapter is rebuilt.
 RUN_KEYS = ("model", "adapter_sha256", "prompt", "max_new_tokens", "dtype", "backend", "split")
+BACKENDS = ("hf", "llamacpp", "vllm")
 
 
 @dataclass
@@ -58,8 +60,9 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "seed for --sample"})
     prompt: str = field(default=prompts.DEFAULT_PROMPT, metadata={"help": "prompt template: qwen25-math-cot or plain"})
     max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer"})
-    batch_size: int = field(default=16, metadata={"help": "questions decoded together (HF backend)"})
-    backend: str = field(default="hf", metadata={"help": "hf or vllm (optional extra)"})
+    batch_size: int = field(default=16, metadata={"help": "questions decoded together (hf and llamacpp backends)"})
+    backend: str = field(default="hf", metadata={
+        "help": f"{' or '.join(BACKENDS)}: llamacpp and vllm are optional extras (docs/EVALUATION.md)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16 or float32"})
     grading_timeout: float = field(default=grading.DEFAULT_TIMEOUT,
@@ -73,8 +76,8 @@ class EvalConfig:
             raise ValueError(f"--benchmarks: unknown benchmark {unknown[0]!r} (choose from {', '.join(known)})")
         if not self.benchmarks:
             raise ValueError("--benchmarks: no benchmark given")
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"--backend: expected hf or vllm, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend: expected {' or '.join(BACKENDS)}, got {self.backend!r}")
         if self.prompt not in prompts.PROMPTS:
             raise ValueError(f"--prompt: unknown prompt {self.prompt!r} (choose from {', '.join(prompts.PROMPTS)})")
         for name in ("max_new_tokens", "batch_size"):
@@ -202,6 +205,37 @@ def vllm_generate(model_path: str, tokenizer: Any, prompt_texts: Sequence[str], 
     return results
 
 
+def llamacpp_generate(model_spec: str, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int,
+                      batch_size: int, adapter: str | None = None, stop_strings: Sequence[str] = (),
+                      progress: bool = True, desc: str = "generate") -> Iterator[list[tuple[int, Generation, float]]]:
+    """Greedy completions with llama.cpp on the model's GGUF (optional extra, :mod:`lightreasoner.llamacpp`):
+    the same prompt token ids, end tokens, stop strings and real-vocabulary rows as :func:`hf_generate`,
+    ``batch_size`` sequences decoded together with continuous batching; yields each completion as it ends."""
+    from tqdm.auto import tqdm
+
+    from .gguf_export import adapter_gguf, model_gguf
+    from .llamacpp import LlamaCppModel, import_llama_cpp
+    from .models import encode_prompt, model_configs, real_vocab_size, stop_token_ids
+
+    import_llama_cpp()  # refuse before any conversion when the extra is missing
+    gguf = model_gguf(model_spec, progress=progress)
+    stops = stop_token_ids(tokenizer, model_configs(model_spec))
+    encoded = [encode_prompt(tokenizer, text) for text in prompt_texts]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+
+    def stop_text(ids: list[int]) -> bool:
+        tail = tokenizer.decode(ids[-STOP_STRING_TOKENS:], skip_special_tokens=True)
+        return any(stop in tail for stop in stop_strings)
+
+    with LlamaCppModel(gguf, adapter=adapter_gguf(adapter, gguf) if adapter else None) as model, \
+            tqdm(total=len(order), desc=desc, unit="q", disable=not progress) as bar:
+        for done in model.decode([encoded[i] for i in order], slots=batch_size, max_new_tokens=max_new_tokens,
+                                 stop_ids=stops, vocab_size=real_vocab_size(tokenizer),
+                                 stop_text=stop_text if stop_strings else None):
+            yield [(order[done.index], _finish(tokenizer, done.token_ids, stops, stop_strings), done.seconds)]
+            bar.update(1)
+
+
 # --------------------------------------------------------------------------- the evaluation loop
 
 
@@ -257,6 +291,8 @@ def load_for_eval(config: EvalConfig) -> tuple[Any, Any]:
         raise LightReasonerError(f"{config.adapter}: no adapter_config.json here, so it is not a peft adapter folder")
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    if config.backend == "llamacpp":
+        return None, tokenizer  # llama.cpp loads the model's GGUF itself
     model = load_model(config.model, dtype=resolve_dtype(config.dtype, device), device=device,
                        trust_remote_code=config.trust_remote_code)
     if config.adapter:
@@ -286,7 +322,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
         check_same_problems(path, done.values(), items)
         todo = [p for p in items if p.id not in done]
         if todo:
-            if model is None or tokenizer is None:
+            if tokenizer is None or (model is None and config.backend != "llamacpp"):
                 model, tokenizer = load_for_eval(config)
             with JsonlAppender(path) as appender:
                 for batch in _generate(config, model, tokenizer, name, todo, template, progress):
@@ -311,6 +347,10 @@ def _generate(config: EvalConfig, model: Any, tokenizer: Any, benchmark: str, to
                                     stop_strings=template.stop_strings, trust_remote_code=config.trust_remote_code)
         seconds = (time.perf_counter() - began) / max(1, len(todo))
         batches: Any = [[(i, g, seconds) for i, g in enumerate(generations)]]
+    elif config.backend == "llamacpp":
+        batches = llamacpp_generate(config.model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
+                                    batch_size=config.batch_size, adapter=config.adapter,
+                                    stop_strings=template.stop_strings, progress=progress, desc=benchmark)
     else:
         batches = hf_generate(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, stop_strings=template.stop_strings, progress=progress,

@@ -12,10 +12,11 @@ import hashlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
 from .errors import LightReasonerError
@@ -107,6 +108,21 @@ def load_model(spec: str | Path, *, dtype: torch.dtype = torch.float32, device: 
     except (OSError, ValueError) as exc:
         raise LightReasonerError(f"{spec}: cannot load model: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+def model_configs(spec: str | Path, *, trust_remote_code: bool = False) -> SimpleNamespace:
+    """A model's ``config`` and ``generation_config`` without its weights: what :func:`stop_token_ids`
+    reads, for a backend that runs the model elsewhere (llama.cpp)."""
+    path = resolve_model_path(spec)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LightReasonerError(f"{spec}: cannot load model config: {str(exc).splitlines()[0]}") from None
+    try:
+        generation = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: the config's own eos ids count
+        generation = None
+    return SimpleNamespace(config=config, generation_config=generation)
 
 
 def real_vocab_size(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> int:
