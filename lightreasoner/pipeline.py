@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 from .config import build_config, check_same_settings, config_to_dict
 from .errors import LightReasonerError
-from .evaluation import EvalConfig, evaluate
+from .adapter_fit import adapter_fit
+from .evaluation import BACKENDS, EvalConfig, evaluate
 from .records import read_json, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
@@ -66,6 +67,12 @@ class RunConfig:
     benchmarks: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "evaluation benchmarks"})
     eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)"})
     eval_max_new_tokens: int = field(default=256, metadata={"help": "generation limit when evaluating"})
+    eval_backend: str = field(default="auto", metadata={
+        "help": "evaluation backend: auto (llamacpp where it is installed and the expert is a GGUF model, such as "
+                "the embedded pair's; else hf), hf, llamacpp or vllm; sampling and training always run on torch"})
+    fit_trajectories: int = field(default=40, metadata={
+        "help": "adapter fit: trajectories per group (trained on / never seen) whose kept steps are scored "
+                "without and with the adapter (0: skip)"})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
@@ -81,6 +88,8 @@ class RunConfig:
         unknown = [arm for arm in self.arms if arm not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"arms: unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
+        if self.eval_backend not in ("auto", *BACKENDS):
+            raise ValueError(f"eval_backend: expected auto, {', '.join(BACKENDS)}; got {self.eval_backend!r}")
 
 
 
@@ -97,12 +106,35 @@ def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None
     eval_config = EvalConfig(model=config.expert, benchmarks=config.benchmarks, data_dir=config.data_dir,
                              limit=config.eval_limit, max_new_tokens=config.eval_max_new_tokens,
                              batch_size=config.batch_size, dtype=config.dtype, device=config.device,
-                             seed=config.seed)
+                             seed=config.seed, backend="hf" if config.eval_backend == "auto" else config.eval_backend)
     result = []
     for name, base in (("sample", sample_config), ("train", train_config), ("eval", eval_config)):
         values = {**config_to_dict(base), **overrides.get(name, {})}
         result.append(build_config(type(base), values, source=f"run config section {name!r}"))
     return result[0], result[1], result[2]
+
+
+def resolve_eval_backend(config: RunConfig, run_dir: Path) -> tuple[str, str | None]:
+    """The evaluation backend ``auto`` stands for, and a one-line note when it falls back to hf.
+
+    A run folder keeps the backend its evaluations started with: answers of different engines are
+    never paired. Otherwise llamacpp where llama-cpp-python is installed and the expert is a GGUF
+    model (the embedded pair's short names, a .gguf file), since there llama.cpp runs the very
+    weights torch runs; else hf."""
+    if config.eval_backend != "auto":
+        return config.eval_backend, None
+    previous = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+    if any(stage in started for stage in SECTION_STAGES["eval"]) and "backend" in previous.get("eval", {}):
+        return previous["eval"]["backend"], None
+    from . import zoo
+    from .llamacpp import INSTALL_HINT, available
+
+    if not (config.expert in zoo.MODELS or str(config.expert).endswith(".gguf")):
+        return "hf", None
+    if not available():
+        return "hf", f"evaluating with the hf backend: llama.cpp would be faster here ({INSTALL_HINT})"
+    return "llamacpp", None
 
 
 def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any] | None = None
@@ -182,6 +214,10 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     path of report.html. Every arm trains on the same questions and is evaluated on the same ones."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    backend, note = resolve_eval_backend(config, run_dir)
+    if note:
+        say(note)
+    config = replace(config, eval_backend=backend)
     sample_config, train_config, eval_config = stage_configs(config, overrides)
     arms = config.arms
     settings = config_to_dict(config)
@@ -245,6 +281,11 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,
                                                     run_dir / "adapter"), say)
         stages.finish("train")
+        if config.fit_trajectories:
+            stages.run("adapter_fit", lambda: write_json_atomic(run_dir / "adapter_fit.json", adapter_fit(
+                sample_config.expert, run_dir / "samples.jsonl", run_dir / "adapter",
+                trajectories=config.fit_trajectories, seed=config.seed, progress=progress)), say)
+            stages.finish("adapter_fit")
         eval_arm(run_dir, "eval_after")
         write_json_atomic(run_dir / "efficiency.json", efficiency(run_dir))
     if sft_config is not None:

@@ -25,7 +25,7 @@ from .records import JsonlAppender, iter_jsonl, read_json, write_json_atomic
 from .tables import ARM_EVAL_DIRS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
-               "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html"}
+               "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md", "report.html"}
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "correct", "tokens", "finish", "seconds")
 SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.

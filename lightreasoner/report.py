@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from .adapter_fit import fit_rows, fit_verdict
 from .errors import LightReasonerError
 from .evaluation import summarize
 from .publish import OUTPUTS_FILE, SAMPLES_FILE
@@ -165,6 +166,26 @@ def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]
                        ["benchmark", "n", "accuracy [95% CI]"],
                        [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()]))
     return tables
+
+
+def accuracy_note(run_dir: Path) -> str | None:
+    """An honest line under the accuracy tables when the lightreasoner arm's paired interval against
+    the baseline (over all questions both answered) includes zero: that many questions cannot tell."""
+    before_dir, after_dir = run_dir / ARM_EVAL_DIRS["baseline"], run_dir / ARM_EVAL_DIRS["lightreasoner"]
+    if not (before_dir / "summary.json").exists() or not any(after_dir.glob("*.jsonl")):
+        return None
+    _, _, before, after = paired_answers(before_dir, after_dir)[-1]
+    paired = paired_difference(before, after)
+    if not before or not paired["low"] <= 0 <= paired["high"]:
+        return None
+    return (f"Too few questions to tell: on {len(before)} questions the paired 95% interval of lightreasoner - baseline "
+            f"is [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}] points, which includes zero; "
+            "the adapter fit below is a signal a run of this size can resolve.")
+
+
+FIT_TITLE = "Adapter fit: soft-label KL to the contrast's labels on kept steps, without (base) and with the adapter"
+FIT_HEADER = ["kept steps", "trajectories", "steps", "base KL", "adapted KL",
+              "adapted - base [95% CI, bootstrap over trajectories]", "steps lowered"]
 
 
 def _pct_ci(result: dict[str, Any]) -> str:
@@ -342,8 +363,19 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         md.extend([f"## {title}", "", _markdown_table(header, rows), ""])
         html_parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
 
+    def paragraph(text: str) -> None:
+        md.extend([text, ""])
+        html_parts.append(f"<p>{html.escape(text)}</p>")
+
     for table in accuracy_tables(run_dir):
         section(*table)
+    note = accuracy_note(run_dir)
+    if note:
+        paragraph(note)
+    fit = _read_optional(run_dir / "adapter_fit.json")
+    if fit:
+        section(FIT_TITLE, FIT_HEADER, fit_rows(fit))
+        paragraph(fit_verdict(fit))
 
     arms = _compared_arms(run_dir)
     if arms:
@@ -351,8 +383,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         section("Arms: efficiency (time = sampling + training)", *arms_efficiency(arms))
         line = savings_line(arms)
         if line:
-            md.extend([line, ""])
-            html_parts.append(f"<p>{html.escape(line)}</p>")
+            paragraph(line)
 
     tokens_tuned = train_summary.get("tokens_tuned")
     efficiency = [[name, f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
@@ -429,6 +460,12 @@ def text_summary(run_dir: str | Path) -> str:
     """The accuracy tables for the terminal (and the arms' two tables when the run has other arms)."""
     run_dir = Path(run_dir)
     parts = [f"{title}\n{_render(header, rows)}" for title, header, rows in accuracy_tables(run_dir)]
+    note = accuracy_note(run_dir)
+    if note:
+        parts.append(note)
+    fit = _read_optional(run_dir / "adapter_fit.json")
+    if fit:
+        parts.append(f"{FIT_TITLE}\n{_render(FIT_HEADER, fit_rows(fit))}\n{fit_verdict(fit)}")
     arms = _compared_arms(run_dir)
     if arms:
         parts.append(arms_report(arms))
