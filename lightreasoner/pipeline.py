@@ -70,6 +70,10 @@ class RunConfig:
     eval_backend: str = field(default="auto", metadata={
         "help": "evaluation backend: auto (llamacpp where it is installed and the expert is a GGUF model, such as "
                 "the embedded pair's; else hf), hf, llamacpp or vllm; sampling and training always run on torch"})
+    time_budget: float | None = field(default=None, metadata={
+        "help": "minutes: size questions, max_steps, eval_limit and fit_trajectories to finish in about this "
+                "long on this machine, from its speed measured in the first seconds (lightreasoner run with no "
+                "config and no sizes: 15)"})
     fit_trajectories: int = field(default=40, metadata={
         "help": "adapter fit: trajectories per group (trained on / never seen) whose kept steps are scored "
                 "without and with the adapter (0: skip)"})
@@ -88,6 +92,9 @@ class RunConfig:
         unknown = [arm for arm in self.arms if arm not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"arms: unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
+        if self.time_budget is not None and (self.time_budget <= 0 or set(self.arms) - {"baseline", "lightreasoner"}):
+            raise ValueError("time_budget: must be a positive number of minutes, and it sizes the baseline and "
+                             "lightreasoner arms only")
         if self.eval_backend not in ("auto", *BACKENDS):
             raise ValueError(f"eval_backend: expected auto, {', '.join(BACKENDS)}; got {self.eval_backend!r}")
 
@@ -135,6 +142,43 @@ def resolve_eval_backend(config: RunConfig, run_dir: Path) -> tuple[str, str | N
     if not available():
         return "hf", f"evaluating with the hf backend: llama.cpp would be faster here ({INSTALL_HINT})"
     return "llamacpp", None
+
+
+def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
+                  say: Callable[[str], None]) -> tuple[RunConfig, dict[str, Any], Any]:
+    """The run's sizes for ``config.time_budget`` (:mod:`lightreasoner.budget`): the plan recorded in
+    run.json for the same budget, else one made from this machine's measured speed. Returns the
+    sized config, the plan's record, and the model pair when it was loaded to measure."""
+    from . import budget
+    from .data import load_problems
+    from .models import chat_prompt, encode_prompt
+
+    previous = read_json(run_dir / "run.json").get("plan") if (run_dir / "run.json").exists() else None
+    pair = None
+    if previous and previous.get("budget_minutes") == config.time_budget:
+        record = previous
+    else:
+        say(f"measuring this machine's speed for a {config.time_budget:g}-minute plan ...")
+        pair = load_pair(sample_config)
+        question = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=1)[0].question
+        prompt = encode_prompt(pair.tokenizer, chat_prompt(pair.tokenizer, question, sample_config.system_prompt))
+        torch_step, prefill_token = budget.measure_torch(pair.expert, prompt, config.batch_size)
+        eval_step = torch_step
+        if config.eval_backend == "llamacpp":
+            from .gguf_export import model_gguf
+
+            eval_step = budget.measure_llamacpp(model_gguf(config.expert), prompt, config.batch_size, pair.vocab_size)
+        speeds = budget.Speeds(torch_step, prefill_token, eval_step, config.batch_size)
+        made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt), trajectory_tokens=config.max_new_tokens,
+                           answer_tokens=round(budget.ANSWER_SHARE * config.eval_max_new_tokens),
+                           benchmarks=len(config.benchmarks))
+        record = {**made.record(), "measured": {"torch_step": round(torch_step, 4), "eval_step": round(eval_step, 4),
+                                                "torch_prefill_token": round(prefill_token, 5),
+                                                "batch": config.batch_size, "eval_backend": config.eval_backend}}
+        say(made.text())
+    sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],
+                    eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"])
+    return sized, record, pair
 
 
 def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any] | None = None
@@ -218,12 +262,17 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     if note:
         say(note)
     config = replace(config, eval_backend=backend)
+    plan, pair = None, None
+    if config.time_budget is not None:
+        config, plan, pair = fit_to_budget(config, run_dir, stage_configs(config, overrides)[0], say)
     sample_config, train_config, eval_config = stage_configs(config, overrides)
     arms = config.arms
     settings = config_to_dict(config)
     # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
     record = {"settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
               "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
+    if plan is not None:
+        record["plan"] = plan
     sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft")) if "sft" in arms else None
     if sft_config is not None:
         record["sft"] = sft_config_dict(sft_config)
@@ -242,7 +291,6 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
     stages = Stages(run_dir)
-    pair = None
 
     def get_pair():
         nonlocal pair

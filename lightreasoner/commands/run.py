@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args, load_yaml
@@ -23,8 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
+# `lightreasoner run` with no config file and none of these options gets DEFAULT_BUDGET minutes.
+SIZES = ("questions", "max_steps", "eval_limit", "fit_trajectories")
+DEFAULT_BUDGET = 15.0
+
+
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(RunConfig, args)
+    given = [name for name in SIZES if hasattr(args, name)]
+    if config.time_budget is not None and given:
+        raise LightReasonerError(f"--time-budget sizes --{given[0].replace('_', '-')} itself: give one or the other")
+    if not args.config and not given and config.time_budget is None and \
+            set(config.arms) <= {"baseline", "lightreasoner"}:
+        config = replace(config, time_budget=DEFAULT_BUDGET)
     overrides = {}
     if args.config:
         data = load_yaml(args.config)
