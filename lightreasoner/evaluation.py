@@ -217,7 +217,7 @@ def llamacpp_generate(model_spec: str, tokenizer: Any, prompt_texts: Sequence[st
     from .llamacpp import LlamaCppModel, import_llama_cpp
     from .models import encode_prompt, model_configs, real_vocab_size, stop_token_ids
 
-    import_llama_cpp()  # refuse before any conversion when the extra is missing
+    import_llama_cpp()  # refused before any conversion when the extra is missing
     gguf = model_gguf(model_spec, progress=progress)
     stops = stop_token_ids(tokenizer, model_configs(model_spec))
     encoded = [encode_prompt(tokenizer, text) for text in prompt_texts]
@@ -309,6 +309,10 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     ``model``/``tokenizer`` may be passed in already loaded (e.g. by ``lightreasoner run``);
     otherwise they are loaded from ``config.model`` (+ ``config.adapter``) when there is work left.
     """
+    if config.backend == "llamacpp":
+        from .llamacpp import import_llama_cpp
+
+        import_llama_cpp()  # a missing extra is refused before the folder records this backend
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_settings(out_dir, config)

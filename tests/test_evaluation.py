@@ -372,3 +372,27 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
     monkeypatch.setattr("lightreasoner.models.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(LightReasonerError, match="not a peft adapter folder"):
         evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path)), tmp_path / "o2")
+
+
+def test_llamacpp_backend_without_the_extra_is_a_one_line_error(tiny_dir, data_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the extra sees
+    assert cli.main(["eval", "--model", str(tiny_dir), "--benchmarks", "gsm8k", "--data-dir", str(data_dir),
+                     "--backend", "llamacpp", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "llama-cpp-python is not installed" in error and 'pip install -e ".[llamacpp]"' in error
+    assert len(error.splitlines()) == 1
+    assert not (tmp_path / "out" / "run.json").exists()  # the folder does not record a backend that never ran
+
+
+def test_compare_says_when_answers_come_from_different_backends(tmp_path, capsys):
+    for name, backend in (("a", "hf"), ("b", "llamacpp"), ("c", "hf")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"settings": {"backend": backend}, "benchmarks": {
+            "gsm8k": {"n": 4, "correct": 2, "accuracy": 0.5, "ci95": [0.15, 0.85], "tokens": 8, "seconds": 1.0}}}))
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 0
+    assert "different backends" not in capsys.readouterr().out
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "answers come from different backends (hf, llamacpp)" in capsys.readouterr().out

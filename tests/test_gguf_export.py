@@ -45,7 +45,7 @@ def save_lora(model_dir: Path, out: Path, **settings) -> Path:
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_" in name:
-                parameter.normal_(0, 0.5)
+                parameter.normal_(0, 0.15)
     peft_model.save_pretrained(out)
     return out
 

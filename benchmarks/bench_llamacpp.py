@@ -1,0 +1,95 @@
+"""Evaluation decoding with llama.cpp against HF, side by side: tokens/s at equal batch width, and how
+often the final answers agree.
+
+Every arm answers the same GSM8K test questions (a seeded sample, the qwen25-math-cot prompt,
+greedy, the same token limit) with `lightreasoner eval`'s own generation code, `--batch-size`
+sequences decoded together with continuous batching, one arm after another in one process:
+
+- hf float32, hf with the dtype `--dtype auto` picks on this machine (when it is not float32), and
+  llamacpp on the model's GGUF, for the base expert;
+- the same with `--adapter` (a peft LoRA adapter of that expert), when given.
+
+Usage (the embedded expert; `--data-dir` holds gsm8k/test.jsonl; needs the llamacpp extra):
+    python benchmarks/bench_llamacpp.py --data-dir ../shared/data --questions 16 --batch-size 8 \\
+        --max-new-tokens 192 --adapter runs/bench-adapter/adapter
+Prints seconds, generated tokens and tokens/s per arm, llamacpp's ratio to each hf arm, and the
+share of questions whose extracted final answer (and whose whole completion) agrees between arms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from lightreasoner import grading, prompts
+from lightreasoner.data import load_problems
+from lightreasoner.evaluation import EvalConfig, hf_generate, llamacpp_generate, load_for_eval
+from lightreasoner.models import resolve_device, resolve_dtype
+
+
+def answer(arm: str, config: EvalConfig, tokenizer, texts: list[str], adapter: str | None) -> tuple[list, float]:
+    """Generations of ``texts`` (in order) and the wall seconds they took."""
+    began = time.perf_counter()
+    if arm == "llamacpp":
+        batches = llamacpp_generate(config.model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
+                                    batch_size=config.batch_size, adapter=adapter, progress=False)
+    else:
+        model, _ = load_for_eval(EvalConfig(model=config.model, adapter=adapter, dtype=arm, device="cpu"))
+        began = time.perf_counter()  # decoding only: loading is not the engine's speed
+        batches = hf_generate(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
+                              batch_size=config.batch_size, progress=False)
+    generations: list = [None] * len(texts)
+    for batch in batches:
+        for index, generation, _ in batch:
+            generations[index] = generation
+    return generations, time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="coder-1.5b")
+    parser.add_argument("--adapter", default=None, help="peft LoRA adapter of --model (adds the adapter arms)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=192)
+    args = parser.parse_args()
+
+    auto = str(resolve_dtype("auto", resolve_device("cpu"))).removeprefix("torch.")
+    dtypes = ["float32"] + ([auto] if auto != "float32" else [])
+    config = EvalConfig(model=args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        backend="llamacpp")
+    tokenizer = load_for_eval(config)[1]
+    problems = load_problems("gsm8k", split="test", data_dir=args.data_dir, sample=args.questions, seed=0)
+    texts = [prompts.build_prompt("qwen25-math-cot", prompts.toolkit_question(p.question, p.gold), tokenizer)
+             for p in problems]
+    print(f"{args.model}, {torch.get_num_threads()} threads, {len(texts)} GSM8K test questions, batch "
+          f"{args.batch_size}, up to {args.max_new_tokens} new tokens; hf dtypes {', '.join(dtypes)}", flush=True)
+    for adapter in [None] + ([args.adapter] if args.adapter else []):
+        label = "base" if adapter is None else f"adapter {adapter}"
+        results = {}
+        for arm in [*dtypes, "llamacpp"]:
+            generations, seconds = answer(arm, config, tokenizer, texts, adapter)
+            tokens = sum(g.tokens for g in generations)
+            preds = [grading.grade(g.completion, p.gold or "", "gsm8k") for g, p in zip(generations, problems)]
+            results[arm] = (generations, preds, tokens / seconds)
+            print(f"{label:>10} | {arm:>8}: {seconds:8.1f} s, {tokens:6,} tokens, {tokens / seconds:6.2f} tok/s, "
+                  f"correct {sum(g.correct for g in preds)}/{len(preds)}", flush=True)
+        cpp_generations, cpp_preds, cpp_rate = results["llamacpp"]
+        for arm in dtypes:
+            generations, preds, rate = results[arm]
+            agree = sum(a.pred == b.pred for a, b in zip(preds, cpp_preds))
+            same = sum(a.completion == b.completion for a, b in zip(generations, cpp_generations))
+            print(f"{label:>10} | llamacpp / hf {arm}: {cpp_rate / rate:.2f}x tokens/s; final answers agree "
+                  f"{agree}/{len(preds)} ({agree / len(preds):.0%}), identical completions {same}/{len(preds)}",
+                  flush=True)
+        if len(dtypes) == 2:
+            (a_gen, a_pred, _), (b_gen, b_pred, _) = results[dtypes[0]], results[dtypes[1]]
+            agree = sum(x.pred == y.pred for x, y in zip(a_pred, b_pred))
+            print(f"{label:>10} | hf {dtypes[1]} vs hf float32: final answers agree {agree}/{len(a_pred)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
