@@ -54,7 +54,9 @@ SFT_TOKENS_PER_UPDATE = 4096
 SFT_MICRO_BATCHES = 8
 # Settings that decide what the sample file holds: a resumed run must use the same ones.
 RESULT_SETTINGS = ("model", "data", "split", "samples_per_question", "temperature", "top_p", "max_new_tokens",
-                   "batch_size", "benchmark")
+                   "batch_size", "benchmark", "backend")
+# What a sample file written before a setting existed was made with.
+RESULT_DEFAULTS = {"backend": "hf"}
 RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
 # Settings that may change in an arm's or a run's folder at any time: how the work is done, not what
 # it computes (data_dir is where the data is read from; each stage's file checks the questions it holds).
@@ -100,6 +102,9 @@ class SFTConfig:
     benchmark: str | None = field(default=None, metadata={
         "help": "grading rules of this benchmark (default: --data when it is a benchmark name)"})
     device: str = field(default="auto", metadata={"help": "sampling device: auto, cpu, cuda, cuda:1, mps"})
+    backend: str = field(default="hf", metadata={
+        "help": "sampling engine: hf (torch) or llamacpp (llama.cpp on the model's GGUF, optional extra; "
+                "docs/EVALUATION.md); training always runs on torch"})
     train: TrainConfig = field(default_factory=sft_train_config, metadata={"help": "training settings"})
 
     def __post_init__(self) -> None:
@@ -110,6 +115,8 @@ class SFTConfig:
             raise ValueError(f"temperature must be > 0 (SFT samples), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.backend not in ("hf", "llamacpp"):
+            raise ValueError(f"backend must be hf or llamacpp, got {self.backend!r}")
 
     @property
     def grading_benchmark(self) -> str | None:
@@ -131,11 +138,28 @@ class Completion:
     finish: str  # "eos" (an end token) or "length"
 
 
+@dataclass
+class LlamaCppSampler:
+    """The expert in llama.cpp (``--backend llamacpp``) and the end tokens of its model folder."""
+
+    engine: Any
+    stop_ids: list[int]
+
+    @classmethod
+    def load(cls, model: str, tokenizer: Any) -> "LlamaCppSampler":
+        from .gguf_export import model_gguf
+        from .llamacpp import LlamaCppModel
+        from .models import model_configs
+
+        return cls(LlamaCppModel(model_gguf(model)), stop_token_ids(tokenizer, model_configs(model)))
+
+
 def generate_samples(model: Any, tokenizer: Any, prompts: list[list[int]], *, num_samples: int, temperature: float,
                      top_p: float, max_new_tokens: int, seeds: list[int],
                      slots: int) -> Iterator[tuple[int, list[Completion]]]:
     """``num_samples`` sampled completions of each prompt (token ids), yielded as ``(prompt index,
     completions)`` in prompt order, each prompt as soon as it and every earlier one are done.
+    ``model`` is a torch model, or a :class:`LlamaCppSampler` to sample with llama.cpp.
 
     The ``len(prompts) x num_samples`` sequences are decoded ``slots`` at a time with continuous
     batching (:func:`lightreasoner.decoding.decode`). Sample k of prompt i draws from its own
@@ -143,14 +167,20 @@ def generate_samples(model: Any, tokenizer: Any, prompts: list[list[int]], *, nu
     Only this sampling applies: the checkpoint's own generation config (Qwen2.5-Instruct ships top-k
     and a repetition penalty) plays no part. Vocabulary rows past the real vocabulary are never sampled.
     """
-    stops = stop_token_ids(tokenizer, model)
     rows = [(i, k) for i in range(len(prompts)) for k in range(num_samples)]
     choose = seeded_sampler([derived_seed(seeds[i], k) for i, k in rows], temperature=temperature, top_p=top_p)
     pending: dict[int, dict[int, Completion]] = {}
     next_prompt = 0
-    for done in decode(model, [prompts[i] for i, _ in rows], slots=slots, max_new_tokens=max_new_tokens,
-                       stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model), pad_id=tokenizer.pad_token_id,
-                       choose=choose):
+    if isinstance(model, LlamaCppSampler):  # the same draws' rules, another engine
+        stops = model.stop_ids
+        finished = model.engine.decode([prompts[i] for i, _ in rows], slots=slots, max_new_tokens=max_new_tokens,
+                                       stop_ids=stops, vocab_size=real_vocab_size(tokenizer), choose=choose)
+    else:
+        stops = stop_token_ids(tokenizer, model)
+        finished = decode(model, [prompts[i] for i, _ in rows], slots=slots, max_new_tokens=max_new_tokens,
+                          stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model), pad_id=tokenizer.pad_token_id,
+                          choose=choose)
+    for done in finished:
         i, k = rows[done.index]
         ids = done.token_ids
         if ids[-1] in stops:
@@ -218,9 +248,9 @@ def _check_resumable(path: Path, config: SFTConfig, problems: list[Problem]) -> 
     header, records = read_sft_samples(path)
     previous, current = header.get("settings", {}), sft_config_dict(config)
     for key in RESULT_SETTINGS:
-        if previous.get(key) != current[key]:
-            raise LightReasonerError(f"{path}: sampled with {key}={previous.get(key)!r}, now {current[key]!r}; "
-                                     "use another --out")
+        if previous.get(key, RESULT_DEFAULTS.get(key)) != current[key]:
+            raise LightReasonerError(f"{path}: sampled with {key}={previous.get(key, RESULT_DEFAULTS.get(key))!r}, "
+                                     f"now {current[key]!r}; use another --out")
     for key in RESULT_TRAIN_SETTINGS:
         if previous.get("train", {}).get(key) != current["train"][key]:
             raise LightReasonerError(f"{path}: sampled with {key}={previous.get('train', {}).get(key)!r}, now "
@@ -260,8 +290,10 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
         with JsonlAppender(out) as writer:
             writer.write([_header(config, tokenizer)])
     todo = [p for p in problems if p.id not in done]
-    model = None
-    if todo:
+    model: Any = None
+    if todo and config.backend == "llamacpp":
+        model = LlamaCppSampler.load(config.model, tokenizer)
+    elif todo:
         device = resolve_device(config.device)
         model = load_model(config.model, dtype=resolve_dtype(config.train.dtype, device), device=device,
                            trust_remote_code=config.train.trust_remote_code)
@@ -286,6 +318,8 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
             bar.update(1)
             bar.set_postfix(kept=kept)
     bar.close()
+    if isinstance(model, LlamaCppSampler):
+        model.engine.close()
     return sample_counts(out)
 
 

@@ -177,3 +177,25 @@ def test_eval_with_the_llamacpp_backend_writes_resumable_records(setup, tmp_path
 
     with pytest.raises(LightReasonerError, match="backend='llamacpp'"):
         evaluate(EvalConfig(**{**values, "backend": "hf"}), out, progress=False)
+
+
+def test_sft_sampling_with_llamacpp_draws_the_same_whatever_the_batch(setup, tmp_path):
+    from lightreasoner.sft import SFTConfig, read_sft_samples, sample_solutions, sft_train_config
+
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    data.joinpath("train.jsonl").write_text("".join(
+        json.dumps({"question": q, "answer": f"Reasoning.\n#### {i}"}) + "\n" for i, q in enumerate(QUESTIONS[:3])))
+    files = []
+    for batch in (1, 4):
+        config = SFTConfig(model=str(setup["dir"]), data="gsm8k", split="train", data_dir=str(tmp_path / "data"),
+                           samples_per_question=2, max_new_tokens=8, batch_size=batch, backend="llamacpp",
+                           train=sft_train_config({"dtype": "float32"}))
+        counts = sample_solutions(config, tmp_path / f"samples-{batch}.jsonl", progress=False)
+        assert counts["problems_sampled"] == 3 and counts["solutions_sampled"] == 6
+        header, records = read_sft_samples(tmp_path / f"samples-{batch}.jsonl")
+        assert header["settings"]["backend"] == "llamacpp"
+        files.append([[s["completion_ids"] for s in r["samples"]] for _, r in records])
+    assert files[0] == files[1]
+    assert any(a != b for a, b in files[0])  # two samples of one question differ: it samples
+    assert all(max(ids) < setup["vocab"] for question in files[0] for ids in question)
