@@ -1,16 +1,16 @@
 """Problems to sample, train and evaluate on: benchmark names or JSONL files -> :class:`Problem`.
 
-A benchmark name is looked up as ``<data_dir>/<name>/<split>.jsonl`` (the layout of
-``shared/data``), with ``data_dir`` from the caller, else ``$LIGHTREASONER_DATA_DIR``, else the
-Hugging Face Hub for the benchmarks that have a canonical Hub copy. Field names and gold-answer
-parsing follow the Qwen2.5-Math evaluation toolkit (``parse_question`` / ``parse_ground_truth``).
+A benchmark name is looked up as ``<data_dir>/<name>/<split>.jsonl``, with ``data_dir`` from the
+caller, else ``$LIGHTREASONER_DATA_DIR``, else the Hugging Face Hub for the benchmarks that have a
+canonical Hub copy (:class:`HubSource`). Field names and gold-answer parsing follow the Qwen2.5-Math
+evaluation toolkit (``parse_question`` / ``parse_ground_truth``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -61,20 +61,36 @@ def _olympiad_gold(record: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class HubSource:
+    """A benchmark's copy on the Hugging Face Hub: each config's split, concatenated in ``configs`` order."""
+
+    dataset: str
+    configs: tuple[str | None, ...] = (None,)  # None: the dataset's only (default) config
+    splits: dict[str, str] = field(default_factory=dict)  # our split name -> the dataset's, where they differ
+
+
+# MATH's seven subjects in alphabetical order: the order of MATH's own subject folders and of the
+# 5,000-problem test file the Qwen2.5-Math toolkit reads, so a problem's position (its id) is the same
+# whether it comes from a data folder or from the Hub, as long as both keep MATH's order within a subject.
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     question: Callable[[dict[str, Any]], str]
     gold: Callable[[dict[str, Any]], str | None]
     fields: tuple[str, ...]  # fields every record must have
-    hub: tuple[str, str | None, dict[str, str]] | None = None  # (dataset, config, split renames)
+    hub: HubSource | None = None
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "gsm8k": BenchmarkSpec(lambda r: r["question"], _gsm8k_gold, ("question", "answer"),
-                           hub=("openai/gsm8k", "main", {})),
+                           hub=HubSource("openai/gsm8k", ("main",))),
     "math": BenchmarkSpec(lambda r: r["problem"], lambda r: find_last_boxed(r["solution"]), ("problem", "solution"),
-                          hub=("EleutherAI/hendrycks_math", None, {})),
+                          hub=HubSource("EleutherAI/hendrycks_math", MATH_SUBJECTS)),
     "math500": BenchmarkSpec(lambda r: r["problem"], lambda r: r["answer"], ("problem", "answer"),
-                             hub=("HuggingFaceH4/MATH-500", None, {})),
+                             hub=HubSource("HuggingFaceH4/MATH-500")),
     "minerva_math": BenchmarkSpec(lambda r: r["problem"], lambda r: find_last_boxed(r["solution"]),
                                   ("problem", "solution")),
     "svamp": BenchmarkSpec(lambda r: _join(r["Body"], r["Question"]), lambda r: _number_text(r["Answer"]),
@@ -126,21 +142,23 @@ def _benchmark_problem(spec: BenchmarkSpec, record: dict[str, Any], where: str, 
 
 
 def _from_hub(name: str, split: str) -> list[dict[str, Any]]:
-    spec = BENCHMARKS[name]
-    if spec.hub is None:
+    source = BENCHMARKS[name].hub
+    if source is None:
         raise LightReasonerError(
             f"benchmark {name!r}: no data folder given (--data-dir or ${DATA_DIR_ENV}) and no Hub copy known")
-    dataset_id, config, renames = spec.hub
-    try:
-        import datasets
+    import datasets
 
-        dataset = datasets.load_dataset(dataset_id, config, split=renames.get(split, split))
-    except Exception as exc:  # offline, unknown split, ...: one line, then stop
-        raise LightReasonerError(
-            f"benchmark {name!r}: no data folder given (--data-dir or ${DATA_DIR_ENV}) and the Hub copy "
-            f"{dataset_id} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
-    return [dict(row) for row in dataset]
+    rows: list[dict[str, Any]] = []
+    for config in source.configs:
+        try:
+            dataset = datasets.load_dataset(source.dataset, config, split=source.splits.get(split, split))
+        except Exception as exc:  # offline, unknown split, ...: one line, then stop
+            where = source.dataset + (f" (config {config})" if config else "")
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise LightReasonerError(f"benchmark {name!r}: no data folder given (--data-dir or ${DATA_DIR_ENV}) "
+                                     f"and the Hub copy {where} could not be loaded: {reason}") from None
+        rows.extend(dict(row) for row in dataset)
+    return rows
 
 
 def load_problems(source: str | Path, *, split: str = "test", data_dir: str | Path | None = None,

