@@ -2,11 +2,13 @@
 
 Layout of the run folder::
 
-    run.json                 the settings (a rerun that changes a setting of a started stage is refused)
+    run.json                 the settings (a rerun that changes a setting of a started stage is refused),
+                             and with --time-budget the plan and the speeds it was made from
     stages.json              per stage: done, seconds
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
-    eval_before/ eval_after/ evaluation of the expert without and with the adapter
+    adapter_fit.json         the adapter's fit to kept steps trained on and never reached (adapter_fit.py)
+    eval_before/ eval_after/ evaluation of the expert without and with the adapter (one backend for both)
     efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
     sft/ format-only/ random-positions/
                              the other arms when asked for (``--arms``): each an arm folder of
@@ -17,7 +19,11 @@ Every stage resumes on its own (sample files, checkpoints and evaluation files a
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash
 continues where it stopped. The defaults need nothing: the embedded offline pair and the
 project's generated arithmetic problems, at a demonstration budget (16 questions, 8 optimizer steps,
-16 evaluation questions): it shows every stage working, it is not a reproduction (configs/ has those).
+16 evaluation questions; ``lightreasoner run`` with no options sizes them to ``--time-budget 15``
+minutes on the machine it runs on, :mod:`lightreasoner.budget`): it shows every stage working, it is
+not a reproduction (configs/ has those). Evaluation runs on llama.cpp where it is installed and the
+expert is a GGUF model (``--eval-backend auto``); sampling and training need the full distributions
+and gradients and always run on torch.
 """
 
 from __future__ import annotations
