@@ -49,15 +49,19 @@ def _seconds(work: Any) -> float:
     return time.perf_counter() - began
 
 
+MEASURE_TOKENS = 32  # prompt tokens per row when measuring: enough context, few seconds of prefill
+
+
 def measure_torch(model: Any, prompt: list[int], batch: int, steps: int = 3) -> tuple[float, float]:
     """(seconds per decoding step at ``batch`` rows, seconds per prefilled token) of a torch model,
-    from a prefill of ``batch`` copies of ``prompt`` and ``steps`` cached steps after one warm-up."""
+    from a prefill of ``batch`` copies of ``prompt`` (its first MEASURE_TOKENS) and ``steps`` cached
+    steps after one warm-up."""
     from transformers import DynamicCache
 
     from .decoding import cached_forward
 
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt] * batch, device=device)
+    ids = torch.tensor([prompt[:MEASURE_TOKENS]] * batch, device=device)
     mask = torch.ones_like(ids)
     cache = DynamicCache()
     prefill = _seconds(lambda: cached_forward(model, ids, mask, cache))
@@ -77,10 +81,12 @@ def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, 
     the same prefill with one token each."""
     from .llamacpp import LlamaCppModel
 
+    prompts = [prompt[:MEASURE_TOKENS]] * batch
     with LlamaCppModel(gguf) as model:
         def run(tokens: int) -> float:
-            return _seconds(lambda: list(model.decode([prompt] * batch, slots=batch, max_new_tokens=tokens,
-                                                      stop_ids=[], vocab_size=vocab_size)))
+            return _seconds(lambda: list(model.decode(prompts, slots=batch, max_new_tokens=tokens, stop_ids=[],
+                                                      vocab_size=vocab_size)))
+
         run(1)  # warm-up
         return max(run(1 + steps) - run(1), 0.0) / steps
 
