@@ -14,6 +14,10 @@ Usage (the embedded expert; `--data-dir` holds gsm8k/test.jsonl; needs the llama
         --max-new-tokens 192 --adapter runs/bench-adapter/adapter
 Prints seconds, generated tokens and tokens/s per arm, llamacpp's ratio to each hf arm, and the
 share of questions whose extracted final answer (and whose whole completion) agrees between arms.
+
+    python benchmarks/bench_llamacpp.py --steps 1,4,16
+only times cached decoding steps at those batch widths (the first 32 tokens of a GSM8K prompt as
+context, 3-4 steps each after a warm-up; lightreasoner.budget's measurements): seconds.
 """
 
 from __future__ import annotations
@@ -55,7 +59,11 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=192)
+    parser.add_argument("--steps", default=None, metavar="B,B,..",
+                        help="only time decoding steps at these batch widths")
     args = parser.parse_args()
+    if args.steps:
+        return decoding_steps(args.model, args.data_dir, [int(b) for b in args.steps.split(",")])
 
     auto = str(resolve_dtype("auto", resolve_device("cpu"))).removeprefix("torch.")
     dtypes = ["float32"] + ([auto] if auto != "float32" else [])
@@ -89,6 +97,33 @@ def main() -> None:
             (a_gen, a_pred, _), (b_gen, b_pred, _) = results[dtypes[0]], results[dtypes[1]]
             agree = sum(x.pred == y.pred for x, y in zip(a_pred, b_pred))
             print(f"{label:>10} | hf {dtypes[1]} vs hf float32: final answers agree {agree}/{len(a_pred)}", flush=True)
+
+
+def decoding_steps(model_spec: str, data_dir: str | None, widths: list[int]) -> None:
+    """Seconds per cached decoding step of torch (float32 and the auto dtype) and llama.cpp."""
+    import os
+
+    from lightreasoner import budget
+    from lightreasoner.gguf_export import model_gguf
+    from lightreasoner.models import encode_prompt, load_model, load_tokenizer, real_vocab_size
+
+    tokenizer = load_tokenizer(model_spec)
+    question = load_problems("gsm8k", split="test", data_dir=data_dir, sample=1, seed=0)[0].question
+    prompt = encode_prompt(tokenizer, prompts.build_prompt("qwen25-math-cot", question, tokenizer))
+    auto = resolve_dtype("auto", resolve_device("cpu"))
+    print(f"{model_spec}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+    steps: dict[str, dict[int, float]] = {}
+    for dtype in dict.fromkeys([torch.float32, auto]):
+        model = load_model(model_spec, dtype=dtype)
+        name = f"hf {str(dtype).removeprefix('torch.')}"
+        steps[name] = {b: budget.measure_torch(model, prompt, b)[0] for b in widths}
+        del model
+    gguf = model_gguf(model_spec)
+    steps["llamacpp"] = {b: budget.measure_llamacpp(gguf, prompt, b, real_vocab_size(tokenizer)) for b in widths}
+    for b in widths:
+        cells = [f"{name} {seconds[b]:.3f} s ({b / seconds[b]:.1f} tok/s)" for name, seconds in steps.items()]
+        ratios = [f"{steps[name][b] / steps['llamacpp'][b]:.1f}x {name}" for name in steps if name != "llamacpp"]
+        print(f"batch {b:>3}: " + "; ".join(cells) + "; llamacpp tokens/s = " + ", ".join(ratios), flush=True)
 
 
 if __name__ == "__main__":

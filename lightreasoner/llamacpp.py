@@ -132,9 +132,10 @@ class LlamaCppModel:
         limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         vocab_size = min(vocab_size, self.rows)
         slots = min(slots, len(prompts))
-        longest = max(len(p) for p in prompts)
-        capacity = longest + slots  # a new prompt always fits beside every running sequence's token
-        ctx = self._context(slots, longest + max(limits), capacity)
+        lengths = sorted((len(p) for p in prompts), reverse=True)
+        # Room for the longest prompts of a full batch at once; llama.cpp splits a call into ubatches.
+        capacity = sum(lengths[:slots]) + slots
+        ctx = self._context(slots, lengths[0] + max(limits), capacity)
         batch = self.lib.llama_batch_init(capacity, 0, 1)
         try:
             yield from self._decode(ctx, batch, prompts, limits, slots, capacity, set(stop_ids), vocab_size,

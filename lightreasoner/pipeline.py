@@ -150,11 +150,12 @@ def resolve_eval_backend(config: RunConfig, run_dir: Path) -> tuple[str, str | N
     return "llamacpp", None
 
 
-def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
-                  say: Callable[[str], None]) -> tuple[RunConfig, dict[str, Any], Any]:
+def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig, say: Callable[[str], None], *,
+                  resolved_auto: bool = False) -> tuple[RunConfig, dict[str, Any], Any]:
     """The run's sizes for ``config.time_budget`` (:mod:`lightreasoner.budget`): the plan recorded in
-    run.json for the same budget, else one made from this machine's measured speed. Returns the
-    sized config, the plan's record, and the model pair when it was loaded to measure."""
+    run.json for the same budget, else one made from this machine's measured speed (where ``auto``
+    chose llamacpp and llama.cpp measures slower than torch, evaluation falls back to hf). Returns
+    the sized config, the plan's record, and the model pair when it was loaded to measure."""
     from . import budget
     from .data import load_problems
     from .models import chat_prompt, encode_prompt
@@ -174,6 +175,10 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
             from .gguf_export import model_gguf
 
             eval_step = budget.measure_llamacpp(model_gguf(config.expert), prompt, config.batch_size, pair.vocab_size)
+            if eval_step > torch_step and resolved_auto:  # auto means the faster engine here, not llama.cpp at any cost
+                say(f"evaluating with the hf backend: here llama.cpp took {eval_step:.2f} s per decoding step of "
+                    f"{config.batch_size} questions, torch {torch_step:.2f} s")
+                config, eval_step = replace(config, eval_backend="hf"), torch_step
         speeds = budget.Speeds(torch_step, prefill_token, eval_step, config.batch_size)
         made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt), trajectory_tokens=config.max_new_tokens,
                            answer_tokens=round(budget.ANSWER_SHARE * config.eval_max_new_tokens),
@@ -183,7 +188,8 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
                                                 "batch": config.batch_size, "eval_backend": config.eval_backend}}
         say(made.text())
     sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],
-                    eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"])
+                    eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"],
+                    eval_backend=record["measured"]["eval_backend"] if resolved_auto else config.eval_backend)
     return sized, record, pair
 
 
@@ -267,10 +273,12 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     backend, note = resolve_eval_backend(config, run_dir)
     if note:
         say(note)
+    resolved_auto = config.eval_backend == "auto"
     config = replace(config, eval_backend=backend)
     plan, pair = None, None
     if config.time_budget is not None:
-        config, plan, pair = fit_to_budget(config, run_dir, stage_configs(config, overrides)[0], say)
+        config, plan, pair = fit_to_budget(config, run_dir, stage_configs(config, overrides)[0], say,
+                                           resolved_auto=resolved_auto)
     sample_config, train_config, eval_config = stage_configs(config, overrides)
     arms = config.arms
     settings = config_to_dict(config)
