@@ -15,9 +15,13 @@ Usage (the embedded expert; `--data-dir` holds gsm8k/test.jsonl; needs the llama
 Prints seconds, generated tokens and tokens/s per arm, llamacpp's ratio to each hf arm, and the
 share of questions whose extracted final answer (and whose whole completion) agrees between arms.
 
-    python benchmarks/bench_llamacpp.py --steps 1,4,16
+    python benchmarks/bench_llamacpp.py --steps 1,4,16 [--adapter DIR]
 only times cached decoding steps at those batch widths (the first 32 tokens of a GSM8K prompt as
 context, 3-4 steps each after a warm-up; lightreasoner.budget's measurements): seconds.
+
+    python benchmarks/bench_llamacpp.py --agree DIR_A DIR_B
+only compares the final answers of two `lightreasoner eval` folders on the questions both answered
+(e.g. a llamacpp evaluation against an hf one of the same seeded sample, at full answer length).
 """
 
 from __future__ import annotations
@@ -61,9 +65,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--steps", default=None, metavar="B,B,..",
                         help="only time decoding steps at these batch widths")
+    parser.add_argument("--agree", nargs=2, default=None, metavar=("DIR_A", "DIR_B"),
+                        help="only compare the final answers of two evaluation folders")
     args = parser.parse_args()
+    if args.agree:
+        return agreement(*args.agree)
     if args.steps:
-        return decoding_steps(args.model, args.data_dir, [int(b) for b in args.steps.split(",")])
+        return decoding_steps(args.model, args.data_dir, [int(b) for b in args.steps.split(",")], args.adapter)
 
     auto = str(resolve_dtype("auto", resolve_device("cpu"))).removeprefix("torch.")
     dtypes = ["float32"] + ([auto] if auto != "float32" else [])
@@ -99,27 +107,45 @@ def main() -> None:
             print(f"{label:>10} | hf {dtypes[1]} vs hf float32: final answers agree {agree}/{len(a_pred)}", flush=True)
 
 
-def decoding_steps(model_spec: str, data_dir: str | None, widths: list[int]) -> None:
-    """Seconds per cached decoding step of torch (float32 and the auto dtype) and llama.cpp."""
+def agreement(dir_a: str, dir_b: str) -> None:
+    """Final answers (and whole completions) of two evaluation folders, question by question."""
+    from lightreasoner.records import iter_jsonl, read_json
+
+    for name in read_json(f"{dir_a}/summary.json")["benchmarks"]:
+        a = {r["id"]: r for _, r in iter_jsonl(f"{dir_a}/{name}.jsonl")}
+        b = {r["id"]: r for _, r in iter_jsonl(f"{dir_b}/{name}.jsonl")}
+        shared = [i for i in a if i in b]
+        agree = sum(a[i]["pred"] == b[i]["pred"] for i in shared)
+        same = sum(a[i]["completion"] == b[i]["completion"] for i in shared)
+        correct = [sum(bool(d[i]["correct"]) for i in shared) for d in (a, b)]
+        print(f"{name}: {len(shared)} questions answered by both; final answers agree {agree}/{len(shared)} "
+              f"({agree / max(len(shared), 1):.0%}); identical completions {same}; correct {correct[0]} vs {correct[1]}")
+
+
+def decoding_steps(model_spec: str, data_dir: str | None, widths: list[int], adapter: str | None) -> None:
+    """Seconds per cached decoding step of torch (float32 and the auto dtype) and llama.cpp, with the
+    adapter applied when one is given."""
     import os
 
     from lightreasoner import budget
-    from lightreasoner.gguf_export import model_gguf
-    from lightreasoner.models import encode_prompt, load_model, load_tokenizer, real_vocab_size
+    from lightreasoner.gguf_export import adapter_gguf, model_gguf
+    from lightreasoner.models import encode_prompt, load_tokenizer, real_vocab_size
 
     tokenizer = load_tokenizer(model_spec)
     question = load_problems("gsm8k", split="test", data_dir=data_dir, sample=1, seed=0)[0].question
     prompt = encode_prompt(tokenizer, prompts.build_prompt("qwen25-math-cot", question, tokenizer))
     auto = resolve_dtype("auto", resolve_device("cpu"))
-    print(f"{model_spec}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
+    print(f"{model_spec}{f' + adapter {adapter}' if adapter else ''}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
     steps: dict[str, dict[int, float]] = {}
-    for dtype in dict.fromkeys([torch.float32, auto]):
-        model = load_model(model_spec, dtype=dtype)
-        name = f"hf {str(dtype).removeprefix('torch.')}"
-        steps[name] = {b: budget.measure_torch(model, prompt, b)[0] for b in widths}
+    for dtype in dict.fromkeys(["float32", str(auto).removeprefix("torch.")]):
+        model, _ = load_for_eval(EvalConfig(model=model_spec, adapter=adapter, dtype=dtype, device="cpu"))
+        steps[f"hf {dtype}"] = {b: budget.measure_torch(model, prompt, b)[0] for b in widths}
         del model
     gguf = model_gguf(model_spec)
-    steps["llamacpp"] = {b: budget.measure_llamacpp(gguf, prompt, b, real_vocab_size(tokenizer)) for b in widths}
+    lora = adapter_gguf(adapter, gguf) if adapter else None
+    steps["llamacpp"] = {b: budget.measure_llamacpp(gguf, prompt, b, real_vocab_size(tokenizer), adapter=lora)
+                         for b in widths}
     for b in widths:
         cells = [f"{name} {seconds[b]:.3f} s ({b / seconds[b]:.1f} tok/s)" for name, seconds in steps.items()]
         ratios = [f"{steps[name][b] / steps['llamacpp'][b]:.1f}x {name}" for name in steps if name != "llamacpp"]

@@ -76,13 +76,14 @@ def measure_torch(model: Any, prompt: list[int], batch: int, steps: int = 3) -> 
     return sum(_seconds(step) for _ in range(steps)) / steps, prefill / ids.numel()
 
 
-def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, steps: int = 4) -> float:
+def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, steps: int = 4,
+                     adapter: Any = None) -> float:
     """Seconds per llama.cpp decoding step at ``batch`` sequences: ``steps`` more tokens each, less
-    the same prefill with one token each."""
+    the same prefill with one token each (``adapter``: a llama.cpp LoRA file applied)."""
     from .llamacpp import LlamaCppModel
 
     prompts = [prompt[:MEASURE_TOKENS]] * batch
-    with LlamaCppModel(gguf) as model:
+    with LlamaCppModel(gguf, adapter=adapter) as model:
         def run(tokens: int) -> float:
             return _seconds(lambda: list(model.decode(prompts, slots=batch, max_new_tokens=tokens, stop_ids=[],
                                                       vocab_size=vocab_size)))
