@@ -32,27 +32,31 @@ import time
 import torch
 
 from lightreasoner import grading, prompts
+from lightreasoner.backends import HFBackend, Request, Sampling
 from lightreasoner.data import load_problems
-from lightreasoner.evaluation import EvalConfig, hf_generate, llamacpp_generate, load_for_eval
-from lightreasoner.models import resolve_device, resolve_dtype
+from lightreasoner.evaluation import EvalConfig, completion_of, load_for_eval
+from lightreasoner.models import encode_prompt, load_tokenizer, resolve_device, resolve_dtype
 
 
-def answer(arm: str, config: EvalConfig, tokenizer, texts: list[str], adapter: str | None) -> tuple[list, float]:
-    """Generations of ``texts`` (in order) and the wall seconds they took."""
-    began = time.perf_counter()
+def answer(arm: str, model_spec: str, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
+           batch_size: int, adapter: str | None) -> tuple[list, float]:
+    """Generations of ``prompt_ids`` (in order, decoded longest first as `lightreasoner eval` does) and
+    the wall seconds of decoding (loading the model is not the engine's speed)."""
     if arm == "llamacpp":
-        batches = llamacpp_generate(config.model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
-                                    batch_size=config.batch_size, adapter=adapter, progress=False)
+        from lightreasoner.llamacpp import LlamaCppBackend
+
+        backend = LlamaCppBackend(model_spec, tokenizer, slots=batch_size, adapter=adapter, progress=False)
     else:
-        model, _ = load_for_eval(EvalConfig(model=config.model, adapter=adapter, dtype=arm, device="cpu"))
-        began = time.perf_counter()  # decoding only: loading is not the engine's speed
-        batches = hf_generate(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.batch_size, progress=False)
-    generations: list = [None] * len(texts)
-    for batch in batches:
-        for index, generation, _ in batch:
-            generations[index] = generation
-    return generations, time.perf_counter() - began
+        model, _ = load_for_eval(EvalConfig(model=model_spec, adapter=adapter, dtype=arm, device="cpu", backend="hf"))
+        backend = HFBackend(model, tokenizer, slots=batch_size, owns_model=True)
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    generations: list = [None] * len(prompt_ids)
+    with backend:
+        began = time.perf_counter()
+        for chunk in backend.generate([Request(prompt_ids[i], max_new_tokens) for i in order], Sampling()):
+            for output in chunk:
+                generations[order[output.index]] = completion_of(tokenizer, output, ())
+        return generations, time.perf_counter() - began
 
 
 def main() -> None:
@@ -75,19 +79,19 @@ def main() -> None:
 
     auto = str(resolve_dtype("auto", resolve_device("cpu"))).removeprefix("torch.")
     dtypes = ["float32"] + ([auto] if auto != "float32" else [])
-    config = EvalConfig(model=args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        backend="llamacpp")
-    tokenizer = load_for_eval(config)[1]
+    tokenizer = load_tokenizer(args.model)
     problems = load_problems("gsm8k", split="test", data_dir=args.data_dir, sample=args.questions, seed=0)
     texts = [prompts.build_prompt("qwen25-math-cot", prompts.toolkit_question(p.question, p.gold), tokenizer)
              for p in problems]
+    prompt_ids = [encode_prompt(tokenizer, text) for text in texts]
     print(f"{args.model}, {torch.get_num_threads()} threads, {len(texts)} GSM8K test questions, batch "
           f"{args.batch_size}, up to {args.max_new_tokens} new tokens; hf dtypes {', '.join(dtypes)}", flush=True)
     for adapter in [None] + ([args.adapter] if args.adapter else []):
         label = "base" if adapter is None else f"adapter {adapter}"
         results = {}
         for arm in [*dtypes, "llamacpp"]:
-            generations, seconds = answer(arm, config, tokenizer, texts, adapter)
+            generations, seconds = answer(arm, args.model, tokenizer, prompt_ids, max_new_tokens=args.max_new_tokens,
+                                          batch_size=args.batch_size, adapter=adapter)
             tokens = sum(g.tokens for g in generations)
             preds = [grading.grade(g.completion, p.gold or "", "gsm8k") for g, p in zip(generations, problems)]
             results[arm] = (generations, preds, tokens / seconds)
@@ -102,7 +106,7 @@ def main() -> None:
                   f"{agree}/{len(preds)} ({agree / len(preds):.0%}), identical completions {same}/{len(preds)}",
                   flush=True)
         if len(dtypes) == 2:
-            (a_gen, a_pred, _), (b_gen, b_pred, _) = results[dtypes[0]], results[dtypes[1]]
+            (_, a_pred, _), (_, b_pred, _) = results[dtypes[0]], results[dtypes[1]]
             agree = sum(x.pred == y.pred for x, y in zip(a_pred, b_pred))
             print(f"{label:>10} | hf {dtypes[1]} vs hf float32: final answers agree {agree}/{len(a_pred)}", flush=True)
 
@@ -129,7 +133,7 @@ def decoding_steps(model_spec: str, data_dir: str | None, widths: list[int], ada
 
     from lightreasoner import budget
     from lightreasoner.gguf_export import adapter_gguf, model_gguf
-    from lightreasoner.models import encode_prompt, load_tokenizer, real_vocab_size
+    from lightreasoner.models import real_vocab_size
 
     tokenizer = load_tokenizer(model_spec)
     question = load_problems("gsm8k", split="test", data_dir=data_dir, sample=1, seed=0)[0].question

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import LightReasonerError
+from .errors import LightReasonerError, line_of
 
 C = TypeVar("C")
 
@@ -53,12 +57,115 @@ def _base_type(annotation: Any) -> Any:
     return origin or annotation
 
 
+# ----------------------------------------------------------------------------------------------
+# Checking values: every config dataclass calls check_fields from __post_init__, so a value is
+# checked the same way whether it came from the command line, a YAML file or Python.
+
+
+class SettingError(ValueError):
+    """A setting has a value its field does not take; ``name`` is the field."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name}: {problem}")
+        self.name, self.problem = name, problem
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list of text",
+          dict: "NAME: N pairs"}
+
+
+def _checked(value: Any, annotation: Any) -> Any:
+    """``value`` as ``annotation`` takes it (a whole number given for a float becomes a float), or
+    raise TypeError. Annotations other than the ones config fields use are not checked."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in arguments:
+            return None
+        for option in arguments:
+            if option is not type(None):
+                try:
+                    return _checked(value, option)
+                except TypeError:
+                    pass
+        raise TypeError(" or ".join(_KINDS.get(_base_type(a), str(a)) for a in arguments if a is not type(None)))
+    kind = origin or annotation
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (bool, str) and isinstance(value, kind):
+        return value
+    if kind is list and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    if kind is dict and isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()):
+        return value
+    if kind in _KINDS:
+        raise TypeError(_KINDS[kind])
+    if dataclasses.is_dataclass(kind) and not isinstance(value, kind):
+        raise TypeError(f"{kind.__name__} settings")
+    return value
+
+
+def _bounds_problem(value: Any, metadata: typing.Mapping[str, Any]) -> str | None:
+    """What is wrong with ``value`` against the field's ``min``/``above``/``max``/``choices``, if anything."""
+    if "choices" in metadata and value not in metadata["choices"]:
+        return f"expected one of {', '.join(map(str, metadata['choices']))}, got {value!r}"
+    low_open = "above" in metadata  # a lower bound the value may not equal
+    low, high = metadata.get("above", metadata.get("min")), metadata.get("max")
+    if (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high):
+        return None
+    if low is not None and high is not None:
+        return f"must be in {'(' if low_open else '['}{low}, {high}], got {value}"
+    if low is not None:
+        return f"must be {'>' if low_open else '>='} {low}, got {value}"
+    return f"must be <= {high}, got {value}"
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of the dataclass ``config`` against its type (floats finite) and the bounds
+    in its metadata (``min``, ``above``, ``max``, ``choices``); raise :class:`SettingError` naming it."""
+    hints = _type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        try:
+            value = _checked(value, hints[field.name])
+        except TypeError as expected:
+            raise SettingError(field.name, f"expected {expected}, got {value!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingError(field.name, f"expected a finite number, got {value}")
+        setattr(config, field.name, value)
+        problem = None if value is None or isinstance(value, (list, dict)) else _bounds_problem(value, field.metadata)
+        if problem:
+            raise SettingError(field.name, problem)
+
+
+@functools.cache
+def _type_hints(config_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_cls)
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a plain (non-config) number option: NaN and infinity are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line options and YAML files
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, exclude: tuple[str, ...] = ()) -> None:
     """Add one option per field of ``config_cls`` plus ``--config``.
 
     Options default to ``argparse.SUPPRESS`` so that only what the user typed overrides YAML.
     """
-    hints = typing.get_type_hints(config_cls)
+    hints = _type_hints(config_cls)
     group = parser.add_argument_group(f"{config_cls.__name__} options")
     for field in dataclasses.fields(config_cls):
         if field.name in exclude or not field.init:
@@ -82,12 +189,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, e
                             help="YAML file setting any option above; the command line wins")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e-5`` and ``1.0e3`` (no dot, or no exponent sign) as text; a settings file means a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, or raise an error naming the file."""
+    """Read a YAML mapping, or raise an error naming the file (and line)."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_bytes().decode("utf-8"), Loader=_Loader)
     except FileNotFoundError:
         raise LightReasonerError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise LightReasonerError(f"{path}:{line_of(exc)}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise LightReasonerError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     if data is None:
@@ -97,41 +215,135 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(config_cls: type[C], values: dict[str, Any], *, source: str = "config") -> C:
-    """Instantiate ``config_cls`` from a mapping whose keys may use dashes or underscores."""
+# A YAML file may hold a run's settings: headline settings at the top level, any stage's own in its
+# section. Commands of one stage read their section (or the top level when there is none).
+SECTIONS = ("sample", "train", "eval", "sft")
+# Settings that name a model: compared by the place they resolve to (models.same_model).
+MODEL_SETTINGS = ("expert", "amateur", "model")
+# Settings no file may turn on: only the option typed on the command that needs it.
+COMMAND_LINE_ONLY = {"trust_remote_code": "runs Python code shipped with the model, so only the "
+                                          "--trust-remote-code option of the command turns it on"}
+
+
+def _unknown(key: str, known: typing.Iterable[str], where: str) -> LightReasonerError:
+    close = difflib.get_close_matches(key.replace("-", "_"), sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return LightReasonerError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def refuse_unknown(values: dict[str, Any], known: typing.Iterable[str], where: str) -> None:
+    """Refuse the first key of ``values``, read from the file ``where``, that is not in ``known`` (dashes
+    read as underscores) or that turns on what only the command line may."""
+    known = set(known)
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise _unknown(key, known, where)
+        if name in COMMAND_LINE_ONLY and value:
+            raise LightReasonerError(f"{where}: {key}: {COMMAND_LINE_ONLY[name]}")
+
+
+def all_setting_names() -> set[str]:
+    """Every setting any command reads from a YAML file's top level, and the section names."""
+    from .evaluation import EvalConfig
+    from .pipeline import RunConfig
+    from .sampling import SampleConfig
+    from .sft import SFTConfig
+    from .training import TrainConfig
+
+    classes = (RunConfig, SampleConfig, TrainConfig, EvalConfig, SFTConfig)
+    return {f.name for cls in classes for f in dataclasses.fields(cls)} | set(SECTIONS)
+
+
+def yaml_sections(data: dict[str, Any], path: str | Path, known: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """The stage sections of a YAML file's top level. For a command whose own settings (``known``)
+    include ``sample`` (evaluation's seeded subset sizes: a number or a mapping of benchmark names), a
+    top-level ``sample`` is the sampling stage's section only when it is a mapping holding a sampling
+    setting; for the others it is always the section."""
+    from .sampling import SampleConfig
+
+    sampling = {f.name for f in dataclasses.fields(SampleConfig)}
+    sections = {}
+    for name in SECTIONS:
+        if name not in data:
+            continue
+        value = data[name]
+        if name in known and not (isinstance(value, dict) and any(k.replace("-", "_") in sampling for k in value)):
+            continue
+        if not isinstance(value, dict):
+            raise LightReasonerError(f"{path}: section {name!r} must be a mapping of option: value")
+        sections[name] = value
+    return sections
+
+
+def yaml_values(path: Path, section: str | None, known: set[str], also: typing.Iterable[str] = ()
+                ) -> tuple[dict[str, Any], str]:
+    """The settings of ``section`` (or the top level) of the YAML file ``path`` that ``known`` holds, and
+    where they came from for messages. Every key of the file must be a setting of some command; in the
+    section, one of ``known`` or ``also`` (what the command's other configs read there)."""
+    data = load_yaml(path)
+    sections = yaml_sections(data, path, known)
+    top = {k: v for k, v in data.items() if k not in sections}
+    refuse_unknown(top, all_setting_names(), str(path))
+    if section is not None and section in data:
+        refuse_unknown(data[section], known | set(also), f"{path}: {section}")
+        values, where = data[section], f"{path}: {section}"
+    else:
+        values, where = top, str(path)
+    return {k.replace("-", "_"): v for k, v in values.items() if k.replace("-", "_") in known}, where
+
+
+def build_config(config_cls: type[C], values: dict[str, Any], *, source: str = "config",
+                 origins: dict[str, str] | None = None) -> C:
+    """Instantiate ``config_cls`` from a mapping whose keys may use dashes or underscores.
+
+    A value that does not fit its field is refused naming where it came from: ``origins`` maps a
+    setting to a file (``"run.yaml"``) or to ``"command line"``; the others are named by ``source``.
+    """
     names = {f.name for f in dataclasses.fields(config_cls) if f.init}
-    hints = typing.get_type_hints(config_cls)
+    hints = _type_hints(config_cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in names:
-            raise LightReasonerError(f"{source}: unknown setting {key!r} for {config_cls.__name__}")
+            raise _unknown(key, names, source)
         if _base_type(hints[name]) is list and isinstance(value, str):
             value = _comma_list(value)
         kwargs[name] = value
     try:
         return config_cls(**kwargs)
+    except SettingError as exc:
+        where = (origins or {}).get(exc.name, source)
+        if where == "command line":
+            raise LightReasonerError(f"--{exc.name.replace('_', '-')}: {exc.problem}") from None
+        raise LightReasonerError(f"{where}: {exc.name}: {exc.problem}") from None
     except (TypeError, ValueError) as exc:
         raise LightReasonerError(f"{source}: {exc}") from None
 
 
-def config_from_args(config_cls: type[C], args: argparse.Namespace, *, section: str | None = None) -> C:
-    """Merge dataclass defaults < YAML (``--config``, optionally one ``section`` of it) < command line."""
-    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
+def values_from_args(args: argparse.Namespace, known: set[str], *, section: str | None = None,
+                     also: typing.Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings in ``known`` given by ``--config`` (its ``section``, or its top level) and on the
+    command line (which wins), and where each came from."""
     values: dict[str, Any] = {}
-    source = "command line"
+    origins: dict[str, str] = {}
     if getattr(args, "config", None):
-        data = load_yaml(args.config)
-        if section is not None and isinstance(data.get(section), dict):
-            data = data[section]
-        # A shared YAML may hold settings for several stages: take the ones this stage knows.
-        values.update({k: v for k, v in data.items() if k.replace("-", "_") in names})
-        unknown = [k for k, v in data.items() if k.replace("-", "_") not in names and not isinstance(v, dict)]
-        if section is None and unknown:
-            raise LightReasonerError(f"{args.config}: unknown setting {unknown[0]!r} for {config_cls.__name__}")
-        source = str(args.config)
-    values.update({name: getattr(args, name) for name in names if hasattr(args, name)})
-    return build_config(config_cls, values, source=source)
+        values, where = yaml_values(args.config, section, known, also)
+        origins = dict.fromkeys(values, where)
+    typed = {name: getattr(args, name) for name in known if hasattr(args, name)}
+    values.update(typed)
+    origins.update(dict.fromkeys(typed, "command line"))
+    return values, origins
+
+
+def config_from_args(config_cls: type[C], args: argparse.Namespace, *, section: str | None = None,
+                     also: typing.Iterable[str] = ()) -> C:
+    """Merge dataclass defaults < YAML (``--config``, its ``section`` if it has one) < command line.
+    ``also``: settings of the section that another config of the command reads."""
+    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    values, origins = values_from_args(args, names, section=section, also=also)
+    return build_config(config_cls, values, source=str(getattr(args, "config", None) or "command line"),
+                        origins=origins)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -161,9 +373,15 @@ def check_same_settings(path: str | Path, previous: dict[str, Any], current: dic
                         free: set[str] | frozenset[str] = frozenset()) -> None:
     """Refuse ``current`` where it differs from ``previous``, the settings ``path`` was made with,
     naming the first differing setting by its dotted name; settings named in ``free`` (at any depth)
-    may change."""
+    may change. A model given by another path to the same folder is the same model."""
+    from .models import same_model
+
     before, now = _flat(previous), _flat(current)
     for key in sorted(before.keys() | now.keys()):
-        if before.get(key) != now.get(key) and key.rsplit(".", 1)[-1] not in free:
-            raise LightReasonerError(f"{path}: made with {key}={before.get(key)!r}, now {now.get(key)!r}; "
-                                     "use another --out")
+        name = key.rsplit(".", 1)[-1]
+        if name in free or before.get(key) == now.get(key):
+            continue
+        if name in MODEL_SETTINGS and same_model(before.get(key), now.get(key)):
+            continue
+        raise LightReasonerError(f"{path}: made with {key}={before.get(key)!r}, now {now.get(key)!r}; "
+                                 "use another --out")

@@ -8,6 +8,7 @@ evaluation toolkit (``parse_question`` / ``parse_ground_truth``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .grading import find_last_boxed
 from .records import iter_jsonl
 
 DATA_DIR_ENV = "LIGHTREASONER_DATA_DIR"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def load_problems(source: str | Path, *, split: str = "test", data_dir: str | Pa
     else:
         known = ", ".join(sorted(BENCHMARKS) + list(GENERATED))
         raise LightReasonerError(f"unknown data source {text!r}: not a file, and not one of the benchmarks {known}")
-    problems = _unique_ids(problems)
+    problems = _unique_ids(problems, text)
     if sample is not None and sample < len(problems):
         import random
 
@@ -219,11 +221,16 @@ def check_same_problems(path: str | Path, records: Iterable[dict[str, Any]], pro
                                          "use another --out")
 
 
-def _unique_ids(problems: list[Problem]) -> list[Problem]:
+def _unique_ids(problems: list[Problem], source: str) -> list[Problem]:
+    """Make ids unique (the second ``a`` becomes ``a#1``), with a one-line note when any repeat."""
     seen: dict[str, int] = {}
     unique = []
     for problem in problems:
         count = seen.get(problem.id, 0)
         seen[problem.id] = count + 1
         unique.append(problem if count == 0 else Problem(f"{problem.id}#{count}", problem.question, problem.gold))
+    repeated = [problem_id for problem_id, count in seen.items() if count > 1]
+    if repeated:
+        log.warning("note: %s: question ids repeat (%d of them, first %r); a repeat is read as %s#1, %s#2, ...",
+                    source, len(repeated), repeated[0], repeated[0], repeated[0])
     return unique

@@ -79,22 +79,24 @@ class _Row:
     seconds: float = 0.0
 
 
-def decode(model: Any, prompts: Sequence[list[int]], *, slots: int, max_new_tokens: int, stop_ids: Sequence[int],
-           vocab_size: int, pad_id: int, choose: Chooser = greedy,
+def decode(model: Any, prompts: Sequence[list[int]], *, slots: int, max_new_tokens: int | Sequence[int],
+           stop_ids: Sequence[int], vocab_size: int, pad_id: int, choose: Chooser = greedy,
            stop_text: Callable[[list[int]], bool] | None = None) -> Iterator[Finished]:
     """Completions of ``prompts`` (token ids), at most ``slots`` decoded together, yielded as each
-    one ends: on a token of ``stop_ids``, after ``max_new_tokens`` tokens, or when
-    ``stop_text(token_ids)`` says so. Tokens are picked by ``choose`` (greedy by default) from the
-    raw logits of the first ``vocab_size`` vocabulary rows only: no other row is ever generated.
+    one ends: on a token of ``stop_ids``, after ``max_new_tokens`` tokens (one limit for all, or one
+    per prompt), or when ``stop_text(token_ids)`` says so. Tokens are picked by ``choose`` (greedy by
+    default) from the raw logits of the first ``vocab_size`` vocabulary rows only: no other row is
+    ever generated.
     """
     device = next(model.parameters()).device
     queue = deque(range(len(prompts)))
     stops = set(stop_ids)
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     rows: list[_Row] = []
     cache, mask = DynamicCache(), torch.zeros(0, 0, dtype=torch.long, device=device)
 
     def ended(row: _Row) -> bool:
-        return (row.token_ids[-1] in stops or len(row.token_ids) >= max_new_tokens
+        return (row.token_ids[-1] in stops or len(row.token_ids) >= limits[row.index]
                 or (stop_text is not None and stop_text(row.token_ids)))
 
     while queue or rows:

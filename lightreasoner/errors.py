@@ -9,3 +9,8 @@ class LightReasonerError(Exception):
     """
 
     exit_code = 2
+
+
+def line_of(error: UnicodeDecodeError) -> int:
+    """The line (1-based) of the byte a UnicodeDecodeError of decoding a whole file stopped at."""
+    return 1 + bytes(error.object[:error.start]).count(b"\n")

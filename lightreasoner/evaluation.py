@@ -2,47 +2,57 @@
 
 ``evaluate(config, out_dir)`` writes into ``out_dir``:
 
-* ``<benchmark>.jsonl``: one line per question (id, prompt, completion, pred, gold, correct,
-  tokens, finish, seconds), appended and fsynced as each answer ends. A rerun with the same
+* ``<benchmark>.jsonl``: one line per question (id, prompt, completion, gold, pred, source,
+  correct, correct_strict, tokens, finish, seconds), appended and fsynced as each chunk of answers
+  ends (one answer with the hf and llamacpp backends, one engine call with vLLM). A rerun with the same
   ``out_dir`` skips the questions already there, so a killed evaluation resumes where it stopped.
+  ``correct`` is the Qwen2.5-Math toolkit's verdict, ``correct_strict`` also asks for a stated final
+  answer in a completion that was not cut off (:mod:`lightreasoner.grading`).
 * ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
   dtype, backend); a rerun with different ones is refused rather than mixed into old results.
-* ``summary.json``: per benchmark n, correct, accuracy, its 95% Wilson interval, tokens and
-  seconds, plus the unweighted average over benchmarks (the paper's "Avg."); rewritten as each
-  benchmark ends, with the benchmarks still to come under ``pending``.
+* ``summary.json``: per benchmark n, both verdicts' counts, accuracies and 95% Wilson intervals,
+  the answers cut off at the token limit, tokens and seconds, plus the unweighted average over
+  benchmarks (the paper's "Avg.") of both; rewritten as each benchmark ends, with the benchmarks
+  still to come under ``pending``.
 
-Generation is greedy pass@1 like the Qwen2.5-Math toolkit: a cached decoding loop with continuous
-batching (:mod:`lightreasoner.decoding`; or llama.cpp on the model's GGUF, :mod:`lightreasoner.llamacpp`;
-or vLLM; both imported only when asked for), stopping on every end token of
-:func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real
-vocabulary are never generated. The model's own generation config (which may sample) plays no part.
+:func:`regrade` grades a folder's answers again (e.g. a published one, whose gold answers come back
+from the data), and :func:`score` grades completions made elsewhere.
+
+Generation is greedy pass@1 like the Qwen2.5-Math toolkit, through a backend of
+:mod:`lightreasoner.backends` (the cached decoding loop with continuous batching, llama.cpp on the
+model's GGUF file, or one vLLM engine for the whole evaluation), stopping on every end token of
+:func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real vocabulary
+are never generated. The model's own generation config (which may sample) plays no part.
+``workers`` > 1 runs one evaluation process per GPU over shards of the questions and merges them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
-from dataclasses import dataclass, field
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 from . import grading, prompts
-from .config import config_to_dict
+from .backends import BACKENDS, Backend, HFBackend, Output, Request, Sampling, VLLMBackend, resolve_backend
+from .config import SettingError, check_fields, config_to_dict
 from .data import BENCHMARKS, GENERATED, Problem, check_same_problems, load_problems
 from .errors import LightReasonerError
-from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
+                      repair_torn_tail, write_json_atomic)
+
+from .stats import wilson_interval
 
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-# A stop string is looked for in the text of a completion's last tokens, decoded at every step.
-STOP_STRING_TOKENS = 16
 # Settings that decide the completions: a folder's answers are only resumed under the same ones. The
 # adapter counts by its content, not its path, so answers resume wherever the same adapter is rebuilt.
 RUN_KEYS = ("model", "adapter_sha256", "prompt", "max_new_tokens", "dtype", "backend", "split")
-BACKENDS = ("hf", "llamacpp", "vllm")
 
 
 @dataclass
@@ -53,47 +63,75 @@ class EvalConfig:
                                   metadata={"help": "benchmarks to run, comma separated; default: the paper's seven, " + ",".join(PAPER_BENCHMARKS)})
     split: str = field(default="test", metadata={"help": "data split file <data-dir>/<name>/<split>.jsonl"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with <benchmark>/<split>.jsonl files"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N questions of each benchmark"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N questions of each benchmark",
+                                                      "min": 1})
     sample: int | dict[str, int] | None = field(default=None, metadata={
         "help": "a seeded random N questions of each benchmark, or per benchmark: gsm8k=300,math500=100 "
                 "(benchmarks not named: all questions); a smaller N of the same seed is a subset of a larger one"})
     seed: int = field(default=0, metadata={"help": "seed for --sample"})
     prompt: str = field(default=prompts.DEFAULT_PROMPT, metadata={"help": "prompt template: qwen25-math-cot or plain"})
-    max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer"})
-    batch_size: int = field(default=16, metadata={"help": "questions decoded together (hf and llamacpp backends)"})
-    backend: str = field(default="hf", metadata={
-        "help": f"{' or '.join(BACKENDS)}: llamacpp and vllm are optional extras (docs/EVALUATION.md)"})
+    max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer", "min": 1})
+    batch_size: int = field(default=16, metadata={
+        "help": "hf and llamacpp: questions decoded together; vllm: questions per engine call, their answers "
+                "written when it returns (the engine batches within a call by memory; a few hundred keep a GPU "
+                "busy)", "min": 1})
+    backend: str = field(default="auto", metadata={
+        "help": "hf (the cached decoding loop), llamacpp (CPU, the model's GGUF; optional extra), vllm (GPU; "
+                "optional extra) or auto: vllm on a CUDA GPU when installed; on a CPU llamacpp for a GGUF model "
+                "(the embedded pair) when installed; else hf. A folder keeps the backend of its first answers",
+        "choices": BACKENDS})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16 or float32"})
+    workers: int = field(default=1, metadata={
+        "help": "evaluation processes, one per GPU (worker k sees only the k-th visible GPU): each answers every "
+                "workers-th question into <out>/workers/, merged into --out when all are done", "min": 1})
+    shard: str | None = field(default=None, metadata={
+        "help": "K/N: only questions K, K+N, K+2N, ... of each benchmark (what --workers gives worker K)"})
     grading_timeout: float = field(default=grading.DEFAULT_TIMEOUT,
-                                   metadata={"help": "seconds allowed to grade one answer"})
+                                   metadata={"help": "seconds allowed to grade one answer", "above": 0})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the model folder"})
 
     def __post_init__(self) -> None:
+        from .models import model_location
+
+        check_fields(self)
+        self.model = model_location(self.model)
         known = [*BENCHMARKS, *GENERATED]
         unknown = [name for name in self.benchmarks if name not in known]
         if unknown:
-            raise ValueError(f"--benchmarks: unknown benchmark {unknown[0]!r} (choose from {', '.join(known)})")
+            raise SettingError("benchmarks", f"unknown benchmark {unknown[0]!r} (choose from {', '.join(known)})")
         if not self.benchmarks:
-            raise ValueError("--benchmarks: no benchmark given")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"--backend: expected {' or '.join(BACKENDS)}, got {self.backend!r}")
+            raise SettingError("benchmarks", "no benchmark given")
         if self.prompt not in prompts.PROMPTS:
-            raise ValueError(f"--prompt: unknown prompt {self.prompt!r} (choose from {', '.join(prompts.PROMPTS)})")
-        for name in ("max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+            raise SettingError("prompt", f"unknown prompt {self.prompt!r} (choose from {', '.join(prompts.PROMPTS)})")
+        if self.workers > 1 and self.shard is not None:
+            raise SettingError("shard", "a shard is one worker's part; give --shard or --workers, not both")
+        if self.shard is not None:
+            _parse_shard(self.shard)
         sizes = self.sample if isinstance(self.sample, dict) else {}
         stray = [name for name in sizes if name not in self.benchmarks]
         if stray:
-            raise ValueError(f"--sample: {stray[0]!r} is not one of the benchmarks {', '.join(self.benchmarks)}")
-        if any(not isinstance(n, int) or n < 1 for n in [*sizes.values(), *([self.sample] if isinstance(
-                self.sample, int) else [])]):
-            raise ValueError(f"--sample: sizes must be whole numbers of at least 1, got {self.sample!r}")
+            raise SettingError("sample", f"{stray[0]!r} is not one of the benchmarks {', '.join(self.benchmarks)}")
+        if any(n < 1 for n in [*sizes.values(), *([self.sample] if isinstance(self.sample, int) else [])]):
+            raise SettingError("sample", f"sizes must be whole numbers of at least 1, got {self.sample!r}")
+
+    def shard_of(self, items: list[Problem]) -> list[Problem]:
+        """This process's part of a benchmark's questions (all of them without ``shard``)."""
+        if self.shard is None:
+            return items
+        index, count = _parse_shard(self.shard)
+        return items[index::count]
 
     def sample_size(self, benchmark: str) -> int | None:
         """How many seeded random questions of ``benchmark`` to use (None: all)."""
         return self.sample.get(benchmark) if isinstance(self.sample, dict) else self.sample
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if match is None or not int(match[1]) < int(match[2]):
+        raise SettingError("shard", f"expected K/N with 0 <= K < N, got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True)
@@ -103,137 +141,61 @@ class Generation:
     finish: str  # "eos" (an end token), "stop" (a stop string) or "length"
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (sane at 0 and n, unlike the normal one)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+# --------------------------------------------------------------------------- summaries
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """n, correct, accuracy, 95% interval, tokens and seconds of one benchmark's records."""
+    """n; the count, accuracy and 95% Wilson interval of each verdict (``correct``, ``correct_strict``);
+    the answers cut off at the token limit (``cut_off``); tokens and seconds of one benchmark's records.
+    Records graded before the strict verdict existed (no ``correct_strict``) give no strict figures."""
     n = len(records)
-    correct = sum(bool(r["correct"]) for r in records)
-    low, high = wilson_interval(correct, n)
-    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "ci95": [low, high],
+    result = {"n": n, **_verdict(records, "correct", "")}
+    if all("correct_strict" in r for r in records):
+        result.update(_verdict(records, "correct_strict", "_strict"))
+    return {**result, "cut_off": sum(r.get("finish") == "length" for r in records),
             "tokens": sum(int(r.get("tokens", 0)) for r in records),
             "seconds": round(sum(float(r.get("seconds", 0.0)) for r in records), 3)}
+
+
+def _verdict(records: Sequence[dict[str, Any]], key: str, suffix: str) -> dict[str, Any]:
+    n, correct = len(records), sum(bool(r[key]) for r in records)
+    return {f"correct{suffix}": correct, f"accuracy{suffix}": correct / n if n else 0.0,
+            f"ci95{suffix}": list(wilson_interval(correct, n))}
 
 
 # --------------------------------------------------------------------------- generation
 
 
-def hf_generate(model: Any, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-                stop_strings: Sequence[str] = (), progress: bool = True,
-                desc: str = "generate") -> Iterator[list[tuple[int, Generation, float]]]:
-    """Greedy completions of ``prompt_texts``, ``batch_size`` decoded together with continuous
-    batching (:mod:`lightreasoner.decoding`), longest prompts first.
-
-    Yields each completion as it ends, as a list of one ``(index into prompt_texts, generation,
-    seconds)``, so that the caller can store it durably before the next one.
-    """
-    from tqdm.auto import tqdm
-
-    from .decoding import decode
-    from .models import encode_prompt, real_vocab_size, stop_token_ids
-
-    stops = stop_token_ids(tokenizer, model)
-    encoded = [encode_prompt(tokenizer, text) for text in prompt_texts]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-
-    def stop_text(ids: list[int]) -> bool:
-        tail = tokenizer.decode(ids[-STOP_STRING_TOKENS:], skip_special_tokens=True)
-        return any(stop in tail for stop in stop_strings)
-
-    with tqdm(total=len(order), desc=desc, unit="q", disable=not progress) as bar:
-        for done in decode(model, [encoded[i] for i in order], slots=batch_size, max_new_tokens=max_new_tokens,
-                           stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model), pad_id=tokenizer.pad_token_id,
-                           stop_text=stop_text if stop_strings else None):
-            yield [(order[done.index], _finish(tokenizer, done.token_ids, stops, stop_strings), done.seconds)]
-            bar.update(1)
+def completion_of(tokenizer: Any, output: Output, stop_strings: Sequence[str]) -> Generation:
+    """The graded text of a backend's output: decoded without special tokens, the end token left out,
+    cut before a stop string."""
+    ids = output.token_ids[:-1] if output.finish == "eos" else output.token_ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if output.finish == "stop":
+        stop = next((stop for stop in stop_strings if stop in text), None)
+        text = text if stop is None else text[:text.index(stop)]
+    return Generation(text, len(output.token_ids), output.finish)
 
 
-def _finish(tokenizer: Any, new_ids: list[int], stops: Sequence[int], stop_strings: Sequence[str]) -> Generation:
-    """Cut the generated ids at the first end token (rows that ended early are padded after it)."""
-    end = next((i for i, token in enumerate(new_ids) if token in stops), None)
-    kept = new_ids if end is None else new_ids[:end]
-    text = tokenizer.decode(kept, skip_special_tokens=True)
-    if end is not None:
-        return Generation(text, end + 1, "eos")
-    for stop in stop_strings:
-        if stop in text:
-            return Generation(text[:text.index(stop)], len(kept), "stop")
-    return Generation(text, len(kept), "length")
+def open_backend(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Backend:
+    """The backend ``config`` asks for; hf uses ``model``/``tokenizer`` when given, else loads them."""
+    from .models import load_tokenizer, resolve_model_path
 
+    if config.backend == "vllm":
+        tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        return VLLMBackend(resolve_model_path(config.model), tokenizer, dtype=config.dtype,
+                           chunk_size=config.batch_size, adapter=config.adapter, device=config.device,
+                           trust_remote_code=config.trust_remote_code)
+    if config.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
 
-def vllm_generate(model_path: str, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int,
-                  dtype: str, adapter: str | None, stop_strings: Sequence[str] = (),
-                  trust_remote_code: bool = False) -> list[Generation]:
-    """Greedy completions with vLLM (optional extra ``pip install lightreasoner[vllm]``)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise LightReasonerError("--backend vllm: vLLM is not installed (pip install 'lightreasoner[vllm]')") from None
-    from .models import encode_prompt, real_vocab_size, stop_token_ids
-
-    llm = LLM(model=model_path, dtype="auto" if dtype == "auto" else dtype, enable_lora=adapter is not None,
-              trust_remote_code=trust_remote_code, seed=0)
-    vocab = real_vocab_size(tokenizer)
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer),
-                            stop=list(stop_strings) or None, skip_special_tokens=True,
-                            allowed_token_ids=list(range(vocab)))
-    lora = None
-    if adapter is not None:
-        from vllm.lora.request import LoRARequest
-
-        lora = LoRARequest("adapter", 1, adapter)
-    inputs = [{"prompt_token_ids": encode_prompt(tokenizer, text)} for text in prompt_texts]
-    outputs = llm.generate(inputs, params, lora_request=lora)
-    results = []
-    for output in outputs:
-        choice = output.outputs[0]
-        # vLLM's stop_reason is the stop string that ended the text, or a token id / None for an end token.
-        finish = "length" if choice.finish_reason == "length" else (
-            "stop" if isinstance(choice.stop_reason, str) else "eos")
-        results.append(Generation(choice.text, len(choice.token_ids), finish))
-    return results
-
-
-def llamacpp_generate(model_spec: str, tokenizer: Any, prompt_texts: Sequence[str], *, max_new_tokens: int,
-                      batch_size: int, adapter: str | None = None, stop_strings: Sequence[str] = (),
-                      progress: bool = True, desc: str = "generate") -> Iterator[list[tuple[int, Generation, float]]]:
-    """Greedy completions with llama.cpp on the model's GGUF (optional extra, :mod:`lightreasoner.llamacpp`):
-    the same prompt token ids, end tokens, stop strings and real-vocabulary rows as :func:`hf_generate`,
-    ``batch_size`` sequences decoded together with continuous batching; yields each completion as it ends."""
-    from tqdm.auto import tqdm
-
-    from .gguf_export import adapter_gguf, model_gguf
-    from .llamacpp import LlamaCppModel, import_llama_cpp
-    from .models import encode_prompt, model_configs, real_vocab_size, stop_token_ids
-
-    import_llama_cpp()  # refused before any conversion when the extra is missing
-    gguf = model_gguf(model_spec, progress=progress)
-    stops = stop_token_ids(tokenizer, model_configs(model_spec))
-    encoded = [encode_prompt(tokenizer, text) for text in prompt_texts]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-
-    def stop_text(ids: list[int]) -> bool:
-        tail = tokenizer.decode(ids[-STOP_STRING_TOKENS:], skip_special_tokens=True)
-        return any(stop in tail for stop in stop_strings)
-
-    with LlamaCppModel(gguf, adapter=adapter_gguf(adapter, gguf) if adapter else None) as model, \
-            tqdm(total=len(order), desc=desc, unit="q", disable=not progress) as bar:
-        for done in model.decode([encoded[i] for i in order], slots=batch_size, max_new_tokens=max_new_tokens,
-                                 stop_ids=stops, vocab_size=real_vocab_size(tokenizer),
-                                 stop_text=stop_text if stop_strings else None):
-            yield [(order[done.index], _finish(tokenizer, done.token_ids, stops, stop_strings), done.seconds)]
-            bar.update(1)
+        tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        return LlamaCppBackend(config.model, tokenizer, slots=config.batch_size, adapter=config.adapter,
+                               device=config.device, trust_remote_code=config.trust_remote_code)
+    if model is not None and tokenizer is not None:
+        return HFBackend(model, tokenizer, slots=config.batch_size)
+    model, tokenizer = load_for_eval(config)
+    return HFBackend(model, tokenizer, slots=config.batch_size, owns_model=True)
 
 
 # --------------------------------------------------------------------------- the evaluation loop
@@ -255,20 +217,42 @@ def adapter_fingerprint(adapter: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _check_run_settings(out_dir: Path, config: EvalConfig) -> None:
+def answering_backend(config: EvalConfig, out_dir: Path) -> str:
+    """The backend that answers: ``auto`` resolved (:func:`lightreasoner.backends.resolve_backend`), except
+    in a folder that holds answers already, where ``auto`` keeps the backend that made them: an extra
+    installed since must not mix two engines' answers in one folder."""
+    if config.backend == "auto" and (out_dir / "run.json").is_file():
+        recorded = read_json(out_dir / "run.json")
+        if isinstance(recorded, dict) and recorded.get("backend") in set(BACKENDS) - {"auto"}:
+            return recorded["backend"]
+    return resolve_backend(config.backend, config.device, llamacpp_model=config.model)
+
+
+def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
+    """The run.json settings of this evaluation, refused if ``out_dir`` holds answers made otherwise, or
+    files that are not a lightreasoner evaluation's (before anything touches them)."""
+    from .models import check_adapter, same_model
+
     settings = {key: getattr(config, key) for key in RUN_KEYS if key != "adapter_sha256"}
-    settings["adapter_sha256"] = adapter_fingerprint(config.adapter) if config.adapter else None
+    settings["adapter_sha256"] = adapter_fingerprint(check_adapter(config.adapter)) if config.adapter else None
     path = out_dir / "run.json"
     if path.exists():
         previous = read_json(path)
-        changed = [key for key in RUN_KEYS if previous.get(key) != settings[key]]
+        if not isinstance(previous, dict) or "max_new_tokens" not in previous:
+            raise LightReasonerError(f"{path}: not the run.json of a lightreasoner evaluation; choose another --out")
+        changed = [key for key in RUN_KEYS if previous.get(key) != settings[key]
+                   and not (key == "model" and same_model(previous.get(key), settings[key]))]
         if changed:
             key = changed[0]
             raise LightReasonerError(
                 f"{path}: this folder holds results for {key}={previous.get(key)!r}, not {settings[key]!r}; "
                 f"use another --out folder, or delete {out_dir} to answer again")
     else:
-        write_json_atomic(path, {**settings, "adapter": config.adapter})
+        found = [name for name in config.benchmarks if (out_dir / f"{name}.jsonl").exists()]
+        if found:
+            raise LightReasonerError(f"{out_dir / found[0]}.jsonl: exists without the run.json of a lightreasoner "
+                                     "evaluation beside it, so it was left as it is; choose another --out")
+    return {**settings, "adapter": config.adapter}
 
 
 def _done_records(path: Path) -> dict[str, dict[str, Any]]:
@@ -281,106 +265,292 @@ def _done_records(path: Path) -> dict[str, dict[str, Any]]:
 
 def load_for_eval(config: EvalConfig) -> tuple[Any, Any]:
     """The model (with its adapter, if any) and tokenizer, ready for generation."""
-    from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from .models import check_adapter, load_adapter, load_model, load_tokenizer, resolve_device, resolve_dtype
 
     if not config.model:
         raise LightReasonerError("--model: no model given")
-    # Before the model loads, which takes minutes for a real expert (evaluate() checks this earlier
-    # still, with the adapter's fingerprint; this is for callers of load_for_eval itself).
-    if config.adapter and not (Path(config.adapter) / "adapter_config.json").is_file():
-        raise LightReasonerError(f"{config.adapter}: no adapter_config.json here, so it is not a peft adapter folder")
+    if config.adapter:  # before the model loads, which takes minutes for a real expert
+        check_adapter(config.adapter)
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    if config.backend == "llamacpp":
-        return None, tokenizer  # llama.cpp loads the model's GGUF itself
     model = load_model(config.model, dtype=resolve_dtype(config.dtype, device), device=device,
                        trust_remote_code=config.trust_remote_code)
     if config.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(config.adapter), use_safetensors=True).eval()
+        model = load_adapter(model, config.adapter).eval()
     return model, tokenizer
+
+
+def _check_prompts_fit(config: EvalConfig, tokenizer: Any, todo: dict[str, list[Problem]]) -> None:
+    """Refuse, before any model work, a question whose prompt and answer cannot fit the model's context."""
+    from .models import check_prompts_fit, context_length, encode_prompt, load_tokenizer
+
+    if not any(todo.values()):
+        return
+    tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    context = context_length(config.model, trust_remote_code=config.trust_remote_code)
+    for name, problems in todo.items():
+        lengths = {p.id: len(encode_prompt(tokenizer, prompts.build_prompt(
+            config.prompt, prompts.toolkit_question(p.question, p.gold), tokenizer))) for p in problems}
+        check_prompts_fit(lengths, config.max_new_tokens, context, model=config.model, source=name)
 
 
 def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, tokenizer: Any = None,
              progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation ``config`` into ``out_dir`` and return the summary.
 
-    ``model``/``tokenizer`` may be passed in already loaded (e.g. by ``lightreasoner run``);
-    otherwise they are loaded from ``config.model`` (+ ``config.adapter``) when there is work left.
+    ``model``/``tokenizer`` may be passed in already loaded (e.g. by ``lightreasoner run``) for the
+    hf backend; otherwise the backend is opened from ``config.model`` (+ ``config.adapter``) when
+    there is work left: one backend (one vLLM engine) for all benchmarks, closed before returning.
     """
-    if config.backend == "llamacpp":
-        from .llamacpp import import_llama_cpp
-
-        import_llama_cpp()  # a missing extra is refused before the folder records this backend
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_settings(out_dir, config)
+    config = replace(config, backend=answering_backend(config, out_dir))
+    if model is None and not config.model:
+        raise LightReasonerError("--model: no model given")
+    refuse_own_input(out_dir, {"model folder": config.model, "adapter folder": config.adapter})
+    check_writable(out_dir)
+    settings = _check_run_settings(out_dir, config)
     template = prompts.get_template(config.prompt)
-    problems = {name: load_problems(name, split=config.split, data_dir=config.data_dir, limit=config.limit,
-                                    sample=config.sample_size(name), seed=config.seed) for name in config.benchmarks}
-    results: dict[str, dict[str, Any]] = {}
+    problems = {name: config.shard_of(load_problems(name, split=config.split, data_dir=config.data_dir,
+                                                    limit=config.limit, sample=config.sample_size(name),
+                                                    seed=config.seed)) for name in config.benchmarks}
+    done = {name: _done_records(out_dir / f"{name}.jsonl") for name in problems}
     for name, items in problems.items():
-        path = out_dir / f"{name}.jsonl"
-        done = _done_records(path)
-        check_same_problems(path, done.values(), items)
-        todo = [p for p in items if p.id not in done]
-        if todo:
-            if tokenizer is None or (model is None and config.backend != "llamacpp"):
-                model, tokenizer = load_for_eval(config)
-            with JsonlAppender(path) as appender:
-                for batch in _generate(config, model, tokenizer, name, todo, template, progress):
-                    appender.write(batch)
-                    done.update((record["id"], record) for record in batch)
-        results[name] = summarize([done[p.id] for p in items])
-        _write_summary(out_dir, config, results)
+        check_same_problems(out_dir / f"{name}.jsonl", done[name].values(), items)
+    todo = {name: [p for p in items if p.id not in done[name]] for name, items in problems.items()}
+    _check_prompts_fit(config, tokenizer, todo)
+
+    def append(path: Path, records: list[dict[str, Any]]) -> None:
+        if not (out_dir / "run.json").exists():  # with the first answer: a failed start locks nothing
+            write_json_atomic(out_dir / "run.json", settings)
+        with JsonlAppender(path) as appender:
+            appender.write(records)
+
+    if config.workers > 1 and any(todo.values()):
+        run_workers(config, out_dir)
+    results: dict[str, dict[str, Any]] = {}
+    backend: Backend | None = None
+    try:
+        for name, items in problems.items():
+            path = out_dir / f"{name}.jsonl"
+            if todo[name] and config.workers > 1:
+                todo[name] = adopt_worker_answers(out_dir, path, todo[name], done[name], append)
+            if todo[name]:
+                backend = backend or open_backend(config, model=model, tokenizer=tokenizer)
+                for batch in _generate(config, backend, name, todo[name], template, progress):
+                    append(path, batch)
+                    done[name].update((record["id"], record) for record in batch)
+            results[name] = summarize([done[name][p.id] for p in items])
+            _write_summary(out_dir, config, results)
+    finally:
+        if backend is not None:
+            backend.close()
     return _write_summary(out_dir, config, results)
 
 
-def _generate(config: EvalConfig, model: Any, tokenizer: Any, benchmark: str, todo: list[Problem],
+def _generate(config: EvalConfig, backend: Backend, benchmark: str, todo: list[Problem],
               template: prompts.PromptTemplate, progress: bool) -> Iterator[list[dict[str, Any]]]:
-    """Records for ``todo``, batch by batch (one batch for vLLM, which schedules on its own)."""
+    """Records for ``todo``, chunk by chunk as the backend yields them; longest prompts first, so
+    the hf loop's batch narrows as it goes."""
+    from tqdm.auto import tqdm
+
+    from .models import encode_prompt
+
+    tokenizer = backend.tokenizer
     texts = [prompts.build_prompt(config.prompt, prompts.toolkit_question(p.question, p.gold), tokenizer)
              for p in todo]
-    if config.backend == "vllm":
-        from .models import resolve_model_path
+    encoded = [encode_prompt(tokenizer, text) for text in texts]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    sampling = Sampling(stop_strings=tuple(template.stop_strings))
+    requests = [Request(encoded[i], config.max_new_tokens) for i in order]
+    with tqdm(total=len(todo), desc=benchmark, unit="q", disable=not progress) as bar:
+        for chunk in backend.generate(requests, sampling):
+            records = []
+            for output in chunk:
+                index = order[output.index]
+                problem, generation = todo[index], completion_of(tokenizer, output, sampling.stop_strings)
+                record = {"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
+                          "completion": generation.completion, "gold": problem.gold, "tokens": generation.tokens,
+                          "finish": generation.finish, "seconds": round(output.seconds, 4)}
+                records.append(_graded(record, problem.gold, benchmark, config.grading_timeout))
+            yield records
+            bar.update(len(chunk))
 
-        began = time.perf_counter()
-        generations = vllm_generate(resolve_model_path(config.model), tokenizer, texts,
-                                    max_new_tokens=config.max_new_tokens, dtype=config.dtype, adapter=config.adapter,
-                                    stop_strings=template.stop_strings, trust_remote_code=config.trust_remote_code)
-        seconds = (time.perf_counter() - began) / max(1, len(todo))
-        batches: Any = [[(i, g, seconds) for i, g in enumerate(generations)]]
-    elif config.backend == "llamacpp":
-        batches = llamacpp_generate(config.model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
-                                    batch_size=config.batch_size, adapter=config.adapter,
-                                    stop_strings=template.stop_strings, progress=progress, desc=benchmark)
-    else:
-        batches = hf_generate(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.batch_size, stop_strings=template.stop_strings, progress=progress,
-                              desc=benchmark)
-    for batch in batches:
-        records = []
-        for index, generation, seconds in batch:
-            problem = todo[index]
-            graded = grading.grade(generation.completion, problem.gold or "", benchmark,
-                                   timeout=config.grading_timeout)
-            records.append({"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
-                            "completion": generation.completion, "pred": graded.pred, "gold": problem.gold,
-                            "correct": graded.correct and problem.gold is not None, "tokens": generation.tokens,
-                            "finish": generation.finish, "seconds": round(seconds, 4)})
-        yield records
+
+# --------------------------------------------------------------------------- one process per GPU
+
+WORKERS_DIR = "workers"
+
+
+def worker_gpus(workers: int) -> list[str | None]:
+    """The GPU each worker is shown: the visible ones in order (``CUDA_VISIBLE_DEVICES``, else all);
+    on a machine without CUDA, none (the workers share the CPU)."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([gpu.strip() for gpu in visible.split(",") if gpu.strip()] if visible is not None
+            else [str(index) for index in range(torch.cuda.device_count())])
+    if not gpus:
+        return [None] * workers
+    if len(gpus) < workers:
+        raise LightReasonerError(f"--workers {workers}: only {len(gpus)} GPUs are visible here")
+    return gpus[:workers]
+
+
+def run_workers(config: EvalConfig, out_dir: Path) -> None:
+    """``config.workers`` processes of ``lightreasoner eval``, worker k on GPU k with ``--shard k/N``
+    into ``out_dir/workers/k-of-N``; returns when all have finished, raises if one failed (each
+    resumes its own folder on a rerun)."""
+    if config.device not in ("auto", "cuda", "cpu"):
+        raise LightReasonerError(f"--device {config.device}: with --workers each worker gets its own GPU; "
+                                 "use --device cuda (or auto)")
+    processes = []
+    try:
+        for index, gpu in enumerate(worker_gpus(config.workers)):
+            folder = out_dir / WORKERS_DIR / f"{index}-of-{config.workers}"
+            folder.mkdir(parents=True, exist_ok=True)
+            settings = config_to_dict(replace(config, workers=1, shard=f"{index}/{config.workers}"))
+            write_json_atomic(folder / "config.json", settings)  # JSON is YAML, what --config reads
+            env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+            with (folder / "log.txt").open("a") as log:
+                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config", str(folder / "config.json"),
+                           "--out", str(folder), "--quiet"]
+                processes.append((folder, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        codes = [process.wait() for _, process in processes]
+    finally:
+        for _, process in processes:
+            if process.poll() is None:  # interrupted: stop the others too; a rerun resumes them all
+                process.terminate()
+                process.wait()
+    for (folder, _), code in zip(processes, codes):
+        if code != 0:
+            lines = (folder / "log.txt").read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            raise LightReasonerError(f"{folder}: evaluation worker stopped with exit code {code}: {lines[-1]} "
+                                     f"(log: {folder / 'log.txt'}); rerun to resume")
+
+
+def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]],
+                         append: Callable[[Path, list[dict[str, Any]]], None]) -> list[Problem]:
+    """Append the workers' answers to ``todo`` to ``path`` (and ``done``); returns the questions left."""
+    answers: dict[str, dict[str, Any]] = {}
+    for folder in sorted((out_dir / WORKERS_DIR).iterdir()):
+        if (folder / path.name).exists():
+            answers.update(_done_records(folder / path.name))
+    adopted = [answers[p.id] for p in todo if p.id in answers]
+    if adopted:
+        append(path, adopted)
+        done.update((record["id"], record) for record in adopted)
+    left = [p for p in todo if p.id not in answers]
+    if left:
+        raise LightReasonerError(f"{out_dir / WORKERS_DIR}: the workers left {len(left)} {path.stem} questions "
+                                 f"unanswered (first: {left[0].id}); rerun to resume")
+    return left
+
+
+GRADE_FIELDS = ("pred", "source", "correct", "correct_strict")
+
+
+def _graded(record: dict[str, Any], gold: str | None, benchmark: str, timeout: float | None) -> dict[str, Any]:
+    """``record`` with its grade (GRADE_FIELDS, placed before ``tokens``) from its ``completion`` and
+    ``finish`` against ``gold``; no gold answer (None) grades wrong."""
+    result = grading.grade(record["completion"], gold or "", benchmark, finish=record.get("finish"), timeout=timeout)
+    grade = {"pred": result.pred, "source": result.source, "correct": result.correct and gold is not None,
+             "correct_strict": result.correct_strict and gold is not None}
+    rest = [(key, value) for key, value in record.items() if key not in GRADE_FIELDS]
+    at = next((i for i, (key, _) in enumerate(rest) if key == "tokens"), len(rest))
+    return dict(rest[:at] + list(grade.items()) + rest[at:])
 
 
 def _write_summary(out_dir: Path, config: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    accuracies = [r["accuracy"] for r in results.values()]
-    summary = {"model": config.model, "adapter": config.adapter, "settings": config_to_dict(config),
-               "benchmarks": results, "pending": [name for name in config.benchmarks if name not in results],
-               "average": sum(accuracies) / len(accuracies) if accuracies else 0.0,
-               "tokens": sum(r["tokens"] for r in results.values()),
-               "seconds": round(sum(r["seconds"] for r in results.values()), 3)}
+    head = {"model": config.model, "adapter": config.adapter, "settings": config_to_dict(config)}
+    return _write_summary_file(out_dir, head, config.benchmarks, results)
+
+
+def _write_summary_file(out_dir: Path, head: dict[str, Any], benchmarks: Sequence[str],
+                        results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """summary.json: ``head`` (model, adapter, settings), the results per benchmark, those still pending,
+    the average accuracy over benchmarks by each verdict, tokens and seconds."""
+    summary = {**head, "benchmarks": results, "pending": [name for name in benchmarks if name not in results]}
+    for key in ("accuracy", "accuracy_strict"):
+        if results and all(key in r for r in results.values()):
+            summary[key.replace("accuracy", "average")] = sum(r[key] for r in results.values()) / len(results)
+    summary.setdefault("average", 0.0)
+    summary["tokens"] = sum(r["tokens"] for r in results.values())
+    summary["seconds"] = round(sum(r["seconds"] for r in results.values()), 3)
     write_json_atomic(out_dir / "summary.json", summary)
     return summary
+
+
+# --------------------------------------------------------------------------- grading again
+
+
+def is_eval_folder(folder: str | Path) -> bool:
+    """An evaluation folder: its run.json records the settings of its answers (RUN_KEYS)."""
+    path = Path(folder) / "run.json"
+    return path.is_file() and "max_new_tokens" in read_json(path)
+
+
+def find_eval_folders(folder: str | Path) -> list[Path]:
+    """``folder`` if it is an evaluation folder, else every evaluation folder under it (a run's arms)."""
+    folder = Path(folder)
+    if is_eval_folder(folder):
+        return [folder]
+    return sorted(path.parent for path in folder.rglob("run.json") if is_eval_folder(path.parent))
+
+
+def regrade(eval_dir: str | Path, *, data_dir: str | Path | None = None,
+            timeout: float | None = grading.DEFAULT_TIMEOUT, progress: bool = True) -> dict[str, Any]:
+    """Grade the answers of the evaluation folder ``eval_dir`` again with the current rules (both
+    verdicts), rewrite its answer files and summary.json, and return the summary.
+
+    A record without its gold answer (a published folder keeps none) gets it from the data, loaded
+    as the evaluation loaded it (the benchmarks, split and subset of its summary's settings) from
+    ``data_dir``, else from the folder the evaluation read. Nothing is added to a record but its grade.
+    """
+    from tqdm.auto import tqdm
+
+    eval_dir = Path(eval_dir)
+    if not is_eval_folder(eval_dir) or not (eval_dir / "summary.json").is_file():
+        raise LightReasonerError(f"{eval_dir}: no run.json and summary.json of an evaluation here")
+    summary = read_json(eval_dir / "summary.json")
+    settings = summary["settings"]
+    results = {}
+    for name in summary["benchmarks"]:
+        path = eval_dir / f"{name}.jsonl"
+        lines = list(iter_jsonl(path))
+        golds = _golds(path, lines, name, settings, data_dir)
+        graded = [_graded(record, golds[str(record["id"])], name, timeout)
+                  for _, record in tqdm(lines, desc=f"regrade {name}", unit="answer", disable=not progress)]
+        _replace_jsonl(path, graded)
+        results[name] = summarize(graded)
+    head = {key: value for key, value in summary.items() if key in ("model", "adapter", "settings")}
+    return _write_summary_file(eval_dir, head, settings["benchmarks"], results)
+
+
+def _golds(path: Path, lines: list[tuple[int, dict[str, Any]]], benchmark: str, settings: dict[str, Any],
+           data_dir: str | Path | None) -> dict[str, str | None]:
+    """The gold answer of every record of ``path`` by id: its own, else the data's (loaded as ``settings`` say)."""
+    golds = {str(record["id"]): record["gold"] for _, record in lines if "gold" in record}
+    if len(golds) == len(lines):
+        return golds
+    sample = settings.get("sample")
+    problems = load_problems(benchmark, split=settings.get("split", "test"), limit=settings.get("limit"),
+                             data_dir=data_dir or settings.get("data_dir"), seed=settings.get("seed"),
+                             sample=sample.get(benchmark) if isinstance(sample, dict) else sample)
+    from_data = {p.id: p.gold for p in problems}
+    for number, record in lines:
+        if str(record["id"]) not in golds and str(record["id"]) not in from_data:
+            raise LightReasonerError(f"{path}:{number}: question {record['id']!r} is not among the {benchmark} "
+                                     "questions this evaluation's settings select from the data")
+    return {**from_data, **golds}
+
+
+def _replace_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Write ``records`` to ``path`` as a whole: the old file stays until the new one is complete."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    with JsonlAppender(temporary) as appender:
+        appender.write(records)
+    temporary.replace(path)
 
 
 # --------------------------------------------------------------------------- grading files made elsewhere
@@ -389,17 +559,25 @@ def _write_summary(out_dir: Path, config: EvalConfig, results: dict[str, dict[st
 def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_dir: str | Path | None = None,
           split: str = "test", timeout: float | None = grading.DEFAULT_TIMEOUT,
           progress: bool = True) -> dict[str, Any]:
-    """Grade completions made elsewhere; write each input line plus ``pred`` and ``correct``.
+    """Grade completions made elsewhere; write each input line plus its grade (``pred``, ``source``,
+    ``correct``, ``correct_strict``).
 
     Every line needs ``completion`` and either ``gold`` (an extracted final answer) or an ``id``
-    of the benchmark's data, whose gold answer is then parsed like ``evaluate`` does.
-    Returns the summary (n, correct, accuracy, ci95, ...).
+    of the benchmark's data, whose gold answer is then parsed like ``evaluate`` does. An optional
+    ``finish`` ("length" when the completion was cut off by the token limit) informs the strict
+    verdict; without it a completion counts as finished.
+    Returns the summary (n, correct, accuracy, ci95, the strict ones, ...).
     """
     from tqdm.auto import tqdm
 
     if benchmark not in BENCHMARKS:
         raise LightReasonerError(f"--benchmark: unknown benchmark {benchmark!r} (choose from {', '.join(BENCHMARKS)})")
-    input_path = Path(input_path)
+    input_path, out_path = Path(input_path), Path(out_path)
+    refuse_own_input(out_path, {"--input file": input_path})
+    if out_path.is_file() and out_path.stat().st_size and not {"pred", "correct"} <= (first_record(out_path) or {}).keys():
+        raise LightReasonerError(f"{out_path}: exists and is not a graded file of `lightreasoner score` (no 'pred' "
+                                 "and 'correct' on its first line); it was left as it is: choose another --out")
+    check_writable(out_path)  # before grading, which can take long
     lines = list(iter_jsonl(input_path))
     if not lines:
         raise LightReasonerError(f"{input_path}: no records in file (empty)")
@@ -421,16 +599,14 @@ def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_
             gold = golds[str(record["id"])]
         elif isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
             raise LightReasonerError(f"{where}: field 'gold' must be a string or a number")
-        gold = _gold_text(gold)
-        result = grading.grade(completion, gold or "", benchmark, timeout=timeout)
-        graded.append({**record, "pred": result.pred, "correct": result.correct})
-    out_path = Path(out_path)
+        finish = record.get("finish")
+        if finish is not None and not isinstance(finish, str):
+            raise LightReasonerError(f"{where}: field 'finish' must be a string (\"length\" when cut off)")
+        result = grading.grade(completion, _gold_text(gold) or "", benchmark, finish=finish, timeout=timeout)
+        graded.append({**record, "pred": result.pred, "source": result.source, "correct": result.correct,
+                       "correct_strict": result.correct_strict})
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(f".{out_path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    with JsonlAppender(temporary) as appender:
-        appender.write(graded)
-    temporary.replace(out_path)
+    _replace_jsonl(out_path, graded)
     return {"benchmark": benchmark, **summarize(graded)}
 
 

@@ -6,8 +6,11 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from .records import JsonlAppender
+from .errors import LightReasonerError
+from .records import JsonlAppender, check_writable, first_record, refuse_own_input
 from .sampling import read_samples
+
+REFERENCE_FIELDS = ("prompt_id", "prefix", "token_ids", "weights")
 
 
 def reference_records(record: dict, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
@@ -29,9 +32,15 @@ def reference_records(record: dict, tokenizer: PreTrainedTokenizerBase) -> list[
 
 
 def export_reference(samples: str | Path, out: str | Path, tokenizer: PreTrainedTokenizerBase) -> int:
-    """Write every kept step of ``samples`` to ``out`` in the reference format; returns the line count."""
-    _, records = read_samples(samples)
+    """Write every kept step of ``samples`` to ``out`` in the reference format; returns the line count.
+    An existing ``out`` is replaced only if it is an export too."""
     out = Path(out)
+    refuse_own_input(out, {"--samples file": samples})
+    if out.is_file() and out.stat().st_size and not set(REFERENCE_FIELDS) <= (first_record(out) or {}).keys():
+        raise LightReasonerError(f"{out}: exists and is not a reference-format export (no {', '.join(REFERENCE_FIELDS)}"
+                                 " on its first line); it was left as it is: choose another --out")
+    check_writable(out)
+    _, records = read_samples(samples)
     out.unlink(missing_ok=True)
     count = 0
     with JsonlAppender(out) as writer:

@@ -1,19 +1,26 @@
-"""Grade completions against gold answers, like the Qwen2.5-Math evaluation toolkit.
+"""Grade completions against gold answers, like the Qwen2.5-Math evaluation toolkit, with a strict
+verdict beside the toolkit's.
 
 Two steps, both usable on their own:
 
-* :func:`extract_answer` pulls the final answer out of a completion, in the toolkit's order:
-  the last ``\\boxed{...}`` (nested braces matched), else the text after "the answer is" /
-  "final answer is", else the last number. Multiple-choice benchmarks (``mmlu_stem``) get a
-  letter A-D instead (:func:`extract_choice`).
+* :func:`locate_answer` pulls the final answer out of a completion, in the toolkit's order, and
+  says where it found it (:data:`SOURCES`): the last ``\\boxed{...}`` (nested braces matched), else
+  the text after "the answer is" / "final answer is", else the last number. Multiple-choice
+  benchmarks (``mmlu_stem``) get a letter A-D instead (:func:`locate_choice`).
 * :func:`is_equivalent` decides whether an extracted answer equals the gold answer: equal
-  strings after normalisation, else equal numbers within a relative 1e-4 (percent forms
-  accepted), else symbolic equality by ``math-verify`` (fractions, radicals, intervals, tuples,
-  sets, degrees, ``\\text{}`` units), all under one per-answer time limit.
+  strings after normalisation, else equal numbers (percent forms accepted; an integer gold answer
+  exactly, any other within a relative 1e-4), else symbolic equality by ``math-verify``
+  (fractions, radicals, intervals, tuples, sets, degrees, ``\\text{}`` units), all under one
+  per-answer time limit.
 
-:func:`grade` and :func:`is_correct` do both and are what other stages call (SFT rejection
-sampling grades thousands of completions with them). Model output is only ever parsed, never
-evaluated as Python: the worst a pathological answer can do is hit the time limit and count wrong.
+:func:`grade` does both and gives two verdicts: ``correct``, the toolkit's, and ``correct_strict``,
+which also asks that the answer was stated (boxed or after "the answer is", not the last number of
+the text) and that the completion finished rather than hit the token limit. The toolkit's
+last-number fallback credits a cut-off answer whenever the last number it happened to write equals
+the gold answer; the strict verdict does not. Other stages call :func:`grade` and
+:func:`is_correct` (SFT rejection sampling grades thousands of completions with them). Model
+output is only ever parsed, never evaluated as Python: the worst a pathological answer can do is
+hit the time limit and count wrong.
 
 Time limits: math-verify's own timeouts use ``signal.alarm``, which works only in the main
 thread. We switch them off and set one ``SIGALRM`` timer of our own around the whole comparison
@@ -44,10 +51,26 @@ MULTIPLE_CHOICE = frozenset({"mmlu_stem"})
 CHOICE_LETTERS = "ABCD"
 
 
+# Where an answer was found: stated as the final answer ("boxed", "answer-is": a box, or the text
+# after "the answer is"), or guessed ("last-number" of the text, "last-letter" standing alone for a
+# multiple-choice question); "none" when there is no answer at all.
+SOURCES = ("boxed", "answer-is", "last-number", "last-letter", "none")
+STATED_SOURCES = frozenset({"boxed", "answer-is"})
+
+
 @dataclass(frozen=True)
 class Grade:
-    pred: str
-    correct: bool
+    pred: str  # the extracted answer
+    correct: bool  # the toolkit's verdict
+    source: str  # where ``pred`` was found, one of SOURCES
+    correct_strict: bool  # correct, stated as the final answer, in a completion that was not cut off
+
+
+def is_strict(correct: bool, source: str, finish: str | None) -> bool:
+    """The strict verdict: ``correct`` by the toolkit, an answer stated as final (boxed or after "the
+    answer is"), and a completion that ended on its own (``finish`` not ``"length"``; None: unknown,
+    taken as ended)."""
+    return correct and source in STATED_SOURCES and finish != "length"
 
 
 # --------------------------------------------------------------------------- extraction
@@ -83,41 +106,52 @@ _NUMBER = re.compile(r"-?\d*\.?\d+")
 
 def extract_answer(completion: str, benchmark: str | None = None) -> str:
     """The final answer of ``completion`` as a string ("" when there is none)."""
+    return locate_answer(completion, benchmark)[0]
+
+
+def locate_answer(completion: str, benchmark: str | None = None) -> tuple[str, str]:
+    """The final answer of ``completion`` ("" when there is none) and where it was found (:data:`SOURCES`)."""
     if benchmark in MULTIPLE_CHOICE:
-        return extract_choice(completion)
+        return locate_choice(completion)
     text = completion.replace("\u043a\u0438", "")  # stray token some Qwen models emit; the toolkit drops it
     if "final answer is $" in text and "$. I hope" in text:  # Minerva's few-shot answer sentence
-        answer = text.split("final answer is $", 1)[1].split("$. I hope", 1)[0]
+        answer, source = text.split("final answer is $", 1)[1].split("$. I hope", 1)[0], "answer-is"
     elif "boxed" in text or "\\fbox" in text:
-        answer = find_last_boxed(text) or ""
+        answer, source = find_last_boxed(text) or "", "boxed"
     elif "he answer is" in text:
-        answer = text.split("he answer is")[-1]
+        answer, source = text.split("he answer is")[-1], "answer-is"
     elif "final answer is" in text:
-        answer = text.split("final answer is")[-1]
+        answer, source = text.split("final answer is")[-1], "answer-is"
     else:
         numbers = _NUMBER.findall(text.replace(",", ""))
-        answer = numbers[-1] if numbers else ""
+        answer, source = (numbers[-1] if numbers else ""), "last-number"
     answer = re.sub(r"\n\s*", "", answer).strip()
     answer = answer[1:] if answer.startswith(":") else answer
-    return answer.rstrip(".").rstrip("/").strip()
+    answer = answer.rstrip(".").rstrip("/").strip()
+    return answer, source if answer else "none"
 
 
 def extract_choice(completion: str) -> str:
-    """A multiple-choice letter A-D ("" if none): the letter in the last box, else the first one
-    after the last "answer is", else the last one standing alone.
+    """A multiple-choice letter A-D ("" if none); see :func:`locate_choice`."""
+    return locate_choice(completion)[0]
+
+
+def locate_choice(completion: str) -> tuple[str, str]:
+    """A multiple-choice letter A-D ("" if none) and where it was found: the letter in the last box,
+    else the first one after the last "answer is", else the last one standing alone.
 
     Unlike the toolkit we do not upper-case the completion before searching, which reads the
     article "a" as choice A; a letter must be a capital with no letter or backslash beside it.
     """
     boxed = find_last_boxed(completion)
     if boxed and _CHOICE.findall(boxed):
-        return _CHOICE.findall(boxed)[0]
+        return _CHOICE.findall(boxed)[0], "boxed"
     if "answer is" in completion:
         letters = _CHOICE.findall(completion.split("answer is")[-1])
         if letters:
-            return letters[0]
+            return letters[0], "answer-is"
     letters = _CHOICE.findall(completion)
-    return letters[-1] if letters else ""
+    return (letters[-1], "last-letter") if letters else ("", "none")
 
 
 _CHOICE = re.compile(r"(?<![A-Za-z\\])([A-D])(?![A-Za-z])")
@@ -171,9 +205,19 @@ def to_number(answer: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def numbers_equal(pred: float, gold: float) -> bool:
-    """Equal within a relative 1e-4, also when one side is the other as a percentage."""
-    return any(math.isclose(pred, target, rel_tol=REL_TOL) for target in (gold, gold / 100, gold * 100))
+def numbers_equal(pred: float, gold: float, *, exact: bool = False) -> bool:
+    """Equal, also when ``pred`` is ``gold`` as a percentage or the reverse (gold/100, gold*100: the
+    toolkit's percentage rule); exactly when ``exact`` (an integer gold answer), else within a
+    relative 1e-4. The toolkit uses the tolerance for integers too, and so takes 9,999 for 10,000."""
+    targets = (gold, gold / 100, gold * 100)
+    if exact:
+        return pred in targets
+    return any(math.isclose(pred, target, rel_tol=REL_TOL) for target in targets)
+
+
+def is_integer_answer(answer: str) -> bool:
+    """Whether an answer is written as a whole number (``10,000``, ``-3``, ``18.00``, ``\\$5``, ``25\\%``)."""
+    return re.fullmatch(r"-?\d+", normalize(answer)) is not None
 
 
 def _is_words(text: str) -> bool:
@@ -221,7 +265,7 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
         return False
     gold_value, pred_value = _sympy_float(gold_parsed[0]), _sympy_float(pred_parsed[0])
     if gold_value is not None and pred_value is not None:
-        return numbers_equal(pred_value, gold_value)
+        return numbers_equal(pred_value, gold_value, exact=getattr(gold_parsed[0], "is_integer", None) is True)
     return bool(math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
@@ -247,7 +291,7 @@ def _equivalent_now(pred: str, gold: str) -> bool:
         return True
     pred_number, gold_number = to_number(pred), to_number(gold)
     if pred_number is not None and gold_number is not None:
-        return numbers_equal(pred_number, gold_number)
+        return numbers_equal(pred_number, gold_number, exact=is_integer_answer(gold))
     if _is_words(norm_pred) or _is_words(norm_gold):
         return False
     try:
@@ -271,13 +315,17 @@ def is_equivalent(pred: str, gold: str, *, timeout: float | None = DEFAULT_TIMEO
         return False
 
 
-def grade(completion: str, gold: str, benchmark: str | None = None, *,
+def grade(completion: str, gold: str, benchmark: str | None = None, *, finish: str | None = None,
           timeout: float | None = DEFAULT_TIMEOUT) -> Grade:
-    """Extract the answer from ``completion`` and compare it with ``gold`` (an extracted final answer)."""
-    pred = extract_answer(completion or "", benchmark)
+    """Extract the answer from ``completion`` and compare it with ``gold`` (an extracted final answer).
+    ``finish`` is how the completion ended ("eos", "stop", or "length" when cut off by the token limit;
+    None when unknown), which only the strict verdict reads."""
+    pred, source = locate_answer(completion or "", benchmark)
     if benchmark in MULTIPLE_CHOICE:
-        return Grade(pred, bool(pred) and pred == str(gold).strip().upper())
-    return Grade(pred, is_equivalent(pred, gold, timeout=timeout))
+        correct = bool(pred) and pred == str(gold).strip().upper()
+    else:
+        correct = is_equivalent(pred, gold, timeout=timeout)
+    return Grade(pred, correct, source, is_strict(correct, source, finish))
 
 
 def is_correct(completion: str, gold: str, benchmark: str | None = None, *,

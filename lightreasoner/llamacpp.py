@@ -1,6 +1,8 @@
 """The ``llamacpp`` backend: many sequences decoded at once by llama.cpp on a GGUF file (CPU speed).
 
-llama-cpp-python (the optional extra ``pip install -e ".[llamacpp]"``) is used through its
+:class:`LlamaCppBackend` is a backend of :mod:`lightreasoner.backends` (requests in, outputs out);
+:class:`LlamaCppModel` is the engine under it. llama-cpp-python (the optional extra
+``pip install -e ".[test,llamacpp]"``, compiled for the installing CPU) is used through its
 low-level API, as llama.cpp's own ``batched`` and ``parallel`` examples do: one context with a KV
 cache stream per sequence (``n_seq_max`` = the batch width), and one ``llama_batch`` per
 ``llama_decode`` call holding the last token of every running sequence and the whole prompt of
@@ -30,10 +32,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .backends import Output, Request, Sampling, chooser, finish_reason, stop_text_check
 from .decoding import Chooser, Finished, greedy
 from .errors import LightReasonerError
 
-INSTALL_HINT = 'pip install -e ".[llamacpp]" (builds llama.cpp for this CPU; docs/EVALUATION.md)'
+INSTALL_HINT = 'pip install -e ".[test,llamacpp]" (builds llama.cpp for this CPU; docs/EVALUATION.md)'
 CONTEXT_STEP = 256  # llama.cpp pads each sequence's cache to a multiple of this
 
 
@@ -196,3 +199,52 @@ class LlamaCppModel:
                 else:
                     still.append(sequence)
             running = still
+
+
+def check_device(device: str) -> None:
+    """llama.cpp runs here on the CPU (the extra builds it without GPU support)."""
+    if device not in ("auto", "cpu"):
+        raise LightReasonerError(f"--device {device}: the llamacpp backend runs on the CPU; use --device cpu, or "
+                                 "--backend hf or vllm on a GPU")
+
+
+class LlamaCppBackend:
+    """The model's GGUF file in llama.cpp (a folder of safetensors is written as GGUF once, an adapter
+    converted to llama.cpp's LoRA format once: :mod:`lightreasoner.gguf_export`), ``slots`` sequences
+    decoded together; each output is yielded as its sequence ends (chunks of one)."""
+
+    def __init__(self, model: str, tokenizer: Any, *, slots: int, adapter: str | None = None, device: str = "auto",
+                 trust_remote_code: bool = False, progress: bool = True):
+        from .gguf_export import adapter_gguf, model_gguf
+        from .models import load_model_settings, real_vocab_size, stop_token_ids
+
+        check_device(device)
+        import_llama_cpp()  # a missing extra is refused before any conversion
+        settings = load_model_settings(model, trust_remote_code=trust_remote_code)
+        self.tokenizer, self.slots = tokenizer, slots
+        self.stop_ids = stop_token_ids(tokenizer, settings)
+        self.vocab_size = real_vocab_size(tokenizer, rows=settings.config.vocab_size)
+        gguf = model_gguf(model, progress=progress)
+        self.engine: LlamaCppModel | None = LlamaCppModel(gguf, adapter=adapter_gguf(adapter, gguf) if adapter else None)
+
+    def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[list[Output]]:
+        if self.engine is None:
+            raise RuntimeError("the llama.cpp model was closed")
+        for done in self.engine.decode([r.prompt_ids for r in requests], slots=self.slots,
+                                       max_new_tokens=[r.max_new_tokens for r in requests], stop_ids=self.stop_ids,
+                                       vocab_size=self.vocab_size, choose=chooser(requests, sampling),
+                                       stop_text=stop_text_check(self.tokenizer, sampling.stop_strings)):
+            yield [Output(done.index, done.token_ids,
+                          finish_reason(self.tokenizer, done.token_ids, self.stop_ids, sampling.stop_strings),
+                          done.seconds)]
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def __enter__(self) -> "LlamaCppBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

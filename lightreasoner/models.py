@@ -13,7 +13,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
@@ -34,9 +34,17 @@ def resolve_device(device: str | None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError:
         raise LightReasonerError(f"--device: unknown device {device!r}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
+        raise LightReasonerError(f"--device {device}: CUDA is not available ({why}); use --device cpu or auto")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise LightReasonerError(f"--device {device}: there are {torch.cuda.device_count()} GPUs here")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise LightReasonerError(f"--device {device}: Apple MPS is not available here; use --device cpu or auto")
+    return chosen
 
 
 def cpu_has_native_bf16() -> bool:
@@ -87,32 +95,94 @@ def resolve_model_path(spec: str | Path) -> str:
     return text
 
 
-def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    path = resolve_model_path(spec)
+def model_location(spec: str | Path) -> str:
+    """What files record for a model argument: an existing local folder or file as an absolute path (so
+    that later commands find it from any folder), a short name or Hub id as it is."""
+    from . import zoo
+
+    text = str(spec)
+    path = Path(text).expanduser()
+    if not text or text in zoo.MODELS or not path.exists():
+        return text
+    return str(path.resolve())
+
+
+def same_model(a: Any, b: Any) -> bool:
+    """Whether two recorded model arguments name the same model (``expert`` and ``/abs/expert`` do)."""
+    return a == b or (isinstance(a, str) and isinstance(b, str) and model_location(a) == model_location(b))
+
+
+# Files a tokenizer is saved in; a folder with none of them has no tokenizer (transformers would
+# then build an empty one rather than fail).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt")
+
+
+def _remote_tokenizer_class(path: str) -> str | None:
+    """The tokenizer class a model folder or Hub repo names in an ``auto_map`` (Python code shipped
+    with the model), if it names one."""
+    from transformers.utils import cached_file
+
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+            settings = json.loads(Path(found).read_text(encoding="utf-8")) if found else {}
+        except (OSError, ValueError):
+            continue
+        entry = settings.get("auto_map", {}).get("AutoTokenizer") if isinstance(settings, dict) else None
+        if entry:
+            classes = [c for c in (entry if isinstance(entry, list) else [entry]) if c]
+            return f"{', '.join(classes)} in {name}"
+    return None
+
+
+def tokenizer_from(path: str, *, name: str | Path | None = None, trust_remote_code: bool = False
+                   ) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``path`` (a folder or Hub id; ``name`` is what the user called it), set
+    up for left-padded generation. Code shipped with it runs only with ``trust_remote_code``."""
+    name = name or path
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
+        raise LightReasonerError(f"{name}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)})")
+    remote = None if trust_remote_code else _remote_tokenizer_class(path)
+    if remote:
+        raise LightReasonerError(f"{name}: its tokenizer needs remote code ({remote}); pass --trust-remote-code "
+                                 "to run that code, if you trust where the model comes from")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise LightReasonerError(f"{spec}: cannot load tokenizer: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise LightReasonerError(f"{name}: cannot load tokenizer: {_first_line(exc)}") from None
     tokenizer.padding_side = "left"  # generation pads on the left; packed training builds its own batches
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(spec: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               trust_remote_code: bool = False) -> PreTrainedModel:
-    path = resolve_model_path(spec)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise LightReasonerError(f"{spec}: cannot load model: {str(exc).splitlines()[0]}") from None
-    return model.to(device).eval()
+def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    return tokenizer_from(resolve_model_path(spec), name=spec, trust_remote_code=trust_remote_code)
 
 
-def model_configs(spec: str | Path, *, trust_remote_code: bool = False) -> SimpleNamespace:
-    """A model's ``config`` and ``generation_config`` without its weights: what :func:`stop_token_ids`
-    reads, for a backend that runs the model elsewhere (llama.cpp)."""
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _damaged_weights(path: str) -> str:
+    """The first safetensors file of a model folder that cannot be opened (else the folder)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(file)
+    return path
+
+
+def load_model_settings(spec: str | Path, *, trust_remote_code: bool = False) -> SimpleNamespace:
+    """A model's ``config`` and ``generation_config`` without its weights, shaped like a loaded model
+    for :func:`stop_token_ids` and :func:`real_vocab_size`: for engines that load the weights themselves."""
     path = resolve_model_path(spec)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -120,20 +190,109 @@ def model_configs(spec: str | Path, *, trust_remote_code: bool = False) -> Simpl
         raise LightReasonerError(f"{spec}: cannot load model config: {str(exc).splitlines()[0]}") from None
     try:
         generation = GenerationConfig.from_pretrained(path)
-    except OSError:  # no generation_config.json: the config's own eos ids count
-        generation = None
+    except OSError:  # no generation_config.json: transformers derives one from the config, as here
+        generation = GenerationConfig.from_model_config(config)
     return SimpleNamespace(config=config, generation_config=generation)
 
 
-def real_vocab_size(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> int:
+def load_model(spec: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+               trust_remote_code: bool = False) -> PreTrainedModel:
+    from safetensors import SafetensorError
+
+    path = resolve_model_path(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except SafetensorError as exc:
+        raise LightReasonerError(f"{_damaged_weights(path)}: cannot read the model's weights: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise LightReasonerError(f"{spec}: cannot load model: {_first_line(exc)}") from None
+    return model.to(device).eval()
+
+
+def check_adapter(folder: str | Path) -> Path:
+    """Refuse, naming the file, a folder that is not a readable peft adapter (before any model loads)."""
+    from safetensors import SafetensorError, safe_open
+
+    from .records import read_json
+
+    folder = Path(folder)
+    settings, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not settings.is_file():
+        raise LightReasonerError(f"{folder}: no adapter_config.json here, so it is not a peft adapter folder")
+    if not isinstance(read_json(settings), dict):
+        raise LightReasonerError(f"{settings}: expected a JSON object of adapter settings")
+    if not weights.is_file():
+        raise LightReasonerError(f"{folder}: no adapter_model.safetensors (the adapter's weights) here")
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise LightReasonerError(f"{weights}: not a readable safetensors file ({exc})") from None
+    return folder
+
+
+def load_adapter(model: PreTrainedModel, folder: str | Path) -> PreTrainedModel:
+    """``model`` with the peft adapter in ``folder`` loaded on it; a bad adapter is one line naming it."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    check_adapter(folder)
+    try:
+        return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
+    except (SafetensorError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise LightReasonerError(f"{folder}: cannot load this adapter on {model.name_or_path}: "
+                                 f"{_first_line(exc)}") from None
+
+
+def context_length(spec: str | Path | PreTrainedModel, *, trust_remote_code: bool = False) -> int | None:
+    """The longest sequence a model's position embeddings cover (prompt and new tokens), if its config says."""
+    if isinstance(spec, PreTrainedModel):
+        config = spec.config
+    else:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(resolve_model_path(spec), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise LightReasonerError(f"{spec}: cannot read the model's config: {_first_line(exc)}") from None
+    config = getattr(config, "get_text_config", lambda: config)()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def check_prompts_fit(lengths: dict[str, int], max_new_tokens: int, context: int | None, *, model: str,
+                      source: str) -> None:
+    """Refuse, before any model work, questions whose prompt (``lengths``: tokens by question id) plus
+    ``max_new_tokens`` does not fit the model's context, naming the first."""
+    if context is None:
+        return
+    too_long = [(qid, n) for qid, n in lengths.items() if n + max_new_tokens > context]
+    if too_long:
+        qid, n = too_long[0]
+        more = f" (and {len(too_long) - 1} more questions)" if len(too_long) > 1 else ""
+        raise LightReasonerError(
+            f"{source}: question {qid!r}: its prompt of {n:,} tokens plus --max-new-tokens {max_new_tokens} is past "
+            f"the {context:,}-token context of {model}{more}; shorten or leave out the question, or lower "
+            "--max-new-tokens")
+
+
+def real_vocab_size(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None, *,
+                    rows: int | None = None) -> int:
     """Number of leading vocabulary rows that are real tokens.
 
     Rows past ``len(tokenizer)`` are padding rows of the embedding matrix. GGUF-rebuilt Qwen
-    tokenizers also name those rows ``[PAD151665]``...; they are no token either.
+    tokenizers also name those rows ``[PAD151665]``...; they are no token either. The model's row
+    count comes from ``model``, or from ``rows`` (its config's ``vocab_size``) when another engine
+    holds the weights.
     """
     size = len(tokenizer)
     if model is not None:
-        size = min(size, model.get_output_embeddings().weight.shape[0])
+        rows = model.get_output_embeddings().weight.shape[0]
+    if rows is not None:
+        size = min(size, rows)
     while size > 0 and _is_filler(tokenizer.convert_ids_to_tokens(size - 1), size - 1):
         size -= 1
     return size
@@ -143,8 +302,10 @@ def _is_filler(token: str | None, index: int) -> bool:
     return token is None or token == f"[PAD{index}]"
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> list[int]:
-    """End-of-turn tokens: the configured EOS ids plus Qwen's <|im_end|> and <|endoftext|>."""
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | SimpleNamespace | None = None
+                   ) -> list[int]:
+    """End-of-turn tokens: the configured EOS ids (of a loaded model or :func:`load_model_settings`)
+    plus Qwen's <|im_end|> and <|endoftext|>."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         eos = getattr(source, "eos_token_id", None)

@@ -3,12 +3,12 @@
 Layout of the run folder::
 
     run.json                 the settings (a rerun that changes a setting of a started stage is refused),
-                             and with --time-budget the plan and the speeds it was made from
+                             and with a time budget the plan and the speeds it was made from
     stages.json              per stage: done, seconds
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
     adapter_fit.json         the adapter's fit to kept steps trained on and never reached (adapter_fit.py)
-    eval_before/ eval_after/ evaluation of the expert without and with the adapter (one backend for both)
+    eval_before/ eval_after/ evaluation of the expert without and with the adapter (one backend for all)
     efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
     sft/ format-only/ random-positions/
                              the other arms when asked for (``--arms``): each an arm folder of
@@ -19,34 +19,36 @@ Every stage resumes on its own (sample files, checkpoints and evaluation files a
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash
 continues where it stopped. The defaults need nothing: the embedded offline pair and the
 project's generated arithmetic problems, at a demonstration budget (16 questions, 8 optimizer steps,
-16 evaluation questions; ``lightreasoner run`` with no options sizes them to ``--time-budget 15``
-minutes on the machine it runs on, :mod:`lightreasoner.budget`): it shows every stage working, it is
-not a reproduction (configs/ has those). Evaluation runs on llama.cpp where it is installed and the
-expert is a GGUF model (``--eval-backend auto``); sampling and training need the full distributions
-and gradients and always run on torch.
+16 evaluation questions; ``lightreasoner run`` with no options sizes them to a 15-minute
+``time_budget`` on the machine it runs on, :mod:`lightreasoner.budget`): it shows every stage working,
+it is not a reproduction (configs/ has those). Evaluation runs on the backend ``auto`` picks (on a
+CPU: llama.cpp for the embedded pair where the extra is installed and measures faster than torch);
+sampling and training need full distributions and gradients and always run on torch.
 """
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import build_config, check_same_settings, config_to_dict
-from .errors import LightReasonerError
 from .adapter_fit import adapter_fit
-from .evaluation import BACKENDS, EvalConfig, evaluate
-from .records import read_json, write_json_atomic
+from .backends import is_gguf_model, release_memory, resolve_backend
+from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
+from .evaluation import EvalConfig, evaluate
+from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .sft import CONTROL_ARMS, FREE_SETTINGS, SFTConfig, control, efficiency_record, sft, sft_config_dict, sft_train_config
+from .sft import (CONTROL_ARMS, FREE_SETTINGS, SFTConfig, arm_started, control, efficiency_record, sft, sft_config_dict,
+                  sft_train_config)
 from .tables import ARM_EVAL_DIRS
-from .training import TrainConfig, train_from_file
+from .models import model_location, resolve_device
+from .training import TrainConfig, run_started, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", *CONTROL_ARMS.values())
+BUDGETED_ARMS = ("baseline", "lightreasoner")
 
 # The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
 SECTION_STAGES = {"sample": ("sample",), "train": ("train", "sft", *CONTROL_ARMS.values()), "sft": ("sft",),
@@ -64,26 +66,26 @@ class RunConfig:
     data: str = field(default="arith", metadata={"help": "training questions: benchmark name or JSONL file"})
     split: str = field(default="train", metadata={"help": "split of the training questions"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with <benchmark>/<split>.jsonl files"})
-    questions: int | None = field(default=16, metadata={"help": "training questions to sample (None: all)"})
-    max_new_tokens: int = field(default=128, metadata={"help": "trajectory length when sampling"})
-    alpha: float = field(default=0.2, metadata={"help": "plausibility threshold"})
-    beta: float = field(default=0.4, metadata={"help": "KL threshold for keeping a step"})
-    max_steps: int = field(default=8, metadata={"help": "optimizer steps (16 kept steps each)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    questions: int | None = field(default=16, metadata={"help": "training questions to sample (None: all)", "min": 1})
+    max_new_tokens: int = field(default=128, metadata={"help": "trajectory length when sampling", "min": 1})
+    alpha: float = field(default=0.2, metadata={"help": "plausibility threshold", "above": 0, "max": 1})
+    beta: float = field(default=0.4, metadata={"help": "KL threshold for keeping a step", "min": 0})
+    max_steps: int = field(default=8, metadata={"help": "optimizer steps (16 kept steps each)", "min": 1})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate", "above": 0})
     benchmarks: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "evaluation benchmarks"})
-    eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)"})
-    eval_max_new_tokens: int = field(default=256, metadata={"help": "generation limit when evaluating"})
-    eval_backend: str = field(default="auto", metadata={
-        "help": "evaluation backend: auto (llamacpp where it is installed and the expert is a GGUF model, such as "
-                "the embedded pair's; else hf), hf, llamacpp or vllm; sampling and training always run on torch"})
+    eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)", "min": 1})
+    eval_max_new_tokens: int = field(default=2048, metadata={
+        "help": "generation limit when evaluating (the Qwen2.5-Math toolkit's and the paper's 2048; fewer cut off "
+                "long answers, and the toolkit's grading may still credit their last number)", "min": 1})
     time_budget: float | None = field(default=None, metadata={
-        "help": "minutes: size questions, max_steps, eval_limit and fit_trajectories to finish in about this "
-                "long on this machine, from its speed measured in the first seconds (lightreasoner run with no "
-                "config and no sizes: 15)"})
+        "help": "minutes: size questions, max_steps, eval_limit and fit_trajectories to finish in about this long "
+                "on this machine, from its speed measured in the first seconds (lightreasoner run with no config "
+                "and no sizes: 15)", "above": 0})
     fit_trajectories: int = field(default=40, metadata={
         "help": "adapter fit: trajectories per group (trained on / never seen) whose kept steps are scored "
-                "without and with the adapter (0: skip)"})
-    batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)"})
+                "without and with the adapter (0: skip)", "min": 0})
+    batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)",
+                                                  "min": 1})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
@@ -92,70 +94,98 @@ class RunConfig:
                 "sft (rejection-sampled SFT), format-only (one-hot control at the kept steps), random-positions "
                 "(one-hot control at as many random positions)"})
     sft_samples_per_question: int = field(default=4, metadata={
-        "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)"})
+        "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)",
+        "min": 1})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow Python code shipped with the models"})
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        self.expert, self.amateur = model_location(self.expert), model_location(self.amateur)
         unknown = [arm for arm in self.arms if arm not in ARMS]
         if unknown or not self.arms:
-            raise ValueError(f"arms: unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
-        if self.time_budget is not None and (self.time_budget <= 0 or set(self.arms) - {"baseline", "lightreasoner"}):
-            raise ValueError("time_budget: must be a positive number of minutes, and it sizes the baseline and "
-                             "lightreasoner arms only")
-        if self.eval_backend not in ("auto", *BACKENDS):
-            raise ValueError(f"eval_backend: expected auto, {', '.join(BACKENDS)}; got {self.eval_backend!r}")
+            raise SettingError("arms", f"unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
+        if self.time_budget is not None and set(self.arms) - set(BUDGETED_ARMS):
+            raise SettingError("time_budget", f"it sizes the {' and '.join(BUDGETED_ARMS)} arms only")
 
 
 
-def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None = None
-                  ) -> tuple[SampleConfig, TrainConfig, EvalConfig]:
-    """The three stage configs a run uses: headline settings first, then the YAML sections."""
+def stage_configs(config: RunConfig, overrides: dict[str, dict[str, Any]] | None = None, *,
+                  source: str = "run config") -> tuple[SampleConfig, TrainConfig, EvalConfig]:
+    """The three stage configs a run uses: headline settings first, then the YAML sections (read from
+    ``source``, the file named in messages)."""
     overrides = overrides or {}
+    trust = config.trust_remote_code
     sample_config = SampleConfig(expert=config.expert, amateur=config.amateur, data=config.data, split=config.split,
                                  data_dir=config.data_dir, limit=config.questions, max_new_tokens=config.max_new_tokens,
                                  alpha=config.alpha, beta=config.beta, batch_size=config.batch_size,
-                                 dtype=config.dtype, device=config.device, seed=config.seed)
+                                 dtype=config.dtype, device=config.device, seed=config.seed, trust_remote_code=trust)
     train_config = TrainConfig(max_steps=config.max_steps, learning_rate=config.learning_rate, dtype=config.dtype,
-                               seed=config.seed, save_steps=10, resume=True)
+                               seed=config.seed, save_steps=10, resume=True, trust_remote_code=trust)
     eval_config = EvalConfig(model=config.expert, benchmarks=config.benchmarks, data_dir=config.data_dir,
                              limit=config.eval_limit, max_new_tokens=config.eval_max_new_tokens,
                              batch_size=config.batch_size, dtype=config.dtype, device=config.device,
-                             seed=config.seed, backend="hf" if config.eval_backend == "auto" else config.eval_backend)
+                             seed=config.seed, trust_remote_code=trust)
     result = []
     for name, base in (("sample", sample_config), ("train", train_config), ("eval", eval_config)):
-        values = {**config_to_dict(base), **overrides.get(name, {})}
-        result.append(build_config(type(base), values, source=f"run config section {name!r}"))
+        section = overrides.get(name, {})
+        refuse_unknown(section, {f.name for f in fields(type(base))}, f"{source}: {name}")
+        values = {**config_to_dict(base), **section}
+        result.append(build_config(type(base), values, source=f"{source}: {name}"))
     return result[0], result[1], result[2]
 
 
-def resolve_eval_backend(config: RunConfig, run_dir: Path) -> tuple[str, str | None]:
-    """The evaluation backend ``auto`` stands for, and a one-line note when it falls back to hf.
-
-    A run folder keeps the backend its evaluations started with: answers of different engines are
-    never paired. Otherwise llamacpp where llama-cpp-python is installed and the expert is a GGUF
-    model (the embedded pair's short names, a .gguf file), since there llama.cpp runs the very
-    weights torch runs; else hf."""
-    if config.eval_backend != "auto":
-        return config.eval_backend, None
-    previous = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
-    if any(stage in started for stage in SECTION_STAGES["eval"]) and "backend" in previous.get("eval", {}):
-        return previous["eval"]["backend"], None
-    from . import zoo
-    from .llamacpp import INSTALL_HINT, available
-
-    if not (config.expert in zoo.MODELS or str(config.expert).endswith(".gguf")):
-        return "hf", None
-    if not available():
-        return "hf", f"evaluating with the hf backend: llama.cpp would be faster here ({INSTALL_HINT})"
-    return "llamacpp", None
+def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any] | None = None, *,
+                     source: str = "run config") -> SFTConfig:
+    """The sft arm's settings: the run's questions and LoRA/optimizer settings, SFT's own training
+    length (one epoch over the kept solutions), solutions as long as evaluation answers; then the
+    YAML section ``sft:`` (any option of ``lightreasoner sft``)."""
+    shared = {k: v for k, v in config_to_dict(train_config).items()
+              if k not in ("max_steps", "epochs", "steps_per_update", "gradient_accumulation_steps")}
+    names = {f.name for f in fields(SFTConfig)} - {"train"}
+    refuse_unknown(overrides or {}, names | {f.name for f in fields(TrainConfig)}, f"{source}: sft")
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
+    train = sft_train_config({**shared, **{k: v for k, v in overrides.items() if k not in names}})
+    values = {"model": config.expert, "data": config.data, "split": config.split, "data_dir": config.data_dir,
+              "limit": config.questions, "samples_per_question": config.sft_samples_per_question,
+              "max_new_tokens": config.eval_max_new_tokens, "batch_size": config.batch_size, "device": config.device,
+              **{k: v for k, v in overrides.items() if k in names}}
+    return build_config(SFTConfig, {**values, "train": train}, source=f"{source}: sft")
 
 
-def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig, say: Callable[[str], None], *,
-                  resolved_auto: bool = False) -> tuple[RunConfig, dict[str, Any], Any]:
+def recorded_eval_backend(run_dir: Path) -> str | None:
+    """The backend the run folder's evaluations answered with, if one has answered: every arm's
+    answers come from one engine, since answers of different engines are never paired."""
+    for folder in ARM_EVAL_DIRS.values():
+        path = run_dir / folder / "run.json"
+        if path.is_file() and isinstance(recorded := read_json(path), dict) and recorded.get("backend"):
+            return str(recorded["backend"])
+    return None
+
+
+def choose_eval_backend(eval_config: EvalConfig, run_dir: Path, say: Callable[[str], None]) -> str:
+    """The evaluation backend of the run: the one asked for, else (``auto``) the one its evaluations
+    already used, else :func:`lightreasoner.backends.resolve_backend`'s pick for the expert, saying so
+    when llama.cpp would serve the embedded pair on this CPU but is not installed."""
+    if eval_config.backend != "auto":
+        return eval_config.backend
+    recorded = recorded_eval_backend(run_dir)
+    if recorded is not None:
+        return recorded
+    backend = resolve_backend("auto", eval_config.device, llamacpp_model=eval_config.model)
+    if backend == "hf" and is_gguf_model(eval_config.model) and resolve_device(eval_config.device).type == "cpu":
+        from .llamacpp import INSTALL_HINT
+
+        say(f"evaluating with the hf backend: llama.cpp is not installed ({INSTALL_HINT})")
+    return backend
+
+
+def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig, eval_backend: str,
+                  say: Callable[[str], None], *, may_fall_back: bool) -> tuple[RunConfig, dict[str, Any], Any]:
     """The run's sizes for ``config.time_budget`` (:mod:`lightreasoner.budget`): the plan recorded in
-    run.json for the same budget, else one made from this machine's measured speed (where ``auto``
-    chose llamacpp and llama.cpp measures slower than torch, evaluation falls back to hf). Returns
-    the sized config, the plan's record, and the model pair when it was loaded to measure."""
+    run.json for the same budget, else one made from this machine's measured speed. Where ``auto``
+    chose llamacpp (``may_fall_back``) and llama.cpp measures slower than torch, evaluation falls back
+    to hf: the plan records the backend it was made for (``measured.eval_backend``). Returns the sized
+    config, the plan's record, and the model pair when it was loaded to measure."""
     from . import budget
     from .data import load_problems
     from .models import chat_prompt, encode_prompt
@@ -171,60 +201,42 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
         prompt = encode_prompt(pair.tokenizer, chat_prompt(pair.tokenizer, question, sample_config.system_prompt))
         torch_step, prefill_token = budget.measure_torch(pair.expert, prompt, config.batch_size)
         eval_step = torch_step
-        if config.eval_backend == "llamacpp":
+        if eval_backend == "llamacpp":
             from .gguf_export import model_gguf
 
             eval_step = budget.measure_llamacpp(model_gguf(config.expert), prompt, config.batch_size, pair.vocab_size)
-            if eval_step > torch_step and resolved_auto:  # auto means the faster engine here, not llama.cpp at any cost
+            if eval_step > torch_step and may_fall_back:  # auto: the faster engine here, not llama.cpp at any cost
                 say(f"evaluating with the hf backend: here llama.cpp took {eval_step:.2f} s per decoding step of "
                     f"{config.batch_size} questions, torch {torch_step:.2f} s")
-                config, eval_step = replace(config, eval_backend="hf"), torch_step
+                eval_backend, eval_step = "hf", torch_step
         speeds = budget.Speeds(torch_step, prefill_token, eval_step, config.batch_size)
-        made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt), trajectory_tokens=config.max_new_tokens,
-                           answer_tokens=round(budget.ANSWER_SHARE * config.eval_max_new_tokens),
+        made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt),
+                           trajectory_tokens=config.max_new_tokens,
+                           answer_tokens=min(budget.ANSWER_TOKENS, config.eval_max_new_tokens),
                            benchmarks=len(config.benchmarks))
         record = {**made.record(), "measured": {"torch_step": round(torch_step, 4), "eval_step": round(eval_step, 4),
                                                 "torch_prefill_token": round(prefill_token, 5),
-                                                "batch": config.batch_size, "eval_backend": config.eval_backend}}
+                                                "batch": config.batch_size, "eval_backend": eval_backend}}
         say(made.text())
     sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],
-                    eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"],
-                    eval_backend=record["measured"]["eval_backend"] if resolved_auto else config.eval_backend)
+                    eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"])
     return sized, record, pair
-
-
-def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any] | None = None
-                     ) -> SFTConfig:
-    """The sft arm's settings: the run's questions and LoRA/optimizer settings, SFT's own training
-    length (one epoch over the kept solutions), solutions as long as evaluation answers; then the
-    YAML section ``sft:`` (any option of ``lightreasoner sft``)."""
-    shared = {k: v for k, v in config_to_dict(train_config).items()
-              if k not in ("max_steps", "epochs", "steps_per_update", "gradient_accumulation_steps")}
-    names = {f.name for f in fields(SFTConfig)} - {"train"}
-    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
-    unknown = set(overrides) - names - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise LightReasonerError(f"run config section 'sft': unknown setting {sorted(unknown)[0]!r}")
-    train = sft_train_config({**shared, **{k: v for k, v in overrides.items() if k not in names}})
-    values = {"model": config.expert, "data": config.data, "split": config.split, "data_dir": config.data_dir,
-              "limit": config.questions, "samples_per_question": config.sft_samples_per_question,
-              "max_new_tokens": config.eval_max_new_tokens, "batch_size": config.batch_size, "device": config.device,
-              **{k: v for k, v in overrides.items() if k in names}}
-    try:
-        return SFTConfig(**values, train=train)
-    except (TypeError, ValueError) as exc:
-        raise LightReasonerError(f"run config section 'sft': {exc}") from None
 
 
 class Stages:
     """stages.json: which stages are done and the seconds each took, summed over resumed attempts.
     A running stage saves its seconds every ``heartbeat`` seconds, so an attempt that is killed
-    (a session's end, an out-of-memory kill) still counts in the efficiency table."""
+    (a session's end, an out-of-memory kill) still counts in the efficiency table.
 
-    def __init__(self, run_dir: Path, heartbeat: float = 30.0):
+    ``started(name)`` tells whether a stage has produced anything: a first attempt that fails with an
+    error before it has (a bad setting, a missing GPU) leaves no entry, so the stage's settings may
+    still change."""
+
+    def __init__(self, run_dir: Path, heartbeat: float = 30.0, started: Callable[[str], bool] | None = None):
         self.path = run_dir / "stages.json"
         self.heartbeat = heartbeat
         self.state: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
+        self._started = started
         self._lock = threading.Lock()
 
     def done(self, name: str) -> bool:
@@ -239,6 +251,7 @@ class Stages:
             say(f"[{name}] already done, skipping")
             return None
         say(f"[{name}] ...")
+        first = name not in self.state
         entry = self.state.setdefault(name, {"done": False, "seconds": 0.0})
         base, started, stop = entry["seconds"], time.perf_counter(), threading.Event()
 
@@ -254,6 +267,10 @@ class Stages:
         beating.start()
         try:
             return work()
+        except Exception:  # an error, not an interruption: the stage's time then still counts
+            if first and self._started is not None and not self._started(name):
+                self.state.pop(name)
+            raise
         finally:
             stop.set()
             beating.join()
@@ -264,22 +281,38 @@ class Stages:
         self.save()
 
 
+def stage_started(run_dir: Path, stage: str) -> bool:
+    """Whether a stage of the run folder has produced anything (then its settings bind the folder)."""
+    if stage == "sample":
+        return (run_dir / "samples.jsonl").exists()  # it is written with the first trajectories
+    if stage == "train":
+        return run_started(run_dir / "adapter")
+    if stage in ("sft", *CONTROL_ARMS.values()):
+        return arm_started(run_dir / stage)
+    if stage == "adapter_fit":
+        return (run_dir / "adapter_fit.json").exists()
+    return (run_dir / stage / "run.json").exists()  # an evaluation writes it with its first answer
+
+
 def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
-        progress: bool = True, say: Callable[[str], None] = print) -> Path:
+        progress: bool = True, say: Callable[[str], None] = print, source: str = "run config") -> Path:
     """Run (or resume) the whole method, and any other arms asked for, into ``run_dir``; returns the
-    path of report.html. Every arm trains on the same questions and is evaluated on the same ones."""
+    path of report.html. Every arm trains on the same questions and is evaluated on the same ones.
+    ``overrides`` are the YAML sections, read from ``source`` (named in messages)."""
     run_dir = Path(run_dir)
+    sample_config, train_config, eval_config = stage_configs(config, overrides, source=source)
+    refuse_own_input(run_dir, {"expert model folder": config.expert, "amateur model folder": config.amateur})
+    check_writable(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    backend, note = resolve_eval_backend(config, run_dir)
-    if note:
-        say(note)
-    resolved_auto = config.eval_backend == "auto"
-    config = replace(config, eval_backend=backend)
+    eval_backend = choose_eval_backend(eval_config, run_dir, say)
     plan, pair = None, None
     if config.time_budget is not None:
-        config, plan, pair = fit_to_budget(config, run_dir, stage_configs(config, overrides)[0], say,
-                                           resolved_auto=resolved_auto)
-    sample_config, train_config, eval_config = stage_configs(config, overrides)
+        fall_back = eval_config.backend == "auto" and recorded_eval_backend(run_dir) is None
+        config, plan, pair = fit_to_budget(config, run_dir, sample_config, eval_backend, say, may_fall_back=fall_back)
+        if fall_back:
+            eval_backend = plan["measured"]["eval_backend"]
+        sample_config, train_config, eval_config = stage_configs(config, overrides, source=source)
+    eval_config = replace(eval_config, backend=eval_backend)
     arms = config.arms
     settings = config_to_dict(config)
     # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
@@ -287,7 +320,8 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
               "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
     if plan is not None:
         record["plan"] = plan
-    sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft")) if "sft" in arms else None
+    sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft"), source=source) \
+        if "sft" in arms else None
     if sft_config is not None:
         record["sft"] = sft_config_dict(sft_config)
     if (run_dir / "run.json").exists():
@@ -304,7 +338,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
-    stages = Stages(run_dir)
+    stages = Stages(run_dir, started=lambda name: stage_started(run_dir, name))
 
     def get_pair():
         nonlocal pair
@@ -314,9 +348,11 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     # The controls train on the LightReasoner trajectories (and the kept steps' count) too.
     on_samples = [arm for arm in ("lightreasoner", *CONTROL_ARMS.values()) if arm in arms]
     samples_needed = bool(on_samples) and not stages.done("sample")
+    # vLLM loads the model in its own engine: the pair would only hold GPU memory the engine needs.
+    eval_on_hf = eval_backend == "hf"
 
     def eval_before() -> None:
-        if samples_needed:  # load the pair once for both stages
+        if samples_needed and eval_on_hf:  # load the pair once for both stages
             loaded = get_pair()
             evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
                      progress=progress)
@@ -336,8 +372,8 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                                             pair=get_pair()), say)
         stages.finish("sample")
     tokenizer = pair.tokenizer if pair is not None else None
-    pair = None  # free both models before training
-    gc.collect()
+    pair = None  # free both models before training (and any vLLM engine: it measures free GPU memory)
+    release_memory()
 
     if "lightreasoner" in arms:
         stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,

@@ -2,7 +2,8 @@
 and rebuild a run folder from such a copy plus the benchmark data.
 
 Kept: settings, stage times, summaries, training logs, report pages and figures, every evaluation
-answer reduced to the model's side (id, completion, pred, correct, tokens, finish, seconds), and
+answer reduced to the model's side and its grade (id, completion, pred, source, correct,
+correct_strict, tokens, finish, seconds), and
 the sample files reduced to the models' outputs (``samples.outputs.jsonl``: the trajectories, KL
 values and soft labels, or the SFT solutions and their grades, keyed by question id). Left behind:
 model weights and checkpoints, tokenizers, and everything of the benchmark's own: questions,
@@ -21,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LightReasonerError
-from .records import JsonlAppender, iter_jsonl, read_json, write_json_atomic
+from .evaluation import is_eval_folder
+from .records import JsonlAppender, check_writable, iter_jsonl, read_json, write_json_atomic
 from .tables import ARM_EVAL_DIRS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
-               "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md", "report.html"}
-ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "correct", "tokens", "finish", "seconds")
+               "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md",
+               "report.html"}
+ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "correct_strict", "tokens", "finish",
+                 "seconds")
 SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.
 BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
@@ -42,17 +46,16 @@ def published_record(record: dict) -> dict:
     return {key: record[key] for key in ANSWER_FIELDS if key in record}
 
 
-def _is_eval_folder(folder: Path) -> bool:
-    # An evaluation folder's run.json records its generation settings (evaluation.RUN_KEYS).
-    return (folder / "run.json").is_file() and "max_new_tokens" in read_json(folder / "run.json")
-
-
 def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Copy the shown files of ``run_dir`` into ``out_dir`` (same layout); return what was written.
     Evaluations still running are published as far as they have got."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "run.json").is_file():
         raise LightReasonerError(f"{run_dir}: no run.json here (not a `lightreasoner run` folder)")
+    if run_dir.resolve() in (out_dir.resolve(), *out_dir.resolve().parents):
+        raise LightReasonerError(f"{out_dir}: is inside the run folder {run_dir} it would publish; choose another "
+                                 "folder")
+    check_writable(out_dir)
     written = []
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir)
@@ -62,7 +65,7 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if path.name == SAMPLES_FILE:
             target = target.with_name(OUTPUTS_FILE)
             records: Any = (_without_benchmark(record) for _, record in iter_jsonl(path))
-        elif path.suffix == ".jsonl" and _is_eval_folder(path.parent):
+        elif path.suffix == ".jsonl" and is_eval_folder(path.parent):
             records = (published_record(record) for _, record in iter_jsonl(path))
         elif path.name in SHOWN_FILES or path.suffix == ".png":
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -83,16 +86,37 @@ def _without_benchmark(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key not in BENCHMARK_FIELDS}
 
 
-def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | Path | None = None) -> list[Path]:
+def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | Path | None = None,
+            trust_remote_code: bool = False) -> list[Path]:
     """Rebuild the run folder ``run_dir`` from ``published_dir`` and the benchmark data in
     ``data_dir``: the published files as they are, the sample files with their questions, gold
     answers and prompts put back (byte for byte what the run wrote), and the training stages
-    marked not done (their adapters were not published). Returns the files written."""
+    marked not done (their adapters were not published). Returns the files written.
+
+    The expert's tokenizer rebuilds the prompts; code shipped with it runs only with
+    ``trust_remote_code``, the caller's own choice: nothing in the published folder turns it on.
+    A restore that fails removes what it wrote, so that it can be run again."""
     published_dir, run_dir = Path(published_dir), Path(run_dir)
     if not (published_dir / "run.json").is_file():
         raise LightReasonerError(f"{published_dir}: no run.json here (not a published run folder)")
     if (run_dir / "run.json").exists():
         raise LightReasonerError(f"{run_dir}: already holds a run; restore into a new folder")
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise LightReasonerError(f"{run_dir}: not an empty folder; restore into a new folder")
+    check_writable(run_dir)
+    existed = run_dir.exists()
+    try:
+        return _restore_files(published_dir, run_dir, data_dir, trust_remote_code)
+    except BaseException:
+        for child in run_dir.iterdir() if existed else ():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if not existed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _restore_files(published_dir: Path, run_dir: Path, data_dir: str | Path | None,
+                   trust_remote_code: bool) -> list[Path]:
     written = []
     for path in sorted(published_dir.rglob("*")):
         if not path.is_file():
@@ -101,7 +125,7 @@ def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | P
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.name == OUTPUTS_FILE:
             target = target.with_name(SAMPLES_FILE)
-            _restore_samples(path, target, data_dir)
+            _restore_samples(path, target, data_dir, trust_remote_code)
         elif path.name == "stages.json":
             stages = read_json(path)
             for name in WEIGHT_STAGES:
@@ -121,7 +145,7 @@ def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | P
     return written
 
 
-def _restore_samples(path: Path, target: Path, data_dir: str | Path | None) -> None:
+def _restore_samples(path: Path, target: Path, data_dir: str | Path | None, trust_remote_code: bool) -> None:
     """Write ``target``: the sample file ``path`` with each record's benchmark fields rebuilt."""
     from .data import load_problems
     from .models import chat_prompt, encode_prompt, load_tokenizer, tokenizer_fingerprint
@@ -133,7 +157,7 @@ def _restore_samples(path: Path, target: Path, data_dir: str | Path | None) -> N
     settings = header.get("settings", {})
     train = settings.get("train", settings)  # an SFT header nests its training settings
     model = header.get("expert") or header.get("model")
-    tokenizer = load_tokenizer(model, trust_remote_code=bool(train.get("trust_remote_code")))
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)  # never the header's own setting
     if tokenizer_fingerprint(tokenizer) != header.get("tokenizer", {}).get("fingerprint"):
         raise LightReasonerError(f"{path}:{number}: made with another tokenizer than {model}'s")
     problems = {p.id: p for p in load_problems(settings["data"], split=settings["split"], limit=settings.get("limit"),

@@ -10,39 +10,23 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
-import random
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 from .adapter_fit import fit_rows, fit_verdict
 from .errors import LightReasonerError
-from .evaluation import summarize
 from .publish import OUTPUTS_FILE, SAMPLES_FILE
 from .records import iter_jsonl, read_json
-from .tables import (ARM_EVAL_DIRS, _render, arms_accuracy, arms_efficiency, arms_plot, arms_report, error_bar,
-                     find_arms, savings_line)
+from .stats import mcnemar_p, paired_difference, wilson_interval
+from .tables import (ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, _read_efficiency, _render, accuracy_ci,
+                     arms_accuracy, arms_efficiency, arms_plot, arms_report, engines_note, error_bar, find_arms,
+                     savings_line)
 
 TOKEN_VIEW_TRAJECTORIES = 3
 
 
-# ----------------------------------------------------------------------------------- statistics
-
-
-def paired_difference(before: Sequence[bool], after: Sequence[bool], *, resamples: int = 2000,
-                      seed: int = 0) -> dict[str, float]:
-    """Accuracy difference after - before on the same questions, with a paired-bootstrap 95% interval
-    and the McNemar discordant counts (``gained``: wrong before, right after; ``lost``: the reverse)."""
-    if len(before) != len(after):
-        raise ValueError("paired_difference needs the same questions on both sides")
-    n = len(before)
-    deltas = [int(a) - int(b) for b, a in zip(before, after)]
-    if n == 0:
-        return {"n": 0, "diff": 0.0, "low": 0.0, "high": 0.0, "gained": 0, "lost": 0}
-    rng = random.Random(seed)
-    means = sorted(sum(deltas[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    return {"n": n, "diff": sum(deltas) / n, "low": means[int(0.025 * resamples)],
-            "high": means[int(0.975 * resamples) - 1], "gained": deltas.count(1), "lost": deltas.count(-1)}
+# ----------------------------------------------------------------------------------- kept steps
 
 
 def kept_step_statistics(records: Sequence[dict[str, Any]], beta: float) -> dict[str, float]:
@@ -85,87 +69,150 @@ def kept_step_rows(stats: dict[str, float], beta: float) -> list[list[str]]:
     ]
 
 
-def mcnemar_p(gained: int, lost: int) -> float:
-    """Exact two-sided McNemar p-value: how likely a split of the discordant questions at least this
-    uneven is when neither side is better (each discordant question a fair coin)."""
-    n = gained + lost
-    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n)
+# ------------------------------------------------------------------------------- accuracy tables
+
+VERDICTS = {"correct": "toolkit", "correct_strict": "strict"}  # record field -> name in the tables
+POOLED = "all questions"  # the row of every benchmark's questions together
+PAIRED_NOTE = ("Paired tables: accuracy [95% Wilson CI] of both sides on the questions both answered, the "
+               "difference with its paired-bootstrap 95% interval, the questions gained (wrong before, right "
+               "after) and lost, and the exact McNemar p of gained against lost; by the toolkit's verdict "
+               "and the strict one (a stated final answer in a completion that was not cut off).")
 
 
-def _correct_by_id(eval_dir: Path, benchmark: str) -> dict[str, bool]:
+def _correct_by_id(eval_dir: Path, benchmark: str, key: str = "correct") -> dict[str, bool]:
     path = eval_dir / f"{benchmark}.jsonl"
-    return {r["id"]: bool(r["correct"]) for _, r in iter_jsonl(path)} if path.exists() else {}
+    return {r["id"]: bool(r[key]) for _, r in iter_jsonl(path)} if path.exists() else {}
 
 
-def _paired_row(label: str, n: str, before: list[bool], after: list[bool]) -> list[str]:
-    paired = paired_difference(before, after)
-    return [label, n, _pct_ci(summarize([{"correct": c} for c in before])),
-            _pct_ci(summarize([{"correct": c} for c in after])),
-            f"{100 * paired['diff']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]",
-            f"+{paired['gained']} / -{paired['lost']}", f"{mcnemar_p(paired['gained'], paired['lost']):.2f}"]
+def verdicts(*eval_dirs: Path) -> list[str]:
+    """The verdicts every answer in these folders carries: the toolkit's, and the strict one unless a
+    folder was graded before it existed (``lightreasoner regrade`` adds it)."""
+    strict = all("correct_strict" in r for folder in eval_dirs for path in folder.glob("*.jsonl")
+                 for _, r in iter_jsonl(path))
+    return list(VERDICTS) if strict else ["correct"]
 
 
-def paired_answers(before_dir: Path, after_dir: Path) -> list[tuple[str, int, list[bool], list[bool]]]:
+def paired_answers(before_dir: Path, after_dir: Path,
+                   key: str = "correct") -> list[tuple[str, int, list[bool], list[bool]]]:
     """Per benchmark of ``before_dir``'s summary: its number of questions and whether each question
-    both folders have answered was correct before and after (in the same order); then the same
-    over all those questions together, as "all questions", when more than one benchmark has any."""
+    both folders have answered was correct before and after by the verdict ``key`` (in the same
+    order); then the same over all those questions together, as :data:`POOLED`, when more than one
+    benchmark has any."""
     paired, pooled_before, pooled_after = [], [], []
     for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
-        before, after = _correct_by_id(before_dir, name), _correct_by_id(after_dir, name)
+        before, after = _correct_by_id(before_dir, name, key), _correct_by_id(after_dir, name, key)
         shared = [i for i in before if i in after]
         paired.append((name, b["n"], [before[i] for i in shared], [after[i] for i in shared]))
         pooled_before += paired[-1][2]
         pooled_after += paired[-1][3]
     if sum(1 for *_, after in paired if after) > 1:
-        paired.append(("all questions", len(pooled_before), pooled_before, pooled_after))
+        paired.append((POOLED, len(pooled_before), pooled_before, pooled_after))
     return paired
 
 
+def _pooled(paired: list[tuple[str, int, list[bool], list[bool]]]) -> tuple[int, list[bool], list[bool]]:
+    """Every benchmark of :func:`paired_answers` together: the questions in all, and the answers of
+    those both sides have answered, before and after."""
+    per_benchmark = [p for p in paired if p[0] != POOLED]
+    return (sum(n for _, n, _, _ in per_benchmark), [c for p in per_benchmark for c in p[2]],
+            [c for p in per_benchmark for c in p[3]])
+
+
+def _accuracy(answers: Sequence[bool]) -> str:
+    low, high = wilson_interval(sum(answers), len(answers))
+    return f"{100 * sum(answers) / max(len(answers), 1):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _difference(paired: dict[str, float]) -> list[str]:
+    """The paired difference with its interval, gained/lost and McNemar's p, as table cells."""
+    return [f"{100 * paired['diff']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]",
+            f"+{paired['gained']}/-{paired['lost']}", f"{mcnemar_p(paired['gained'], paired['lost']):.2f}"]
+
+
 def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], bool]:
-    """Per benchmark of the baseline: accuracy before and after on the questions both have answered,
-    with 95% intervals, the paired difference with its interval, the questions gained and lost and
-    McNemar's p; then the same over all those questions together. While the evaluation after
-    training is still running, n says how many of the baseline's questions it has answered so far;
-    the flag says whether it has answered them all."""
+    """Per benchmark of the baseline, by each verdict both folders carry: accuracy before and after on
+    the questions both have answered, with 95% intervals, the paired difference with its interval,
+    the questions gained and lost and McNemar's p; then the same over all those questions together.
+    While the evaluation after training is still running, n says how many of the baseline's
+    questions it has answered so far; the flag says whether it has answered them all."""
     rows, complete, results = [], True, read_json(before_dir / "summary.json")["benchmarks"]
-    for name, n, before, after in paired_answers(before_dir, after_dir):
+    keys = verdicts(before_dir, after_dir)
+    by_verdict = {key: paired_answers(before_dir, after_dir, key) for key in keys}
+    for index, (name, n, _, after) in enumerate(by_verdict["correct"]):
         complete &= len(after) == n
-        if not after:
-            rows.append([name, f"0 of {n}", _pct_ci(results[name]), "not evaluated yet", "", "", ""])
-        else:
-            rows.append(_paired_row(name, str(n) if len(after) == n else f"{len(after)} of {n}", before, after))
+        for key in keys:
+            label = name if key == "correct" else ""
+            if not after:
+                suffix = "" if key == "correct" else "_strict"
+                rows.append([label, VERDICTS[key], f"0/{n}", accuracy_ci(results[name], suffix),
+                             "not evaluated yet", "", "", ""])
+                continue
+            _, _, before, answered = by_verdict[key][index]
+            rows.append([label, VERDICTS[key], str(n) if len(after) == n else f"{len(after)}/{n}",
+                         _accuracy(before), _accuracy(answered), *_difference(paired_difference(before, answered))])
     return rows, complete
 
 
+# The pairs of the paired tables: each trained arm against the baseline, then lightreasoner against
+# sft (the paper's comparison), the format-only control against lightreasoner (what the contrast's
+# labels add over training the same positions on the expert's own tokens) and the random-positions
+# control against format-only (what the contrast's positions add).
+PAIRS = [*(("baseline", arm) for arm in ARM_EVAL_DIRS if arm != "baseline"),
+         ("sft", "lightreasoner"), ("lightreasoner", "format-only"), ("format-only", "random-positions")]
+
+
 def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Title, header and rows of the run's accuracy: each trained arm with answers against the
-    baseline, paired on the same questions (those answered so far while an arm's evaluation runs),
-    then lightreasoner against sft (the paper's comparison), the format-only control against
-    lightreasoner (what the contrast's labels add over training the same positions on the expert's
-    own tokens) and the random-positions control against format-only (what the contrast's positions
-    add); or the baseline alone; nothing before any evaluation."""
+    """Title, header and rows of the run's paired accuracy tables (:data:`PAIRS`, those with answers
+    on both sides; while an arm's evaluation runs, on the questions answered so far)."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
     if not (baseline_dir / "summary.json").exists():
         return []
-    pairs = [("baseline", arm) for arm in ARM_EVAL_DIRS if arm != "baseline"]
-    pairs += [("sft", "lightreasoner"), ("lightreasoner", "format-only"), ("format-only", "random-positions")]
     tables = []
-    for reference, arm in pairs:
+    for reference, arm in PAIRS:
         reference_dir, arm_dir = run_dir / ARM_EVAL_DIRS[reference], run_dir / ARM_EVAL_DIRS[arm]
         if not (reference_dir / "summary.json").exists() or not any(arm_dir.glob("*.jsonl")):
             continue
         rows, complete = accuracy_rows(reference_dir, arm_dir)
-        title = f"Accuracy: {arm} against {reference} (zero-shot, greedy pass@1, paired)"
+        title = f"Paired: {arm} against {reference}"
         if not complete:
-            title += "; in progress, both sides on the questions answered so far"
-        tables.append((title, ["benchmark", "n", f"{reference} [95% CI]", f"{arm} [95% CI]",
-                               f"{arm} - {reference} [paired 95% CI]", "gained / lost", "McNemar p"], rows))
-    if not tables:
-        results = read_json(baseline_dir / "summary.json")["benchmarks"]
-        tables.append(("Accuracy of the expert as it is (zero-shot, greedy pass@1)",
-                       ["benchmark", "n", "accuracy [95% CI]"],
-                       [[name, str(b["n"]), _pct_ci(b)] for name, b in results.items()]))
+            title += " (in progress: both sides on the questions answered so far)"
+        tables.append((title, ["benchmark", "verdict", "n", reference, arm, "diff [95% CI]", "+/-", "p"], rows))
     return tables
+
+
+HEADLINE_TITLE = "Each arm against the baseline on the same questions"
+HEADLINE_NOTE = ("Gain: accuracy difference in points over all questions both answered, with its paired-bootstrap "
+                 "95% interval; p: exact McNemar test; strict: a stated final answer in a completion that was not "
+                 "cut off (the toolkit's verdict also takes the last number of a cut-off text); hours: sampling "
+                 "and training.")
+
+
+def headline_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
+    """One row per trained arm with answers: the gain over the baseline on every question both have
+    answered, with its interval and McNemar's p, by the toolkit's verdict and the strict one, and the
+    arm's cost in hours (sampling and training)."""
+    baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
+    header = ["arm", "n", "gain [95% CI]", "p", "strict gain [95% CI]", "p", "hours"]
+    if not (baseline_dir / "summary.json").exists():
+        return header, []
+    rows = []
+    for arm, folder in ARM_EVAL_DIRS.items():
+        arm_dir = run_dir / folder
+        if arm == "baseline" or not any(arm_dir.glob("*.jsonl")):
+            continue
+        pooled = {key: _pooled(paired_answers(baseline_dir, arm_dir, key)) for key in verdicts(baseline_dir, arm_dir)}
+        total, answered, _ = pooled["correct"]
+        cells = [arm, str(total) if len(answered) == total else f"{len(answered)}/{total}"]
+        for key in VERDICTS:
+            if key in pooled:
+                diff, _, p = _difference(paired_difference(*pooled[key][1:]))
+                cells += [diff, p]
+            else:  # answers graded before the strict verdict existed
+                cells += ["-", "-"]
+        efficiency = _read_efficiency(arm_dir.parent)
+        cells.append(f"{efficiency['total_seconds'] / 3600:.1f}" if efficiency else "-")
+        rows.append(cells)
+    return header, rows
 
 
 def accuracy_note(run_dir: Path) -> str | None:
@@ -183,14 +230,14 @@ def accuracy_note(run_dir: Path) -> str | None:
             "the adapter fit below is a signal a run of this size can resolve.")
 
 
-FIT_TITLE = "Adapter fit: soft-label KL to the contrast's labels on kept steps, without (base) and with the adapter"
-FIT_HEADER = ["kept steps", "trajectories", "steps", "base KL", "adapted KL",
-              "adapted - base [95% CI, bootstrap over trajectories]", "steps lowered"]
+def _answered_eval_dirs(run_dir: Path) -> list[Path]:
+    return [run_dir / folder for folder in ARM_EVAL_DIRS.values() if (run_dir / folder / "summary.json").exists()]
 
 
-def _pct_ci(result: dict[str, Any]) -> str:
-    low, high = result["ci95"]
-    return f"{100 * result['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+FIT_TITLE = "Adapter fit: KL to the contrast's soft labels on kept steps, without (base) and with the adapter"
+FIT_HEADER = ["kept steps", "trajectories", "steps", "base KL", "adapted KL", "adapted - base [95% CI]", "lowered"]
+FIT_NOTE = ("KL: the training objective, mean per kept step; interval: bootstrap over trajectories; lowered: the "
+            "share of steps whose KL the adapter lowered.")
 
 
 # ---------------------------------------------------------------------------------------- plots
@@ -223,21 +270,27 @@ def kl_plot(kl_values: Sequence[float], beta: float) -> bytes:
     return data
 
 
-def paired_gains(run_dir: Path) -> dict[str, list[tuple[str, dict[str, float]]]]:
-    """Each arm with answers against the baseline: per benchmark it has answered, then over all
-    those questions, the paired difference (:func:`paired_difference`) on the questions both have."""
+def paired_gains(run_dir: Path, key: str = "correct") -> dict[str, list[tuple[str, dict[str, float]]]]:
+    """Each arm with answers against the baseline, by the verdict ``key`` (arms or a baseline graded
+    before the strict verdict existed have none): per benchmark it has answered, then over all those
+    questions, the paired difference (:func:`paired_difference`) on the questions both have."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
     if not (baseline_dir / "summary.json").exists():
         return {}
     return {arm: [(name, paired_difference(before, after))
-                  for name, _, before, after in paired_answers(baseline_dir, run_dir / folder) if after]
+                  for name, _, before, after in paired_answers(baseline_dir, run_dir / folder, key) if after]
             for arm, folder in ARM_EVAL_DIRS.items()
-            if arm != "baseline" and any((run_dir / folder).glob("*.jsonl"))}
+            if arm != "baseline" and any((run_dir / folder).glob("*.jsonl"))
+            and key in verdicts(baseline_dir, run_dir / folder)}
 
 
-def gains_plot(gains: dict[str, list[tuple[str, dict[str, float]]]]) -> bytes | None:
+GainRows = dict[str, list[tuple[str, dict[str, float]]]]
+
+
+def gains_plot(gains: GainRows, strict: GainRows | None = None) -> bytes | None:
     """Each arm's paired difference to the baseline with its 95% interval, per benchmark and over all
-    questions, as points on one axis: what the accuracy tables say, at a glance."""
+    questions, as points on one axis (:func:`paired_gains`), by the toolkit's verdict and, beside it
+    when given, by the strict one: what the accuracy tables say, at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,21 +298,24 @@ def gains_plot(gains: dict[str, list[tuple[str, dict[str, float]]]]) -> bytes | 
 
     if not gains:
         return None
+    panels = {"toolkit's verdict": gains, **({"strict verdict": strict} if strict else {})}
     groups = list(dict.fromkeys(name for rows in gains.values() for name, _ in rows))
-    figure, axis = plt.subplots(figsize=(7, 0.6 + 0.25 * len(groups) * (len(gains) + 1)))
-    for index, (arm, rows) in enumerate(gains.items()):
-        # Arms keep the colours of the accuracy chart (tab10 in ARM_EVAL_DIRS order, baseline first).
-        colour = f"C{list(ARM_EVAL_DIRS).index(arm)}"
-        y = [groups.index(name) * (len(gains) + 1) + index for name, _ in rows]
-        diff = [100 * p["diff"] for _, p in rows]
-        bars = [error_bar(p["diff"], p["low"], p["high"]) for _, p in rows]
-        axis.errorbar(diff, y, xerr=list(zip(*bars)), fmt="o", color=colour, capsize=3, label=arm)
-    axis.axvline(0, color="grey", linewidth=0.8)
-    axis.set_yticks([g * (len(gains) + 1) + (len(gains) - 1) / 2 for g in range(len(groups))], groups)
-    axis.invert_yaxis()
-    axis.set(xlabel="accuracy - baseline (points; paired bootstrap 95% interval)",
-             title="gain over the baseline on the same questions")
-    axis.legend(fontsize="small")
+    figure, axes = plt.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False,
+                                figsize=(5 * len(panels) + 1, 0.8 + 0.25 * len(groups) * (len(gains) + 1)))
+    for axis, (verdict, arms) in zip(axes[0], panels.items()):
+        for index, (arm, rows) in enumerate(arms.items()):
+            # Arms keep the colours of the accuracy chart (tab10 in ARM_EVAL_DIRS order, baseline first).
+            colour = f"C{list(ARM_EVAL_DIRS).index(arm)}"
+            y = [groups.index(name) * (len(gains) + 1) + index for name, _ in rows]
+            diff = [100 * p["diff"] for _, p in rows]
+            bars = [error_bar(p["diff"], p["low"], p["high"]) for _, p in rows]
+            axis.errorbar(diff, y, xerr=list(zip(*bars)), fmt="o", color=colour, capsize=3, label=arm)
+        axis.axvline(0, color="grey", linewidth=0.8)
+        axis.set(xlabel="accuracy - baseline (points)", title=f"gain over the baseline, {verdict}")
+    axes[0, 0].set_yticks([g * (len(gains) + 1) + (len(gains) - 1) / 2 for g in range(len(groups))], groups)
+    axes[0, 0].invert_yaxis()
+    axes[0, -1].legend(fontsize="small")
+    figure.suptitle("paired on the same questions, bootstrap 95% intervals", fontsize="small", y=0.0)
     data = _png(figure)
     plt.close(figure)
     return data
@@ -334,6 +390,17 @@ def settings_rows(run: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def report_tokenizer(run_dir: str | Path) -> Any:
+    """The expert's tokenizer for the report's token view, when the run folder holds its samples with
+    their questions; None for a published folder, which has no question text to show."""
+    run_dir = Path(run_dir)
+    if not (run_dir / SAMPLES_FILE).exists():
+        return None
+    from .models import load_tokenizer
+
+    return load_tokenizer(read_json(run_dir / "run.json")["settings"]["expert"])
+
+
 def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html`` and the figures into ``run_dir``; return both paths."""
     run_dir = Path(run_dir)
@@ -367,23 +434,42 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         md.extend([text, ""])
         html_parts.append(f"<p>{html.escape(text)}</p>")
 
-    for table in accuracy_tables(run_dir):
-        section(*table)
-    note = accuracy_note(run_dir)
-    if note:
-        paragraph(note)
+    def figure(name: str, data: bytes | None) -> None:
+        if data is None:
+            return
+        (run_dir / name).write_bytes(data)
+        md.extend([f"![{name}]({name})", ""])
+        html_parts.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+    # What a reader wants first: each arm's gain over the baseline, its significance and its cost.
+    header, rows = headline_rows(run_dir)
+    if rows:
+        section(HEADLINE_TITLE, header, rows)
+        paragraph(HEADLINE_NOTE)
+        figure("gains.png", gains_plot(paired_gains(run_dir), paired_gains(run_dir, "correct_strict")))
+    for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
+        if note:
+            paragraph(note)
     fit = _read_optional(run_dir / "adapter_fit.json")
     if fit:
         section(FIT_TITLE, FIT_HEADER, fit_rows(fit))
-        paragraph(fit_verdict(fit))
+        paragraph(f"{FIT_NOTE} {fit_verdict(fit)}")
 
     arms = _compared_arms(run_dir)
     if arms:
-        section("Arms: accuracy and gain over the baseline", *arms_accuracy(arms))
-        section("Arms: efficiency (time = sampling + training)", *arms_efficiency(arms))
-        line = savings_line(arms)
-        if line:
-            paragraph(line)
+        section(ACCURACY_TITLE, *arms_accuracy(arms))
+        figure("arms.png", arms_plot(arms))
+        header, rows = arms_efficiency(arms)
+        if rows:
+            section(EFFICIENCY_TITLE, header, rows)
+            line = savings_line(arms)
+            if line:
+                paragraph(line)
+    tables = accuracy_tables(run_dir)
+    if tables:
+        paragraph(PAIRED_NOTE)
+    for table in tables:
+        section(*table)
 
     tokens_tuned = train_summary.get("tokens_tuned")
     efficiency = [[name, f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
@@ -391,7 +477,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     if efficiency:
         section("Time per stage", ["stage", "seconds", "status"], efficiency)
     if sample_meta or records:  # a baseline-only run has no cost to account for
-        section("Efficiency", ["quantity", "value"], [
+        section("Sampling and training of the lightreasoner arm", ["quantity", "value"], [
             ["questions sampled", f"{sample_meta.get('questions', len(records)):,}"],
             ["tokens generated (sampling)", f"{sample_meta.get('tokens_generated', 0):,}"],
             ["kept steps", f"{sum(len(r['steps']) for r in records):,}"],
@@ -405,19 +491,9 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     section("Settings", ["setting", "value"], settings_rows(run))
 
     kl_values = [v for r in records for v in r.get("kl", [])]
-    figures = {"arms.png": arms_plot(arms)} if arms else {}
-    gains = gains_plot(paired_gains(run_dir))
-    if gains:
-        figures["gains.png"] = gains
     if kl_values:
-        figures["kl.png"] = kl_plot(kl_values, settings["beta"])
-    loss = loss_plot(train_log)
-    if loss:
-        figures["loss.png"] = loss
-    for name, data in figures.items():
-        (run_dir / name).write_bytes(data)
-        md.extend([f"![{name}]({name})", ""])
-        html_parts.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+        figure("kl.png", kl_plot(kl_values, settings["beta"]))
+    figure("loss.png", loss_plot(train_log))
 
     shown = [r for r in records if r["steps"] and "question" in r][:TOKEN_VIEW_TRAJECTORIES]
     if shown and tokenizer is not None:
@@ -449,26 +525,35 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _compared_arms(run_dir: Path) -> list:
-    """The run's arms when it has more than baseline and lightreasoner (and any is evaluated)."""
-    if not any((run_dir / arm).is_dir() for arm in ARM_EVAL_DIRS if arm not in ("baseline", "lightreasoner")):
-        return []
+    """The run's arms, once any is evaluated."""
     arms = find_arms([run_dir])
     return arms if any(arm.eval_dir is not None for arm in arms) else []
 
 
-def text_summary(run_dir: str | Path) -> str:
-    """The accuracy tables for the terminal (and the arms' two tables when the run has other arms)."""
+def text_summary(run_dir: str | Path, width: int = 100) -> str:
+    """The report's tables for the terminal, in its order: the headline, accuracy and efficiency per
+    arm, then the paired tables; notes wrapped at ``width`` columns, as the tables fit in them."""
     run_dir = Path(run_dir)
-    parts = [f"{title}\n{_render(header, rows)}" for title, header, rows in accuracy_tables(run_dir)]
-    note = accuracy_note(run_dir)
-    if note:
-        parts.append(note)
+    parts = []
+    header, rows = headline_rows(run_dir)
+    if rows:
+        parts.append(f"{HEADLINE_TITLE}\n{_render(header, rows)}\n{textwrap.fill(HEADLINE_NOTE, width)}")
+        if (run_dir / "gains.png").exists():
+            parts[-1] += f"\nFigure: {run_dir / 'gains.png'}"
+    for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
+        if note:
+            parts.append(textwrap.fill(note, width))
     fit = _read_optional(run_dir / "adapter_fit.json")
     if fit:
-        parts.append(f"{FIT_TITLE}\n{_render(FIT_HEADER, fit_rows(fit))}\n{fit_verdict(fit)}")
+        parts.append(f"{FIT_TITLE}\n{_render(FIT_HEADER, fit_rows(fit))}\n"
+                     f"{textwrap.fill(FIT_NOTE + ' ' + fit_verdict(fit), width)}")
     arms = _compared_arms(run_dir)
     if arms:
         parts.append(arms_report(arms))
+    tables = accuracy_tables(run_dir)
+    if tables:
+        parts.append(textwrap.fill(PAIRED_NOTE, width))
+    parts += [f"{title}\n{_render(header, rows, left=2)}" for title, header, rows in tables]
     return "\n\n".join(parts)
 
 

@@ -27,14 +27,16 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import __version__
-from .config import config_to_dict
+from .config import check_fields, config_to_dict
 from .contrast import KeptStep, select_steps
 from .data import Problem, check_same_problems, load_problems
 from .decoding import cached_forward
 from .errors import LightReasonerError
-from .models import (chat_prompt, check_same_vocabulary, encode_prompt, load_model, load_tokenizer,
-                     real_vocab_size, resolve_device, resolve_dtype, stop_token_ids, tokenizer_fingerprint)
-from .records import JsonlAppender, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .models import (chat_prompt, check_prompts_fit, check_same_vocabulary, context_length, encode_prompt, load_model,
+                     load_tokenizer, model_location, real_vocab_size, resolve_device, resolve_dtype, same_model,
+                     stop_token_ids, tokenizer_fingerprint)
+from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, repair_torn_tail,
+                      write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +54,22 @@ class SampleConfig:
     data: str = field(default="gsm8k", metadata={"help": "benchmark name or JSONL file of questions"})
     split: str = field(default="train", metadata={"help": "benchmark split"})
     data_dir: str | None = field(default=None, metadata={"help": "folder holding <benchmark>/<split>.jsonl"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N questions"})
-    max_new_tokens: int = field(default=128, metadata={"help": "trajectory length (prefix termination)"})
-    alpha: float = field(default=0.2, metadata={"help": "plausible set: pi_E(a) >= alpha * max pi_E"})
-    beta: float = field(default=0.4, metadata={"help": "keep steps with KL(pi_E || pi_A) >= beta"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N questions", "min": 1})
+    max_new_tokens: int = field(default=128, metadata={"help": "trajectory length (prefix termination)", "min": 1})
+    alpha: float = field(default=0.2, metadata={"help": "plausible set: pi_E(a) >= alpha * max pi_E", "above": 0,
+                                                "max": 1})
+    beta: float = field(default=0.4, metadata={"help": "keep steps with KL(pi_E || pi_A) >= beta", "min": 0})
     system_prompt: str = field(default="Please reason step by step.", metadata={"help": "system prompt"})
-    batch_size: int = field(default=16, metadata={"help": "questions decoded together"})
-    contrast_every: int = field(default=16, metadata={"help": "amateur catches up every N decoding steps"})
+    batch_size: int = field(default=16, metadata={"help": "questions decoded together", "min": 1})
+    contrast_every: int = field(default=16, metadata={"help": "amateur catches up every N decoding steps", "min": 1})
     dtype: str = field(default="auto", metadata={"help": "model dtype: auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float32, float16"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     seed: int = field(default=0, metadata={"help": "seed (for sampled data subsets)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repositories' own code"})
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "batch_size", "contrast_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        check_fields(self)
+        self.expert, self.amateur = model_location(self.expert), model_location(self.amateur)
 
 
 @dataclass
@@ -210,6 +208,7 @@ class SampleStats:
     """What a sampling run did (accumulated over resumed runs); saved as ``<out>.meta.json``."""
 
     questions: int = 0
+    questions_planned: int = 0  # questions the run asked for (all done when complete)
     kept_steps: int = 0
     tokens_generated: int = 0
     seconds: float = 0.0
@@ -251,9 +250,13 @@ def read_samples(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]
 
 
 def _resume_state(out: Path, config: SampleConfig, problems: list[Problem]) -> tuple[set[str], SampleStats]:
-    """Ids already done in ``out`` (after repairing a torn tail), checking the settings and questions match."""
+    """Ids already done in ``out`` (after repairing a torn tail), checking the settings and questions match.
+    A file that is not a sample file is refused before anything touches it."""
     if not out.exists() or out.stat().st_size == 0:
         return set(), SampleStats()
+    if not out.is_file() or (first_record(out) or {}).get("format") != FORMAT:
+        raise LightReasonerError(f"{out}: exists and is not a lightreasoner sample file (no '{FORMAT}' header); "
+                                 "it was left as it is: choose another --out")
     removed = repair_torn_tail(out)
     if removed:
         log.warning("%s: removed a torn last line (%d bytes) left by an interrupted run; redoing it", out, removed)
@@ -261,7 +264,8 @@ def _resume_state(out: Path, config: SampleConfig, problems: list[Problem]) -> t
     previous = header.get("settings", {})
     current = config_to_dict(config)
     for key in RESULT_SETTINGS:
-        if previous.get(key) != current[key]:
+        if previous.get(key) != current[key] and not (key in ("expert", "amateur") and
+                                                       same_model(previous.get(key), current[key])):
             raise LightReasonerError(
                 f"{out}: made with {key}={previous.get(key)!r}, this run has {key}={current[key]!r}; "
                 "use another --out to start a new file")
@@ -279,24 +283,25 @@ def sample(config: SampleConfig, out: str | Path, *, progress: bool = True,
            pair: ModelPair | None = None) -> SampleStats:
     """Run the sampling stage into ``out`` (JSONL, see docs/FORMAT.md); resume if it exists."""
     out = Path(out)
+    check_writable(out)
     problems = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=config.limit,
                              seed=config.seed)
     done_ids, stats = _resume_state(out, config, problems)
     todo = [p for p in problems if p.id not in done_ids]
     pair = pair or load_pair(config)
+    _check_prompts_fit(pair, todo, config)
     torch.manual_seed(config.seed)
     stats.sessions += 1
+    stats.questions_planned = len(problems)
     stats.complete = not todo
-    if not out.exists() or out.stat().st_size == 0:
-        with JsonlAppender(out) as writer:
-            writer.write([_header(config, pair)])
     stats.versions = {"lightreasoner": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                       "python": platform.python_version()}
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="sampling", unit="q",
                disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
     session_tokens = 0
-    with JsonlAppender(out) as writer:
+    # The header goes in with the first batch: a run that fails before its first result leaves no file.
+    with JsonlAppender(out, header=_header(config, pair)) as writer:
         for offset in range(0, len(todo), config.batch_size):
             trajectories = sample_batch(pair, todo[offset:offset + config.batch_size], config)
             writer.write([t.record() for t in trajectories])
@@ -311,6 +316,34 @@ def sample(config: SampleConfig, out: str | Path, *, progress: bool = True,
     stats.seconds += time.perf_counter() - started
     write_json_atomic(meta_path(out), dataclasses.asdict(stats))
     return stats
+
+
+def _check_prompts_fit(pair: ModelPair, todo: list[Problem], config: SampleConfig) -> None:
+    """Refuse, before any decoding, a question whose prompt and trajectory do not fit both models' context."""
+    contexts = [c for c in (context_length(pair.expert), context_length(pair.amateur)) if c is not None]
+    lengths = {p.id: len(encode_prompt(pair.tokenizer, chat_prompt(pair.tokenizer, p.question, config.system_prompt)))
+               for p in todo}
+    check_prompts_fit(lengths, config.max_new_tokens, min(contexts, default=None),
+                      model=f"expert {config.expert} and amateur {config.amateur}", source=config.data)
+
+
+def check_complete(path: str | Path) -> None:
+    """Refuse a sample file whose sampling run did not finish (its ``.meta.json`` says ``complete: false``,
+    or is missing), saying how many questions it holds; files of the authors' format are not checked."""
+    path = Path(path)
+    if (first_record(path) or {}).get("format") != FORMAT:
+        return
+    meta = read_json(meta_path(path)) if meta_path(path).is_file() else None
+    if meta is not None and meta.get("complete"):
+        return
+    lines = path.read_bytes().split(b"\n")[:-1]  # whole lines only: a torn last one is no question held
+    held = sum(1 for line in lines if line.startswith(b'{"type": "sample"'))
+    planned = (meta or {}).get("questions_planned")
+    count = f"{held:,} of the {planned:,} questions its run asked for" if planned else f"{held:,} question(s)"
+    why = "its sampling run did not finish" if meta is not None else f"no {meta_path(path).name} beside it says " \
+        "its sampling run finished"
+    raise LightReasonerError(f"{path}: {why}: it holds {count}; rerun the same `lightreasoner sample` to complete "
+                             "it, or pass --allow-incomplete to train on what it holds")
 
 
 def summary(stats: SampleStats, out: Path, config: SampleConfig) -> str:

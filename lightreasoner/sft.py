@@ -1,7 +1,8 @@
 """The paper's baseline and two control arms, all trained by :func:`lightreasoner.training.train`.
 
 * **Rejection-sampled SFT** (:func:`sft`): the expert samples K solutions per training question
-  (temperature sampling with continuous batching and a KV cache); each is graded against the
+  (seeded temperature sampling through a backend of :mod:`lightreasoner.backends`: the cached
+  decoding loop with continuous batching, llama.cpp on the model's GGUF, or vLLM); each is graded against the
   gold answer by the evaluation harness's grader; the finished, correct, distinct ones are kept;
   the expert is fine-tuned with cross-entropy on their completion tokens (prompt masked):
   :func:`training.one_hot_example` with every completion step, since KL to a one-hot label is
@@ -23,6 +24,7 @@ resumed attempts) and ``efficiency.json`` (the paper's cost accounting, see
 from __future__ import annotations
 
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,13 +32,16 @@ from typing import Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from . import grading, training
-from .config import check_same_settings, config_to_dict
+from .backends import BACKENDS, Backend, HFBackend, Request, Sampling, VLLMBackend, resolve_backend
+from .config import build_config, check_fields, check_same_settings, config_to_dict
 from .data import BENCHMARKS, Problem, check_same_problems, load_problems, resolve_data_dir
-from .decoding import decode, derived_seed, seeded_sampler
+from .decoding import derived_seed
 from .errors import LightReasonerError
-from .models import (chat_prompt, encode_prompt, load_model, load_tokenizer, real_vocab_size, resolve_device,
-                     resolve_dtype, stop_token_ids, tokenizer_fingerprint)
-from .records import JsonlAppender, file_sha256, iter_jsonl, read_json, repair_torn_tail, write_json_atomic
+from .models import (chat_prompt, check_prompts_fit, context_length, encode_prompt, load_model, load_tokenizer,
+                     model_location, real_vocab_size, resolve_device, resolve_dtype, resolve_model_path, same_model,
+                     tokenizer_fingerprint)
+from .records import (JsonlAppender, check_writable, file_sha256, first_record, iter_jsonl, read_json, refuse_own_input,
+                      repair_torn_tail, write_json_atomic)
 from .training import SampleSet, TrainConfig, one_hot_example
 
 SFT_FORMAT = "lightreasoner-sft-samples"
@@ -56,29 +61,29 @@ SFT_MICRO_BATCHES = 8
 RESULT_SETTINGS = ("model", "data", "split", "samples_per_question", "temperature", "top_p", "max_new_tokens",
                    "batch_size", "benchmark", "backend")
 # What a sample file written before a setting existed was made with.
-RESULT_DEFAULTS = {"backend": "hf"}
+RESULT_SETTING_DEFAULTS = {"backend": "hf"}
 RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
 # Settings that may change in an arm's or a run's folder at any time: how the work is done, not what
 # it computes (data_dir is where the data is read from; each stage's file checks the questions it holds).
-FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir"}
+# So may the backend (a sample file and an evaluation folder refuse another backend's answers on their
+# own) and the number of evaluation workers.
+FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir", "backend", "workers"}
 # A control's samples are checked by content (samples_sha256), so the file may be named by another path.
 CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
 
 
-def sft_train_config(values: dict[str, Any] | None = None) -> TrainConfig:
+def sft_train_config(values: dict[str, Any] | None = None, origins: dict[str, str] | None = None) -> TrainConfig:
     """A :class:`TrainConfig` with SFT's defaults: one pass over every kept completion token (unless
     ``max_steps`` or ``epochs`` is given) at :data:`SFT_TOKENS_PER_UPDATE` tokens per optimizer step
     in :data:`SFT_MICRO_BATCHES` micro-batches;
-    the LoRA and optimizer settings are TrainConfig's (the paper's), as the baseline requires."""
+    the LoRA and optimizer settings are TrainConfig's (the paper's), as the baseline requires.
+    ``origins`` says where each value came from, for messages (:func:`config.build_config`)."""
     values = {key.replace("-", "_"): value for key, value in (values or {}).items()}
     if values.get("epochs") is None and "max_steps" not in values:
         values["epochs"] = 1.0
     values.setdefault("steps_per_update", SFT_TOKENS_PER_UPDATE)
     values.setdefault("gradient_accumulation_steps", SFT_MICRO_BATCHES)
-    try:
-        return TrainConfig(**values)
-    except (TypeError, ValueError) as exc:
-        raise LightReasonerError(f"sft training settings: {exc}") from None
+    return build_config(TrainConfig, values, source="sft training settings", origins=origins)
 
 
 @dataclass
@@ -91,32 +96,26 @@ class SFTConfig:
     data: str = field(default="gsm8k", metadata={"help": "benchmark name or JSONL file of questions with gold answers"})
     split: str = field(default="train", metadata={"help": "benchmark split"})
     data_dir: str | None = field(default=None, metadata={"help": "folder holding <benchmark>/<split>.jsonl"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N questions"})
-    samples_per_question: int = field(default=4, metadata={"help": "K solutions sampled per question"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold (1 = off)"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N questions", "min": 1})
+    samples_per_question: int = field(default=4, metadata={"help": "K solutions sampled per question", "min": 1})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature", "above": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold (1 = off)", "above": 0, "max": 1})
     max_new_tokens: int = field(default=512, metadata={
-        "help": "generation limit per solution (a solution cut off here is not kept)"})
+        "help": "generation limit per solution (a solution cut off here is not kept)", "min": 1})
     batch_size: int = field(default=16, metadata={
-        "help": "sequences decoded together (continuous batching: a finished one makes room for the next)"})
+        "help": "hf and llamacpp: sequences decoded together (continuous batching: a finished one makes room for "
+                "the next); vllm: sequences per engine call (a few hundred keep a GPU busy)", "min": 1})
+    backend: str = field(default="auto", metadata={
+        "help": "sampling backend: hf, llamacpp (CPU, the model's GGUF; optional extra), vllm (GPU; optional extra) "
+                "or auto: vllm on a CUDA GPU when installed, else hf", "choices": BACKENDS})
     benchmark: str | None = field(default=None, metadata={
         "help": "grading rules of this benchmark (default: --data when it is a benchmark name)"})
     device: str = field(default="auto", metadata={"help": "sampling device: auto, cpu, cuda, cuda:1, mps"})
-    backend: str = field(default="hf", metadata={
-        "help": "sampling engine: hf (torch) or llamacpp (llama.cpp on the model's GGUF, optional extra; "
-                "docs/EVALUATION.md); training always runs on torch"})
     train: TrainConfig = field(default_factory=sft_train_config, metadata={"help": "training settings"})
 
     def __post_init__(self) -> None:
-        for name in ("samples_per_question", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (SFT samples), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.backend not in ("hf", "llamacpp"):
-            raise ValueError(f"backend must be hf or llamacpp, got {self.backend!r}")
+        check_fields(self)
+        self.model = model_location(self.model)
 
     @property
     def grading_benchmark(self) -> str | None:
@@ -138,60 +137,49 @@ class Completion:
     finish: str  # "eos" (an end token) or "length"
 
 
-@dataclass
-class LlamaCppSampler:
-    """The expert in llama.cpp (``--backend llamacpp``) and the end tokens of its model folder."""
-
-    engine: Any
-    stop_ids: list[int]
-
-    @classmethod
-    def load(cls, model: str, tokenizer: Any) -> "LlamaCppSampler":
-        from .gguf_export import model_gguf
-        from .llamacpp import LlamaCppModel
-        from .models import model_configs
-
-        return cls(LlamaCppModel(model_gguf(model)), stop_token_ids(tokenizer, model_configs(model)))
-
-
-def generate_samples(model: Any, tokenizer: Any, prompts: list[list[int]], *, num_samples: int, temperature: float,
-                     top_p: float, max_new_tokens: int, seeds: list[int],
-                     slots: int) -> Iterator[tuple[int, list[Completion]]]:
+def generate_samples(backend: Backend, prompts: list[list[int]], *, num_samples: int, temperature: float,
+                     top_p: float, max_new_tokens: int, seeds: list[int]) -> Iterator[tuple[int, list[Completion]]]:
     """``num_samples`` sampled completions of each prompt (token ids), yielded as ``(prompt index,
     completions)`` in prompt order, each prompt as soon as it and every earlier one are done.
-    ``model`` is a torch model, or a :class:`LlamaCppSampler` to sample with llama.cpp.
 
-    The ``len(prompts) x num_samples`` sequences are decoded ``slots`` at a time with continuous
-    batching (:func:`lightreasoner.decoding.decode`). Sample k of prompt i draws from its own
-    generator, seeded from ``seeds[i]`` and k, so what it samples does not depend on the batch.
+    The ``len(prompts) x num_samples`` sequences go to ``backend`` as one request each: sample k of
+    prompt i draws from its own random stream, seeded from ``seeds[i]`` and k, so what it samples does
+    not depend on what shares its batch (hf: exactly; vLLM: up to the batch's effect on the logits).
     Only this sampling applies: the checkpoint's own generation config (Qwen2.5-Instruct ships top-k
     and a repetition penalty) plays no part. Vocabulary rows past the real vocabulary are never sampled.
     """
+    tokenizer = backend.tokenizer
     rows = [(i, k) for i in range(len(prompts)) for k in range(num_samples)]
-    choose = seeded_sampler([derived_seed(seeds[i], k) for i, k in rows], temperature=temperature, top_p=top_p)
+    requests = [Request(prompts[i], max_new_tokens, derived_seed(seeds[i], k)) for i, k in rows]
     pending: dict[int, dict[int, Completion]] = {}
     next_prompt = 0
-    if isinstance(model, LlamaCppSampler):  # the same draws' rules, another engine
-        stops = model.stop_ids
-        finished = model.engine.decode([prompts[i] for i, _ in rows], slots=slots, max_new_tokens=max_new_tokens,
-                                       stop_ids=stops, vocab_size=real_vocab_size(tokenizer), choose=choose)
-    else:
-        stops = stop_token_ids(tokenizer, model)
-        finished = decode(model, [prompts[i] for i, _ in rows], slots=slots, max_new_tokens=max_new_tokens,
-                          stop_ids=stops, vocab_size=real_vocab_size(tokenizer, model), pad_id=tokenizer.pad_token_id,
-                          choose=choose)
-    for done in finished:
-        i, k = rows[done.index]
-        ids = done.token_ids
-        if ids[-1] in stops:
-            completion = Completion(ids, tokenizer.decode(ids[:-1], skip_special_tokens=True), "eos")
-        else:
-            completion = Completion(ids, tokenizer.decode(ids, skip_special_tokens=True), "length")
-        pending.setdefault(i, {})[k] = completion
+    for chunk in backend.generate(requests, Sampling(temperature=temperature, top_p=top_p)):
+        for output in chunk:
+            i, k = rows[output.index]
+            ids = output.token_ids
+            text = tokenizer.decode(ids[:-1] if output.finish == "eos" else ids, skip_special_tokens=True)
+            pending.setdefault(i, {})[k] = Completion(ids, text, output.finish)
         while len(pending.get(next_prompt, {})) == num_samples:
             finished = pending.pop(next_prompt)
             yield next_prompt, [finished[k] for k in range(num_samples)]
             next_prompt += 1
+
+
+def open_sampling_backend(config: SFTConfig, tokenizer: Any) -> Backend:
+    """The expert on ``config.backend`` (resolved), in the sampling dtype (llamacpp: the GGUF's own weights)."""
+    if config.backend == "vllm":
+        return VLLMBackend(resolve_model_path(config.model), tokenizer, dtype=config.train.dtype,
+                           chunk_size=config.batch_size, device=config.device,
+                           trust_remote_code=config.train.trust_remote_code, seed=config.train.seed)
+    if config.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(config.model, tokenizer, slots=config.batch_size, device=config.device,
+                               trust_remote_code=config.train.trust_remote_code)
+    device = resolve_device(config.device)
+    model = load_model(config.model, dtype=resolve_dtype(config.train.dtype, device), device=device,
+                       trust_remote_code=config.train.trust_remote_code)
+    return HFBackend(model, tokenizer, slots=config.batch_size, owns_model=True)
 
 
 def _problem_source(config: SFTConfig) -> Path | None:
@@ -244,13 +232,16 @@ def _check_resumable(path: Path, config: SFTConfig, problems: list[Problem]) -> 
     """Ids already sampled into ``path`` (a torn last line is cut and redone); settings and questions must match."""
     if not path.exists() or path.stat().st_size == 0:
         return set()
+    if (first_record(path) or {}).get("format") != SFT_FORMAT:
+        raise LightReasonerError(f"{path}: exists and is not an SFT sample file (no '{SFT_FORMAT}' header); it was "
+                                 "left as it is: choose another --out")
     repair_torn_tail(path)
     header, records = read_sft_samples(path)
     previous, current = header.get("settings", {}), sft_config_dict(config)
     for key in RESULT_SETTINGS:
-        if previous.get(key, RESULT_DEFAULTS.get(key)) != current[key]:
-            raise LightReasonerError(f"{path}: sampled with {key}={previous.get(key, RESULT_DEFAULTS.get(key))!r}, "
-                                     f"now {current[key]!r}; use another --out")
+        before = previous.get(key, RESULT_SETTING_DEFAULTS.get(key))
+        if before != current[key] and not (key == "model" and same_model(before, current[key])):
+            raise LightReasonerError(f"{path}: sampled with {key}={before!r}, now {current[key]!r}; use another --out")
     for key in RESULT_TRAIN_SETTINGS:
         if previous.get("train", {}).get(key) != current["train"][key]:
             raise LightReasonerError(f"{path}: sampled with {key}={previous.get('train', {}).get(key)!r}, now "
@@ -281,35 +272,33 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
     the whole file.
     """
     out = Path(out)
+    config = replace(config, backend=resolve_backend(config.backend, config.device))
     problems = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=config.limit,
                              seed=config.train.seed)
     check_golds(problems, config)
     done = _check_resumable(out, config, problems)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.train.trust_remote_code)
-    if not out.exists() or out.stat().st_size == 0:
-        with JsonlAppender(out) as writer:
-            writer.write([_header(config, tokenizer)])
     todo = [p for p in problems if p.id not in done]
-    model: Any = None
-    if todo and config.backend == "llamacpp":
-        model = LlamaCppSampler.load(config.model, tokenizer)
-    elif todo:
-        device = resolve_device(config.device)
-        model = load_model(config.model, dtype=resolve_dtype(config.train.dtype, device), device=device,
-                           trust_remote_code=config.train.trust_remote_code)
     texts = [chat_prompt(tokenizer, p.question, config.train.system_prompt) for p in todo]
     prompt_ids = [encode_prompt(tokenizer, text) for text in texts]
+    if todo:
+        check_prompts_fit({p.id: len(ids) for p, ids in zip(todo, prompt_ids)}, config.max_new_tokens,
+                          context_length(config.model, trust_remote_code=config.train.trust_remote_code),
+                          model=config.model, source=config.data)
     # A question's samples depend on the run's seed and the question, not on what ran before it, so a
     # resumed run samples what an uninterrupted one would have.
     seeds = [derived_seed("lightreasoner-sft", config.train.seed, p.id) for p in todo]
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="sft sampling", unit="q",
                disable=not progress, dynamic_ncols=True)
     kept = 0
-    with JsonlAppender(out) as writer:
-        for i, completions in (generate_samples(model, tokenizer, prompt_ids, num_samples=config.samples_per_question,
+    with ExitStack() as stack:
+        # The header is written with the first question, so a start that fails leaves no file behind.
+        writer = stack.enter_context(JsonlAppender(out, header=_header(config, tokenizer)))
+        backend = stack.enter_context(open_sampling_backend(config, tokenizer)) if todo else None
+        for i, completions in (generate_samples(backend, prompt_ids, num_samples=config.samples_per_question,
                                                 temperature=config.temperature, top_p=config.top_p,
-                                                max_new_tokens=config.max_new_tokens, seeds=seeds,
-                                                slots=config.batch_size) if todo else ()):
+                                                max_new_tokens=config.max_new_tokens, seeds=seeds)
+                               if backend is not None else ()):
             problem = todo[i]
             samples = grade_samples(problem, completions, config.grading_benchmark)
             writer.write([{"type": "question", "id": problem.id, "question": problem.question, "gold": problem.gold,
@@ -318,8 +307,6 @@ def sample_solutions(config: SFTConfig, out: str | Path, *, progress: bool = Tru
             bar.update(1)
             bar.set_postfix(kept=kept)
     bar.close()
-    if isinstance(model, LlamaCppSampler):
-        model.engine.close()
     return sample_counts(out)
 
 
@@ -392,10 +379,16 @@ def control_examples(path: str | Path, tokenizer: Any, *, positions: str = "kept
 # Arm folders
 
 
+def arm_started(out_dir: Path) -> bool:
+    """Whether an arm folder holds work (samples, or a training run that got somewhere)."""
+    return (out_dir / SAMPLES_FILE).exists() or training.run_started(out_dir / ADAPTER_DIR)
+
+
 def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] = FREE_SETTINGS) -> None:
-    """``arm.json`` records what the folder was made with; a rerun with other settings is refused."""
+    """``arm.json`` records what the folder was made with; once it holds work, a rerun with other settings
+    is refused (before that, as after a start that failed, the new settings replace the old)."""
     path = out_dir / SETTINGS_FILE
-    if path.exists():
+    if path.exists() and arm_started(out_dir):
         check_same_settings(path, read_json(path), settings, free)
     write_json_atomic(path, settings)
 
@@ -419,6 +412,8 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
     from .pipeline import Stages  # the run's stage bookkeeping (pipeline imports this module)
 
     out_dir = Path(out_dir)
+    refuse_own_input(out_dir, {"model folder": config.model})
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, train=replace(config.train, resume=True))  # a rerun continues the folder
     _check_arm_settings(out_dir, {"arm": "sft", **sft_config_dict(config)})
@@ -453,10 +448,12 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     from .sampling import meta_path, read_samples
 
     out_dir, samples = Path(out_dir), Path(samples)
+    refuse_own_input(out_dir, {"model folder": model})
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, resume=True)
     arm = control_arm(positions)
-    _check_arm_settings(out_dir, {"arm": arm, "model": str(model), "samples": str(samples),
+    _check_arm_settings(out_dir, {"arm": arm, "model": model_location(model), "samples": str(samples),
                                   "samples_sha256": file_sha256(samples), "train": config_to_dict(config)},
                         CONTROL_FREE_SETTINGS)
     stages = Stages(out_dir)

@@ -3,12 +3,16 @@
 Kept apart from the evaluation loop so that other stages can add their own tables next to these:
 the arms comparison (baseline, sft, lightreasoner and the controls) prints the paper's two tables,
 accuracy with the gain over the baseline and the efficiency table, from run and arm folders.
+Every accuracy is given by both verdicts (:mod:`lightreasoner.grading`): the toolkit's and the
+strict one. Tables stay within about 100 columns: several folders are listed one under the other
+per benchmark, not side by side.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,27 +21,44 @@ from .errors import LightReasonerError
 from .records import read_json
 
 
-def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-align the first column, right-align the others."""
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Left-align the first ``left`` columns (names), right-align the others (numbers)."""
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
-        cells = [str(row[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
 
+def accuracy_ci(result: dict[str, Any], suffix: str = "") -> str:
+    """"62.0 [56.4, 67.3]": a benchmark result's accuracy (%) with its 95% interval, by the toolkit's
+    verdict (``suffix`` "") or the strict one ("_strict"); "-" for a result graded before it existed."""
+    if f"accuracy{suffix}" not in result:
+        return "-"
+    low, high = result[f"ci95{suffix}"]
+    return f"{100 * result[f'accuracy{suffix}']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def cut_off_cell(result: dict[str, Any]) -> str:
+    """How many answers hit the token limit, and their share: "40 (40%)"."""
+    if "cut_off" not in result:
+        return "-"
+    return f"{result['cut_off']} ({100 * result['cut_off'] / max(result['n'], 1):.0f}%)"
+
+
 def results_table(summary: dict[str, Any]) -> str:
-    """Accuracy per benchmark with its 95% interval and n, the average, tokens and seconds."""
-    rows = []
-    for name, result in summary["benchmarks"].items():
-        low, high = result["ci95"]
-        rows.append([name, str(result["n"]), f"{100 * result['accuracy']:.1f}",
-                     f"[{100 * low:.1f}, {100 * high:.1f}]", str(result["tokens"]), f"{result['seconds']:.1f}"])
-    rows.append(["average", str(sum(r["n"] for r in summary["benchmarks"].values())),
-                 f"{100 * summary['average']:.1f}", "", str(summary["tokens"]), f"{summary['seconds']:.1f}"])
-    return _render(["benchmark", "n", "accuracy", "95% CI", "tokens", "seconds"], rows)
+    """Per benchmark n, accuracy by both verdicts with 95% intervals, answers cut off at the token
+    limit, tokens and seconds; then the average accuracy and the totals."""
+    results = summary["benchmarks"].values()
+    rows = [[name, str(r["n"]), accuracy_ci(r), accuracy_ci(r, "_strict"), cut_off_cell(r), str(r["tokens"]),
+             f"{r['seconds']:.1f}"] for name, r in summary["benchmarks"].items()]
+    strict = summary.get("average_strict")
+    rows.append(["average", str(sum(r["n"] for r in results)), f"{100 * summary['average']:.1f}",
+                 "-" if strict is None else f"{100 * strict:.1f}", str(sum(r.get("cut_off", 0) for r in results)),
+                 str(summary["tokens"]), f"{summary['seconds']:.1f}"])
+    return _render(["benchmark", "n", "accuracy [95% CI]", "strict [95% CI]", "cut off", "tokens", "seconds"], rows)
 
 
 def load_summary(result_dir: str | Path) -> dict[str, Any]:
@@ -61,15 +82,12 @@ def engines_note(eval_dirs: Sequence[str | Path]) -> str:
 
 
 def compare_table(result_dirs: Sequence[str | Path]) -> str:
-    """Accuracy of several evaluation folders side by side, with each one's difference to the first.
-
-    A benchmark missing from a folder shows "-"; the average row uses the benchmarks that every
-    folder has, so that the averages compare like with like (the count is in the label).
-    """
+    """Accuracy of several evaluation folders, one under the other per benchmark, each with its
+    difference to the first, by both verdicts (see :func:`_accuracy_rows`)."""
     if not result_dirs:
         raise LightReasonerError("compare: give at least one evaluation output folder")
-    header, rows = _accuracy_rows([load_summary(d) for d in result_dirs], _labels(result_dirs), "diff")
-    return _render(header, rows)
+    header, rows = _accuracy_rows([load_summary(d) for d in result_dirs], _labels(result_dirs), "folder", "diff")
+    return _render(header, rows, left=2)
 
 
 def _common_benchmarks(summaries: Sequence[dict[str, Any]]) -> list[str]:
@@ -77,38 +95,50 @@ def _common_benchmarks(summaries: Sequence[dict[str, Any]]) -> list[str]:
     return [n for n in names if all(n in s["benchmarks"] for s in summaries)]
 
 
-def _average(summary: dict[str, Any], names: Sequence[str]) -> float:
-    return sum(summary["benchmarks"][n]["accuracy"] for n in names) / len(names)
+def _average(summary: dict[str, Any], names: Sequence[str], suffix: str = "") -> float | None:
+    """The unweighted average accuracy over ``names`` by one verdict; None if a result lacks it."""
+    values = [summary["benchmarks"][n].get(f"accuracy{suffix}") for n in names]
+    return None if None in values else sum(values) / len(values)
 
 
-def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str],
+def _points(value: float | None, base: float | None, signed: bool = False) -> str:
+    if value is None or (signed and base is None):
+        return "-"
+    return f"{100 * (value - base):+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str], label_name: str,
                    diff_name: str) -> tuple[list[str], list[list[str]]]:
-    """Rows of accuracy (%) per benchmark, one column per summary, each after the first with its
-    difference to the first; the average row over the benchmarks every summary has."""
+    """Per benchmark (with its n), one row per summary: accuracy with its 95% interval and the
+    difference to the first summary, by the toolkit's verdict and the strict one, and the answers
+    cut off at the token limit. A benchmark missing from a summary shows "-" ("running" while its
+    evaluation is still at work); the average rows use the benchmarks that every summary has, so that
+    averages compare like with like (the count is in the label)."""
     names = list(dict.fromkeys(name for s in summaries for name in s["benchmarks"]))
-    common = _common_benchmarks(summaries)
-    header = ["benchmark"]
-    for index, label in enumerate(labels):
-        header += [label] if index == 0 else [label, diff_name]
-
-    def row(name: str, values: list[float | None], n: str) -> list[str]:
-        cells = [f"{name} ({n})"]
-        for index, (value, summary) in enumerate(zip(values, summaries)):
-            # An evaluation still running lists the benchmarks it has not finished as pending.
-            missing = "running" if name in summary.get("pending", ()) else "-"
-            cells.append(missing if value is None else f"{100 * value:.1f}")
-            if index:
-                base = values[0]
-                cells.append("-" if value is None or base is None else f"{100 * (value - base):+.1f}")
-        return cells
-
+    header = ["benchmark", label_name, "accuracy [95% CI]", diff_name, "strict [95% CI]", diff_name, "cut off"]
     rows = []
     for name in names:
         results = [s["benchmarks"].get(name) for s in summaries]
-        ns = sorted({str(r["n"]) for r in results if r})
-        rows.append(row(name, [r["accuracy"] if r else None for r in results], "/".join(ns)))
+        group = f"{name} ({'/'.join(sorted({str(r['n']) for r in results if r}))})"
+        for index, (label, result, summary) in enumerate(zip(labels, results, summaries)):
+            cells = [group if index == 0 else "", label]
+            if result is None:
+                # An evaluation still running lists the benchmarks it has not finished as pending.
+                rows.append(cells + ["running" if name in summary.get("pending", ()) else "-"] + ["-"] * 4)
+                continue
+            for suffix in ("", "_strict"):
+                base = results[0].get(f"accuracy{suffix}") if results[0] else None
+                cells += [accuracy_ci(result, suffix), "" if index == 0 else _points(
+                    result.get(f"accuracy{suffix}"), base, signed=True)]
+            rows.append(cells + [cut_off_cell(result)])
+    common = _common_benchmarks(summaries)
     if common:
-        rows.append(row("average", [_average(s, common) for s in summaries], f"{len(common)} benchmarks"))
+        for index, (label, summary) in enumerate(zip(labels, summaries)):
+            cells = [f"average ({len(common)})" if index == 0 else "", label]
+            for suffix in ("", "_strict"):
+                value, base = _average(summary, common, suffix), _average(summaries[0], common, suffix)
+                cells += [_points(value, None), "" if index == 0 else _points(value, base, signed=True)]
+            rows.append(cells + [""])
     return header, rows
 
 
@@ -191,7 +221,7 @@ def arms_accuracy(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
     if reference is None:
         raise LightReasonerError("compare: none of the arms has been evaluated (no eval_after/summary.json)")
     evaluated = [reference] + [a for a in arms if a.eval_dir is not None and a is not reference]
-    return _accuracy_rows([load_summary(a.eval_dir) for a in evaluated], [a.label for a in evaluated], "gain")
+    return _accuracy_rows([load_summary(a.eval_dir) for a in evaluated], [a.label for a in evaluated], "arm", "gain")
 
 
 def format_seconds(seconds: float) -> str:
@@ -202,27 +232,31 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+EFFICIENCY_TITLE = "Efficiency (time: sampling + training; tuned: tokens carrying loss; gain: on average, points)"
+
+
 def arms_efficiency(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
     """The paper's efficiency table for every trained arm: time (sampling + training), sampled
     problems, tokens generated, examples kept, tuned tokens (tokens carrying loss), optimizer
-    steps, and the average gain over the baseline (in points, on the benchmarks all arms share)."""
+    steps, and the average gain over the baseline (in points, on the benchmarks all arms share) by
+    the toolkit's verdict and the strict one."""
     reference = _reference(arms)
     summaries = {a.label: load_summary(a.eval_dir) for a in arms if a.eval_dir is not None}
     common = _common_benchmarks(list(summaries.values()))
-    header = ["arm", "total time", "sampled problems", "tokens generated", "examples kept", "tuned tokens",
-              "optimizer steps", "average gain"]
+    header = ["arm", "time", "problems", "generated", "kept", "tuned", "steps", "gain", "strict"]
     rows = []
     for arm in arms:
         if arm.efficiency is None:
             continue
         e = arm.efficiency
-        gain = "-"
+        gains = ["-", "-"]
         if reference is not None and reference.baseline and arm.label in summaries and common:
-            difference = _average(summaries[arm.label], common) - _average(summaries[reference.label], common)
-            gain = f"{100 * difference:+.1f}"
+            gains = [_points(_average(summaries[arm.label], common, suffix),
+                             _average(summaries[reference.label], common, suffix), signed=True)
+                     for suffix in ("", "_strict")]
         rows.append([arm.label, format_seconds(float(e["total_seconds"])), f"{e['problems_sampled']:,}",
                      f"{e.get('tokens_generated', 0):,}", f"{e.get('examples_kept', 0):,}", f"{e['tokens_tuned']:,}",
-                     f"{e.get('optimizer_steps', 0):,}", gain])
+                     f"{e.get('optimizer_steps', 0):,}", *gains])
     return header, rows
 
 
@@ -240,15 +274,18 @@ def savings_line(arms: Sequence[Arm]) -> str:
             f"problems, {less('tokens_tuned')} fewer tuned tokens (paper: about 90%, 80%, 99%)")
 
 
+ACCURACY_TITLE = "Accuracy (%) [95% CI] and gain over the baseline, by the toolkit's verdict and the strict one"
+
+
 def arms_report(arms: Sequence[Arm]) -> str:
     """Both tables for the terminal."""
-    parts = ["Accuracy (%) and gain over the baseline", _render(*arms_accuracy(arms))]
+    parts = [ACCURACY_TITLE, _render(*arms_accuracy(arms), left=2)]
     header, rows = arms_efficiency(arms)
     if rows:
-        parts += ["", "Efficiency (time = sampling + training)", _render(header, rows)]
+        parts += ["", EFFICIENCY_TITLE, _render(header, rows)]
         line = savings_line(arms)
         if line:
-            parts.append(line)
+            parts.append(textwrap.fill(line, 100))
     return "\n".join(parts)
 
 
@@ -259,15 +296,17 @@ def error_bar(estimate: float, low: float, high: float) -> tuple[float, float]:
     return max(0.0, 100 * (estimate - low)), max(0.0, 100 * (high - estimate))
 
 
-def _error_bar(result: dict[str, Any] | None) -> tuple[float, float]:
-    """A benchmark result's 95% interval; NaN draws no bar (a benchmark the arm lacks, or the
-    average, which has no interval of its own)."""
-    return (math.nan, math.nan) if result is None else error_bar(result["accuracy"], *result["ci95"])
+def _error_bar(result: dict[str, Any] | None, suffix: str = "") -> tuple[float, float]:
+    """A benchmark result's 95% interval by one verdict; NaN draws no bar (a benchmark the arm lacks,
+    or the average, which has no interval of its own)."""
+    if result is None or f"accuracy{suffix}" not in result:
+        return math.nan, math.nan
+    return error_bar(result[f"accuracy{suffix}"], *result[f"ci95{suffix}"])
 
 
 def arms_plot(arms: Sequence[Arm]) -> bytes:
-    """Grouped bar chart (PNG bytes): accuracy per benchmark, with its 95% interval, and on average,
-    one bar per evaluated arm."""
+    """Grouped bar charts (PNG bytes), one per verdict (the strict one when every arm has it):
+    accuracy per benchmark, with its 95% interval, and on average, one bar per evaluated arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,23 +318,27 @@ def arms_plot(arms: Sequence[Arm]) -> bytes:
     summaries = [load_summary(a.eval_dir) for a in evaluated]
     labels = [a.label for a in evaluated]
     groups = list(dict.fromkeys(name for s in summaries for name in s["benchmarks"]))
-    values = [[100 * s["benchmarks"][g]["accuracy"] if g in s["benchmarks"] else 0.0 for s in summaries]
-              for g in groups]
-    errors = [[_error_bar(s["benchmarks"].get(g)) for s in summaries] for g in groups]
     common = _common_benchmarks(summaries)
-    if len(groups) > 1 and common:
-        groups.append(f"average ({len(common)})")
-        values.append([100 * _average(s, common) for s in summaries])
-        errors.append([_error_bar(None)] * len(summaries))
-    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(labels)) / 2), 3.6))
+    strict = all("accuracy_strict" in r for s in summaries for r in s["benchmarks"].values())
+    verdicts = {"": "toolkit's verdict", "_strict": "strict verdict"} if strict else {"": "toolkit's verdict"}
+    shown = groups + ([f"average ({len(common)})"] if len(groups) > 1 and common else [])
+    figure, axes = plt.subplots(len(verdicts), 1, squeeze=False, sharex=True,
+                                figsize=(max(6.0, 1.2 * len(shown) * max(1, len(labels)) / 2), 3.2 * len(verdicts)))
     width = 0.8 / len(labels)
-    for index, label in enumerate(labels):
-        offsets = [g + (index - (len(labels) - 1) / 2) * width for g in range(len(groups))]
-        axis.bar(offsets, [v[index] for v in values], width, label=label,
-                 yerr=list(zip(*(e[index] for e in errors))), capsize=2, error_kw={"linewidth": 0.8})
-    axis.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 5 else 0)
-    axis.set(ylabel="accuracy (%)", title="accuracy per arm (95% intervals)", ylim=(0, 100))
-    axis.legend(fontsize="small")
+    for axis, (suffix, verdict) in zip(axes[:, 0], verdicts.items()):
+        for index, (label, summary) in enumerate(zip(labels, summaries)):
+            results = [summary["benchmarks"].get(g) for g in groups]
+            values = [100 * r[f"accuracy{suffix}"] if r else 0.0 for r in results]
+            errors = [_error_bar(r, suffix) for r in results]
+            if len(shown) > len(groups):
+                values.append(100 * (_average(summary, common, suffix) or 0.0))
+                errors.append(_error_bar(None))
+            offsets = [g + (index - (len(labels) - 1) / 2) * width for g in range(len(shown))]
+            axis.bar(offsets, values, width, label=label, color=f"C{index}", yerr=list(zip(*errors)), capsize=2,
+                     error_kw={"linewidth": 0.8})
+        axis.set(ylabel="accuracy (%)", title=f"accuracy per arm, {verdict} (95% intervals)", ylim=(0, 100))
+    axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[-1, 0].set_xticks(range(len(shown)), shown, rotation=20 if len(shown) > 5 else 0)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)

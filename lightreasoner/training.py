@@ -27,12 +27,12 @@ same optimizer steps), DDP/FSDP/DeepSpeed come from ``accelerate launch``. See d
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import time
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -41,11 +41,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import models
-from .config import config_to_dict
+from . import distributed, models
+from .config import check_fields, config_to_dict
 from .contrast import soft_label_kl
 from .errors import LightReasonerError
-from .records import JsonlAppender, iter_jsonl, read_json, write_json_atomic
+from .records import JsonlAppender, check_writable, iter_jsonl, read_json, refuse_own_input, write_json_atomic
 
 REFERENCE_SYSTEM_PROMPT = "Please reason step by step."
 SAMPLE_FORMAT = "lightreasoner-samples"
@@ -54,6 +54,7 @@ LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
 RUN_FILE = "train_run.json"
 CHECKPOINTS = "checkpoints"
+TRACKERS = ("none", "tensorboard", "wandb")
 
 
 @dataclass
@@ -62,48 +63,48 @@ class TrainConfig:
     16 kept steps per optimizer step; 1,000 optimizer steps)."""
 
     full: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank", "min": 1})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha", "min": 1})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout", "min": 0, "max": 1})
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
                                       metadata={"help": "modules LoRA adapts, comma-separated (paper: q_proj,v_proj)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
-    lr_scheduler: str = field(default="linear", metadata={"help": "linear (decay to 0) or constant"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up optimizer steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)", "above": 0})
+    lr_scheduler: str = field(default="linear", metadata={"help": "linear (decay to 0) or constant",
+                                                          "choices": ("linear", "constant")})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up optimizer steps", "min": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)", "min": 0})
     steps_per_update: int = field(default=16, metadata={
-        "help": "kept steps (labelled positions) per optimizer step, summed over all processes"})
+        "help": "kept steps (labelled positions) per optimizer step, summed over all processes", "min": 1})
     gradient_accumulation_steps: int = field(default=2, metadata={
-        "help": "micro-batches per process per optimizer step (memory knob; does not change the maths)"})
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (ignored when --epochs is set)"})
-    epochs: float | None = field(default=None, metadata={"help": "passes over the kept steps; replaces --max-steps"})
+        "help": "micro-batches per process per optimizer step (memory knob; does not change the maths)", "min": 1})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (ignored when --epochs is set)", "min": 1})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the kept steps; replaces --max-steps",
+                                                         "above": 0})
     max_length: int = field(default=2048, metadata={
-        "help": "longest forward sequence; kept steps past it are dropped with a warning"})
+        "help": "longest forward sequence; kept steps past it are dropped with a warning", "min": 1})
     dtype: str = field(default="auto", metadata={
         "help": "compute dtype: auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
     seed: int = field(default=0, metadata={"help": "seed for LoRA init, dropout and data order"})
-    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps (0 = never)"})
-    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps (0 = never)", "min": 0})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept on disk", "min": 1})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --out"})
     system_prompt: str = field(default=REFERENCE_SYSTEM_PROMPT, metadata={
         "help": "system prompt used to rebuild prompts of reference-format files"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the model folder"})
+    report_to: str = field(default="none", metadata={
+        "help": "also send loss, learning rate, gradient norm and kept steps/s to: tensorboard (OUT/logs), wandb or none",
+        "choices": TRACKERS})
 
     def __post_init__(self) -> None:
-        for name in ("steps_per_update", "gradient_accumulation_steps", "max_steps", "max_length", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError("epochs must be > 0")
-        if self.lr_scheduler not in ("linear", "constant"):
-            raise ValueError(f"lr_scheduler must be linear or constant, not {self.lr_scheduler!r}")
+        check_fields(self)
 
 
 # Settings that may change between a run and its resumption: they do not change the maths. (The
 # micro-batching is a memory knob to raise after running out of memory; with LoRA dropout, a resume
 # with another value draws other masks, so it is not bit-identical to an uninterrupted run.)
-RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit", "gradient_accumulation_steps"}
+RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit", "gradient_accumulation_steps", "report_to",
+                     "trust_remote_code"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +394,20 @@ def assign_slots(pieces: list[Piece], examples: list[PackedExample], num_slots: 
     return slots
 
 
+def micro_batches(pieces: list[Piece], examples: list[PackedExample], world: int,
+                  accumulate: int) -> list[list[list[Piece]]]:
+    """Per process, the micro-batches of one optimizer step: the same number on every process, as few as the pieces need.
+
+    Slot s of :func:`assign_slots` is micro-batch s // world of process s % world, so a step's few pieces
+    (16 kept steps are one or two trajectories) go to different processes first, and micro-batches empty
+    on every process are dropped. A process left without pieces in a micro-batch still runs a 1-token
+    forward: FSDP and ZeRO-3 gather weights in every forward and DDP reduces in the last backward.
+    """
+    slots = assign_slots(pieces, examples, world * accumulate)
+    count = 1 + max(s // world for s, slot in enumerate(slots) if slot)
+    return [[slots[i * world + rank] for i in range(count)] for rank in range(world)]
+
+
 @dataclass
 class Batch:
     """Right-padded sequences, which positions need logits, and which of those each label reads."""
@@ -442,16 +457,44 @@ def collate(pieces: list[Piece], examples: list[PackedExample], pad_id: int) -> 
                  order[torch.tensor(cells)], label_ids, label_weights)
 
 
-def packed_kl(model: torch.nn.Module, batch: Batch, vocab_size: int) -> torch.Tensor:
-    """KL(v || pi_theta) of every label in the batch, ``[N]``; logits only at labelled positions.
+def output_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that computes the logits, found through any DDP/DeepSpeed/compile wrapper.
 
-    ``logits_to_keep`` as a boolean ``[B, L]`` mask makes the model apply its output layer to the
-    labelled positions only and return them flattened (transformers >= 5).
+    peft and FSDP2 keep the module tree, so hooks placed on it run inside the wrapped forward."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model).get_output_embeddings()
+
+
+@contextmanager
+def logits_only_at(model: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """Inside the block, ``model``'s output layer sees only the hidden states at ``keep`` (``[B, L]``
+    bool), so the model returns their logits flattened, ``[N, V]`` in row-major order.
+
+    A forward pre-hook on the output layer rather than transformers' ``logits_to_keep``, whose
+    tensor semantics differ between minors (a boolean mask is an IndexError in some): the model runs
+    its own forward (so DDP/FSDP/DeepSpeed hooks all fire) with no ``logits_to_keep`` argument, and
+    no ``[B, L, V]`` logits tensor is ever built.
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids, logits_to_keep=batch.keep, use_cache=False).logits
-    if logits.dim() != 2:
-        raise RuntimeError("this transformers version ignores a boolean logits_to_keep mask; upgrade transformers")
+    def gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden = args[0]
+        if hidden.shape[:2] != keep.shape:
+            raise RuntimeError(f"the output layer got hidden states of shape {tuple(hidden.shape)}, expected "
+                               f"{tuple(keep.shape)} + (hidden,): this model slices them itself")
+        return (hidden[keep], *args[1:])
+
+    handle = output_layer(model).register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def packed_kl(model: torch.nn.Module, batch: Batch, vocab_size: int) -> torch.Tensor:
+    """KL(v || pi_theta) of every label in the batch, ``[N]``; logits only at labelled positions."""
+    with logits_only_at(model, batch.keep):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False).logits
     return soft_label_kl(logits[batch.index], batch.label_ids, batch.label_weights, vocab_size)
 
 
@@ -508,8 +551,8 @@ def _checkpoint_dirs(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def _trainable_names(accelerator, model: torch.nn.Module) -> set[str]:
+    return {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -523,13 +566,17 @@ def _save_checkpoint(accelerator, model, optimizer, out_dir: Path, step: int, st
                      limit: int) -> None:
     final = out_dir / CHECKPOINTS / f"step-{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
+    trainable = _trainable_names(accelerator, model)
+    weights = {n: t.contiguous() for n, t in distributed.gathered_weights(accelerator, model).items() if n in trainable}
+    optimizer_state = distributed.gathered_optimizer_state(model, optimizer)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(_trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     accelerator.wait_for_everyone()
+    tmp.mkdir(parents=True, exist_ok=True)  # by every process: the nodes of a cluster may not share a disk
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_file(weights, tmp / "trainable.safetensors")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / "state.json", state)  # written last: a dir without it is incomplete
@@ -539,18 +586,26 @@ def _save_checkpoint(accelerator, model, optimizer, out_dir: Path, step: int, st
     accelerator.wait_for_everyone()
 
 
+def _last_checkpoint(accelerator, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from; every process must see the same one (nodes need a shared --out)."""
+    found = _checkpoint_dirs(out_dir)
+    step = int(found[-1].name[5:]) if found else 0
+    seen = set(accelerator.gather(torch.tensor([step], device=accelerator.device)).tolist())
+    if len(seen) > 1:
+        raise LightReasonerError(f"{out_dir}: the processes see different checkpoints (steps {sorted(seen)}); "
+                                 "--resume on several machines needs --out on a filesystem they all share")
+    return found[-1] if found else None
+
+
 def _load_checkpoint(accelerator, model, optimizer, path: Path) -> dict[str, Any]:
-    unwrapped = accelerator.unwrap_model(model)
-    weights = load_file(path / "trainable.safetensors")
-    expected = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
-        raise LightReasonerError(f"{path}: checkpoint holds other trainable weights than this run's model")
-    unwrapped.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng_file = path / f"rng-{accelerator.process_index}.pt"
     if not rng_file.is_file():
-        raise LightReasonerError(f"{path}: no RNG state for process {accelerator.process_index}; "
-                                 "resume with the same number of processes")
+        raise LightReasonerError(f"{path}: no RNG state for process {accelerator.process_index}; resume with the same "
+                                 "number of processes (and, on several machines, --out on a shared filesystem)")
+    weights = load_file(path / "trainable.safetensors")
+    if set(weights) != _trainable_names(accelerator, model):
+        raise LightReasonerError(f"{path}: checkpoint holds other trainable weights than this run's model")
+    distributed.load_gathered(model, optimizer, weights, torch.load(path / "optimizer.pt", weights_only=True))
     rng = torch.load(rng_file, weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
@@ -559,12 +614,23 @@ def _load_checkpoint(accelerator, model, optimizer, path: Path) -> dict[str, Any
 
 
 def _run_record(config: TrainConfig, data: SampleSet, model_spec: str, samples: str | None) -> dict[str, Any]:
-    return {"model": str(model_spec), "samples": samples, "examples": len(data.examples),
+    return {"model": models.model_location(model_spec), "samples": samples, "examples": len(data.examples),
             "kept_steps": data.kept_steps, "vocab_size": data.vocab_size, "config": config_to_dict(config)}
+
+
+def run_started(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a training run that got somewhere (a logged step, a checkpoint, its end).
+    Its settings alone, left by a start that failed, are no run: a corrected rerun starts afresh."""
+    log_file = out_dir / LOG_FILE
+    return (out_dir / RUN_FILE).exists() and bool(_checkpoint_dirs(out_dir) or (out_dir / SUMMARY_FILE).exists()
+                                               or (log_file.is_file() and log_file.stat().st_size))
 
 
 def _check_resumable(out_dir: Path, run: dict[str, Any]) -> None:
     previous = read_json(out_dir / RUN_FILE)
+    if not models.same_model(previous.get("model"), run["model"]):
+        raise LightReasonerError(f"{out_dir / RUN_FILE}: --resume with another model ({previous.get('model')!r}, "
+                                 f"now {run['model']!r})")
     for key in ("examples", "kept_steps", "vocab_size"):
         if previous.get(key) != run[key]:
             raise LightReasonerError(f"{out_dir / RUN_FILE}: --resume with different samples ({key} was "
@@ -586,6 +652,95 @@ def _trim_log(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+def _make_accelerator(config: TrainConfig, dtype: torch.dtype, out_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+
+    # Accumulation is ours (micro_batches + distributed.micro_batch): accelerate's own count stays 1, whatever a
+    # launcher's --gradient_accumulation_steps says, so it never divides the loss.
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config, dtype),
+                              gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
+                              log_with=_tracker(config.report_to),
+                              project_config=ProjectConfiguration(project_dir=str(out_dir),
+                                                                  logging_dir=str(out_dir / "logs")))
+    launched = distributed.processes_launched()
+    if launched != accelerator.num_processes:
+        # e.g. torchrun on a machine without GPUs: every process would train alone and race on --out.
+        raise LightReasonerError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}; "
+                                 "on CPU set ACCELERATE_USE_CPU=1 (see docs/TRAINING.md)")
+    return accelerator
+
+
+def _tracker(report_to: str) -> str | None:
+    """The accelerate tracker for --report-to, after checking its package is there (accelerate only warns)."""
+    if report_to == "none":
+        return None
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    if not {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[report_to]():
+        raise LightReasonerError(f"--report-to {report_to}: the {report_to} package is not installed "
+                                 f"(pip install {report_to})")
+    return report_to
+
+
+def _start_trackers(accelerator, config: TrainConfig, out_dir: Path) -> None:
+    # TensorBoard's hparams take scalars and strings only.
+    settings = {k: ",".join(v) if isinstance(v, list) else v for k, v in config_to_dict(config).items() if v is not None}
+    accelerator.init_trackers("lightreasoner", config=settings, init_kwargs={"wandb": {"name": out_dir.name}})
+
+
+def _tracked(record: dict[str, Any], seconds: float) -> dict[str, float]:
+    values = {"train/loss": record["loss"], "train/learning_rate": record["lr"],
+              "train/kept_steps_per_second": record["kept_steps"] / seconds}
+    if record["grad_norm"] is not None:
+        values["train/grad_norm"] = record["grad_norm"]
+    return values
+
+
+def _backward(accelerator, model, batches: list[list[Piece]], examples: list[PackedExample], pad_id: int,
+              vocab_size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward this process's micro-batches of one optimizer step: (sum of KL, forward tokens)."""
+    kl_sum = torch.zeros((), device=accelerator.device)
+    tokens = torch.zeros((), device=accelerator.device)
+    for i, pieces in enumerate(batches):
+        with distributed.micro_batch(accelerator, model, last=i == len(batches) - 1):
+            if pieces:
+                batch = collate(pieces, examples, pad_id).to(accelerator.device)
+                kl = packed_kl(model, batch, vocab_size).sum()
+                kl_sum += kl.detach()
+                tokens += batch.forward_tokens
+            else:
+                # Nothing for this process in this micro-batch: a zero-loss forward still joins the collectives.
+                dummy = torch.full((1, 1), pad_id, device=accelerator.device)
+                kl = model(input_ids=dummy, use_cache=False).logits.sum() * 0.0
+            accelerator.backward(kl * scale)
+    return kl_sum, tokens
+
+
+def _clip(accelerator, params: list[torch.nn.Parameter], max_norm: float) -> float | None:
+    """Clip the gradients (DeepSpeed clips inside its own step; then this reads its norm); the norm before."""
+    if max_norm <= 0:
+        return None
+    norm = accelerator.clip_grad_norm_(params, max_norm)
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+        norm = norm.full_tensor()
+    return None if norm is None else float(norm)
+
+
+def _save_final(accelerator, model, tokenizer, out_dir: Path, config: TrainConfig, dtype: torch.dtype) -> None:
+    """The adapter (or model) and tokenizer, gathered on every process and written by the main one."""
+    weights = distributed.gathered_weights(accelerator, model)
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if config.full:  # trained in float32 master weights; saved in --dtype
+            weights = {n: t.to(dtype) if t.is_floating_point() else t for n, t in weights.items()}
+        final.save_pretrained(out_dir, state_dict=weights, safe_serialization=True)
+        if config.full:
+            final.config.dtype = dtype  # save_pretrained recorded the float32 the weights were trained in
+            final.config.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+
+
 def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir: str | Path, *,
           samples: str | None = None, callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``model_spec`` on ``data``; write the adapter (or model), tokenizer, log and summary.
@@ -593,24 +748,17 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
     Run it as is for one process, or under ``accelerate launch`` for many. ``callback`` gets every
     log record (on every process). Returns the summary written to ``train_summary.json``.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
-    device_guess = models.resolve_device(None)
-    dtype = models.resolve_dtype(config.dtype, device_guess)
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              mixed_precision=_mixed_precision(config, dtype))
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        # e.g. torchrun on a machine without GPUs: every process would train alone and race on --out.
-        raise LightReasonerError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}; "
-                                 "on CPU set ACCELERATE_USE_CPU=1 (see docs/TRAINING.md)")
-    world, rank, accumulate = accelerator.num_processes, accelerator.process_index, config.gradient_accumulation_steps
+    refuse_own_input(out_dir, {"model folder": model_spec})
+    check_writable(out_dir)
+    dtype = models.resolve_dtype(config.dtype, models.resolve_device(None))
+    accelerator = _make_accelerator(config, dtype, out_dir)
+    world, rank = accelerator.num_processes, accelerator.process_index
 
     run = _run_record(config, data, str(model_spec), samples)
-    checkpoints = _checkpoint_dirs(out_dir)
-    started = (out_dir / RUN_FILE).exists()
+    started = run_started(out_dir)
     if started and not config.resume:
         raise LightReasonerError(f"{out_dir}: holds a training run already; pass --resume to continue it "
                                  "or choose another --out")
@@ -619,9 +767,6 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
         if (out_dir / SUMMARY_FILE).exists():
             accelerator.print(f"{out_dir}: training is already complete")
             return read_json(out_dir / SUMMARY_FILE)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomic(out_dir / RUN_FILE, run)
 
     set_seed(config.seed)
     tokenizer = models.load_tokenizer(model_spec, trust_remote_code=config.trust_remote_code)
@@ -629,14 +774,22 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
     rows = model.get_output_embeddings().weight.shape[0]
     if data.vocab_size > rows:
         raise LightReasonerError(f"samples cover {data.vocab_size} vocabulary rows but {model_spec} has only {rows}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    distributed.check_backend(accelerator, max_grad_norm=config.max_grad_norm,
+                              checkpoints=config.save_steps > 0 or config.resume)
+    adamw = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                              weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, adamw)
+    params = [p for p in model.parameters() if p.requires_grad]  # after prepare(): FSDP2 replaces the Parameters
+    # Written once the model, adapter and optimizer are set up: a start that fails leaves no settings behind.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(out_dir / RUN_FILE, run)
 
     num_updates, num_labels = total_updates(config, data.kept_steps)
     state = {"step": 0, "seconds": 0.0, "tokens_tuned": 0, "forward_tokens": 0}
-    if config.resume and checkpoints:
-        state = _load_checkpoint(accelerator, model, optimizer, checkpoints[-1])
+    checkpoint = _last_checkpoint(accelerator, out_dir) if config.resume else None
+    if checkpoint is not None:
+        state = _load_checkpoint(accelerator, model, adamw, checkpoint)
     if accelerator.is_main_process:
         _trim_log(out_dir / LOG_FILE, state["step"])
     accelerator.wait_for_everyone()
@@ -647,33 +800,21 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
         next(updates)
 
     log = JsonlAppender(out_dir / LOG_FILE) if accelerator.is_main_process else None
+    _start_trackers(accelerator, config, out_dir)
     bar = tqdm(total=num_updates, initial=state["step"], desc="train", unit="step",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     start_time, base_seconds = time.perf_counter(), state["seconds"]
     for step in range(state["step"], num_updates):
+        update_start = time.perf_counter()
         pieces = next(updates)
         count = sum(p.num_labels for p in pieces)
-        slots = assign_slots(pieces, examples, world * accumulate)[rank * accumulate:(rank + 1) * accumulate]
-        kl_sum = torch.zeros((), device=accelerator.device)
-        tokens = torch.zeros((), device=accelerator.device)
-        for slot in slots:
-            with accelerator.accumulate(model):
-                if slot:
-                    batch = collate(slot, examples, pad_id).to(accelerator.device)
-                    kl = packed_kl(model, batch, data.vocab_size).sum()
-                    kl_sum += kl.detach()
-                    tokens += batch.forward_tokens
-                else:
-                    # An empty micro-batch still joins the gradient all-reduce with a zero loss.
-                    dummy = torch.full((1, 1), pad_id, device=accelerator.device)
-                    kl = model(input_ids=dummy, use_cache=False).logits.sum() * 0.0
-                # Mean over the step's global label count: accelerate divides by `accumulate`
-                # and DDP averages over `world`, so scale back up by both.
-                accelerator.backward(kl * (world * accumulate / count))
         lr = learning_rate(config, step, num_updates)
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else None
+            group["lr"] = lr  # before the backward passes: DeepSpeed steps inside the last one
+        mine = micro_batches(pieces, examples, world, config.gradient_accumulation_steps)[rank]
+        # Mean over the step's global label count: DDP, FSDP and DeepSpeed average gradients over processes.
+        kl_sum, tokens = _backward(accelerator, model, mine, examples, pad_id, data.vocab_size, world / count)
+        grad_norm = _clip(accelerator, params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -683,32 +824,29 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
         state["tokens_tuned"] += count
         state["forward_tokens"] += int(totals[1])
         record = {"step": step + 1, "loss": totals[0] / count, "kept_steps": count, "forward_tokens": int(totals[1]),
-                  "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
-                  "seconds": round(state["seconds"], 3)}
+                  "lr": lr, "grad_norm": grad_norm, "seconds": round(state["seconds"], 3)}
         if log is not None:
             log.write([record])
+        accelerator.log(_tracked(record, time.perf_counter() - update_start), step=step + 1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         bar.update()
         if callback is not None:
             callback(record)
         if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < num_updates:
-            _save_checkpoint(accelerator, model, optimizer, out_dir, step + 1, state, config.save_total_limit)
+            _save_checkpoint(accelerator, model, adamw, out_dir, step + 1, state, config.save_total_limit)
     bar.close()
 
-    summary = {"model": str(model_spec), "samples": samples, "format": data.format, "mode": "full" if config.full
+    summary = {"model": run["model"], "samples": samples, "format": data.format, "mode": "full" if config.full
                else "lora", "processes": world, "optimizer_steps": state["step"], "seconds": round(state["seconds"], 3),
                "kept_steps": data.kept_steps, "examples": len(examples), "steps_dropped_too_long": data.dropped_too_long,
                "tokens_tuned": state["tokens_tuned"], "forward_tokens": state["forward_tokens"],
                "epochs": state["tokens_tuned"] / data.kept_steps, "config": config_to_dict(config)}
-    accelerator.wait_for_everyone()
+    _save_final(accelerator, model, tokenizer, out_dir, config, dtype)
     if accelerator.is_main_process:
         log.close()
-        final = accelerator.unwrap_model(model)
-        if config.full:
-            final = final.to(dtype)
-        final.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
         write_json_atomic(out_dir / SUMMARY_FILE, summary)
+    for tracker in accelerator.trackers:  # not end_training(): it also ends the process group a caller may still use
+        tracker.finish()
     accelerator.wait_for_everyone()
     return summary
 
@@ -724,20 +862,17 @@ def train_from_file(model_spec: str | Path, samples: str | Path, config: TrainCo
 def merge(model_spec: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto",
           trust_remote_code: bool = False) -> Path:
     """Fold a LoRA adapter into the base weights; save a standalone safetensors model + tokenizer."""
-    from peft import PeftModel
-
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise LightReasonerError(f"{adapter_dir}: no adapter_config.json, so it is not a LoRA adapter folder")
+    refuse_own_input(out_dir, {"model folder": model_spec, "adapter folder": adapter_dir})
+    models.check_adapter(adapter_dir)
+    check_writable(out_dir)
     torch_dtype = models.resolve_dtype(dtype, torch.device("cpu"))
     base = models.load_model(model_spec, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(out_dir, safe_serialization=True)
+    merged = models.load_adapter(base, adapter_dir).merge_and_unload()
     if (adapter_dir / "tokenizer_config.json").is_file():  # train saves the tokenizer beside the adapter
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
+        tokenizer = models.tokenizer_from(str(adapter_dir), trust_remote_code=trust_remote_code)
     else:
         tokenizer = models.load_tokenizer(model_spec, trust_remote_code=trust_remote_code)
+    merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir

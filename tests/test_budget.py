@@ -78,7 +78,7 @@ def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monk
 def test_the_command_line_budget_and_explicit_sizes_exclude_each_other(tmp_path, capsys):
     assert main(["run", "--time-budget", "5", "--questions", "3", "--out", str(tmp_path / "run")]) == 2
     assert "--time-budget sizes --questions itself" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="baseline and lightreasoner arms only"):
+    with pytest.raises(ValueError, match="time_budget: it sizes the baseline and lightreasoner arms only"):
         RunConfig(time_budget=5, arms=["baseline", "sft"])
 
 
@@ -91,3 +91,48 @@ def test_lightreasoner_run_with_nothing_given_is_the_15_minute_run(tmp_path, mon
     assert main(["run", "--out", str(tmp_path / "b"), "--eval-limit", "4", "--quiet"]) == 0
     assert main(["run", "--out", str(tmp_path / "c"), "--time-budget", "30", "--quiet"]) == 0
     assert [c.time_budget for c in seen] == [15.0, None, 30.0]
+
+
+def test_the_run_evaluates_on_llamacpp_for_the_embedded_pair_and_keeps_what_its_folder_used(tmp_path, monkeypatch):
+    import lightreasoner.pipeline as pipeline
+    from lightreasoner.evaluation import EvalConfig
+
+    import importlib.util
+
+    real_find_spec, installed = importlib.util.find_spec, []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (object() if name in installed else None)
+                        if name == "llama_cpp" else real_find_spec(name, *args))
+    said: list[str] = []
+    embedded = EvalConfig(model="coder-1.5b", device="cpu")
+    assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "hf"
+    assert said == ['evaluating with the hf backend: llama.cpp is not installed (pip install -e ".[test,llamacpp]" '
+                    '(builds llama.cpp for this CPU; docs/EVALUATION.md))']
+    installed.append("llama_cpp")
+    assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "llamacpp"
+    assert pipeline.choose_eval_backend(EvalConfig(model=str(tmp_path), device="cpu"), tmp_path, said.append) == "hf"
+    assert pipeline.choose_eval_backend(EvalConfig(model="coder-1.5b", backend="hf"), tmp_path, said.append) == "hf"
+    assert len(said) == 1
+    # Answers exist: every later evaluation of the run uses their backend, whatever is installed now.
+    (tmp_path / "eval_before").mkdir()
+    (tmp_path / "eval_before" / "run.json").write_text(json.dumps({"backend": "hf", "max_new_tokens": 8}))
+    assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "hf"
+
+
+def test_auto_falls_back_to_hf_where_llamacpp_measures_slower(tmp_path, monkeypatch):
+    import lightreasoner.pipeline as pipeline
+
+    pair = save_pair(tmp_path / "pair")
+    config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), max_new_tokens=8, eval_max_new_tokens=8,
+                       batch_size=4, dtype="float32", device="cpu", time_budget=2.0)
+    monkeypatch.setattr(budget, "measure_torch", lambda model, prompt, batch: (0.5, 0.002))
+    monkeypatch.setattr(budget, "measure_llamacpp", lambda *args, **kwargs: 0.8)
+    monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, **kwargs: tmp_path / "model.gguf")
+    said: list[str] = []
+    sample_config = pipeline.stage_configs(config)[0]
+    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, "llamacpp", said.append,
+                                          may_fall_back=True)
+    assert record["measured"]["eval_backend"] == "hf" and record["measured"]["eval_step"] == 0.5
+    assert any("here llama.cpp took 0.80 s per decoding step of 4 questions, torch 0.50 s" in line for line in said)
+    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, "llamacpp", said.append,
+                                          may_fall_back=False)  # asked for by name: kept, and planned with
+    assert record["measured"]["eval_backend"] == "llamacpp" and record["measured"]["eval_step"] == 0.8

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from pathlib import Path
@@ -11,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import cli, evaluation, prompts
+from lightreasoner import cli, evaluation, grading, prompts
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.evaluation import EvalConfig, evaluate, score, wilson_interval
+from lightreasoner.evaluation import EvalConfig, evaluate, regrade, score
 from lightreasoner.models import encode_prompt, load_model, load_tokenizer, real_vocab_size, stop_token_ids
 from lightreasoner.tables import compare_table, results_table
 from tiny import make_model, make_tokenizer
@@ -99,9 +98,13 @@ def test_eval_writes_records_summary_and_table(tiny_dir, data_dir, tmp_path, cap
     records = read_lines(out / "gsm8k.jsonl")
     assert [r["id"] for r in records] != [] and sorted(r["id"] for r in records) == ["0", "1", "2", "3", "4"]
     for record in records:
-        assert set(record) >= {"id", "prompt", "completion", "pred", "gold", "correct", "tokens", "finish"}
+        assert set(record) >= {"id", "prompt", "completion", "pred", "source", "gold", "correct", "correct_strict",
+                               "tokens", "finish"}
         assert record["prompt"].startswith("<|im_start|>system\n" + prompts.COT_SYSTEM_PROMPT)
         assert 1 <= record["tokens"] <= 12
+        graded = grading.grade(record["completion"], record["gold"], "gsm8k", finish=record["finish"])
+        assert (record["pred"], record["source"], record["correct"], record["correct_strict"]) == (
+            graded.pred, graded.source, graded.correct, graded.correct_strict)
     assert {r["gold"] for r in records} == {answer for _, answer in GSM8K}
 
     summary = json.loads((out / "summary.json").read_text())
@@ -110,10 +113,16 @@ def test_eval_writes_records_summary_and_table(tiny_dir, data_dir, tmp_path, cap
         result = summary["benchmarks"][name]
         assert result["n"] == len(rows)
         assert result["correct"] == sum(r["correct"] for r in rows)
+        assert result["correct_strict"] == sum(r["correct_strict"] for r in rows)
+        assert result["cut_off"] == sum(r["finish"] == "length" for r in rows)
         assert result["tokens"] == sum(r["tokens"] for r in rows)
-    assert summary["average"] == pytest.approx(
-        (summary["benchmarks"]["gsm8k"]["accuracy"] + summary["benchmarks"]["mmlu_stem"]["accuracy"]) / 2)
-    assert results_table(summary).splitlines()[0].split()[:3] == ["benchmark", "n", "accuracy"]
+    for key in ("accuracy", "accuracy_strict"):
+        assert summary[key.replace("accuracy", "average")] == pytest.approx(
+            (summary["benchmarks"]["gsm8k"][key] + summary["benchmarks"]["mmlu_stem"][key]) / 2)
+    table = results_table(summary).splitlines()
+    assert table[0].split() == ["benchmark", "n", "accuracy", "[95%", "CI]", "strict", "[95%", "CI]", "cut", "off",
+                                "tokens", "seconds"]
+    assert all(len(line) <= 100 for line in table)
 
 
 def test_completions_equal_slow_greedy_and_skip_padding_rows(tiny_dir, data_dir, tmp_path):
@@ -134,29 +143,29 @@ def test_interrupted_eval_resumes_without_redoing(tiny_dir, data_dir, tmp_path, 
     reference = tmp_path / "reference"
     evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), reference, progress=False)
 
-    real = evaluation.hf_generate
+    real = evaluation._generate
     asked: list[int] = []
 
-    def killed_after_two_answers(model, tokenizer, texts, **kwargs):
-        asked.append(len(texts))
-        for number, answers in enumerate(real(model, tokenizer, texts, **kwargs)):
+    def killed_after_two_answers(config, backend, benchmark, todo, *args):
+        asked.append(len(todo))
+        for number, answers in enumerate(real(config, backend, benchmark, todo, *args)):
             yield answers
             if number == 1:
                 raise KeyboardInterrupt
 
     out = tmp_path / "out"
-    monkeypatch.setattr(evaluation, "hf_generate", killed_after_two_answers)
+    monkeypatch.setattr(evaluation, "_generate", killed_after_two_answers)
     with pytest.raises(KeyboardInterrupt):
         evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), out, progress=False)
     assert len(read_lines(out / "gsm8k.jsonl")) == 2
     with (out / "gsm8k.jsonl").open("a") as handle:  # and a torn line from a kill mid-write
         handle.write('{"id": "4", "completion": "hal')
 
-    def counting(model, tokenizer, texts, **kwargs):
-        asked.append(len(texts))
-        yield from real(model, tokenizer, texts, **kwargs)
+    def counting(config, backend, benchmark, todo, *args):
+        asked.append(len(todo))
+        yield from real(config, backend, benchmark, todo, *args)
 
-    monkeypatch.setattr(evaluation, "hf_generate", counting)
+    monkeypatch.setattr(evaluation, "_generate", counting)
     summary = evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"]), out, progress=False)
     assert asked == [5, 3]  # the resumed run generated only the 3 unfinished questions
     resumed = read_lines(out / "gsm8k.jsonl")
@@ -168,20 +177,20 @@ def test_interrupted_eval_resumes_without_redoing(tiny_dir, data_dir, tmp_path, 
 
 
 def test_the_summary_of_an_unfinished_eval_lists_its_pending_benchmarks(tiny_dir, data_dir, tmp_path, monkeypatch):
-    real = evaluation.hf_generate
+    real = evaluation._generate
 
-    def killed_on_the_second_benchmark(model, tokenizer, texts, **kwargs):
-        if kwargs["desc"] == "mmlu_stem":
+    def killed_on_the_second_benchmark(config, backend, benchmark, *args):
+        if benchmark == "mmlu_stem":
             raise KeyboardInterrupt
-        yield from real(model, tokenizer, texts, **kwargs)
+        yield from real(config, backend, benchmark, *args)
 
-    monkeypatch.setattr(evaluation, "hf_generate", killed_on_the_second_benchmark)
+    monkeypatch.setattr(evaluation, "_generate", killed_on_the_second_benchmark)
     settings = config(tiny_dir, data_dir, benchmarks=["gsm8k", "mmlu_stem"])
     with pytest.raises(KeyboardInterrupt):
         evaluate(settings, tmp_path, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["benchmarks"]) == ["gsm8k"] and summary["pending"] == ["mmlu_stem"]
-    monkeypatch.setattr(evaluation, "hf_generate", real)
+    monkeypatch.setattr(evaluation, "_generate", real)
     assert evaluate(settings, tmp_path, progress=False)["pending"] == []
 
 
@@ -195,7 +204,7 @@ def test_the_data_folder_may_move_but_its_answers_may_not_change(tiny_dir, data_
     first = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
     moved = tmp_path / "elsewhere"
     shutil.copytree(data_dir, moved)
-    monkeypatch.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+    monkeypatch.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
     again = evaluate(config(tiny_dir, moved, benchmarks=["mmlu_stem"]), tmp_path / "out", progress=False)
     assert again["benchmarks"] == first["benchmarks"]
     rows = (moved / "mmlu_stem" / "test.jsonl").read_text().splitlines()
@@ -219,45 +228,40 @@ def test_adapter_is_loaded(tiny_dir, data_dir, tmp_path):
         evaluation.load_for_eval(config(tiny_dir, data_dir, adapter=str(tmp_path)))
 
 
-def test_wilson_interval_matches_its_definition():
-    """The interval's ends are the p where |p_hat - p| = z sqrt(p (1 - p) / n), found by bisection."""
-    def root(f, low, high):
-        for _ in range(200):
-            mid = (low + high) / 2
-            low, high = (mid, high) if f(low) * f(mid) > 0 else (low, mid)
-        return (low + high) / 2
-
-    z = 1.959963984540054
-    for correct, n in [(0, 10), (3, 10), (10, 10), (36, 60), (1, 1319), (700, 1319)]:
-        p_hat = correct / n
-        f = lambda p: abs(p_hat - p) - z * math.sqrt(p * (1 - p) / n)  # noqa: E731
-        # f < 0 just beside p_hat (> 0 at the far end), so each side holds one root
-        low = 0.0 if correct == 0 else root(f, 0.0, p_hat - 1e-12)
-        high = 1.0 if correct == n else root(f, p_hat + 1e-12, 1.0)
-        assert wilson_interval(correct, n) == pytest.approx((low, high), abs=1e-9)
-
-
 def test_compare_table(tmp_path):
     def write(name, results, pending=()):
+        """Each benchmark: (toolkit accuracy, strict accuracy or None for a folder graded before it)."""
         folder = tmp_path / name
         folder.mkdir()
-        benchmarks = {k: {"n": 10, "correct": int(v * 10), "accuracy": v, "ci95": [0, 1], "tokens": 1, "seconds": 1}
-                      for k, v in results.items()}
+        benchmarks = {}
+        for benchmark, (toolkit, strict) in results.items():
+            benchmarks[benchmark] = {"n": 10, "correct": int(toolkit * 10), "accuracy": toolkit, "ci95": [0.1, 0.9],
+                                     "cut_off": 2, "tokens": 1, "seconds": 1}
+            if strict is not None:
+                benchmarks[benchmark].update(correct_strict=int(strict * 10), accuracy_strict=strict,
+                                             ci95_strict=[0.05, 0.85])
         (folder / "summary.json").write_text(json.dumps({"benchmarks": benchmarks, "pending": list(pending),
                                                          "average": 0, "tokens": 0, "seconds": 0}))
         return folder
 
-    base = write("base", {"gsm8k": 0.4, "math": 0.3})
-    tuned = write("tuned", {"gsm8k": 0.7, "math": 0.6, "svamp": 0.5})
+    base = write("base", {"gsm8k": (0.4, 0.3), "math": (0.3, 0.2)})
+    tuned = write("tuned", {"gsm8k": (0.7, 0.7), "math": (0.6, 0.4), "svamp": (0.5, 0.5)})
     lines = compare_table([base, tuned]).splitlines()
-    assert lines[0].split() == ["benchmark", "base", "tuned", "diff"]
-    assert lines[2].split() == ["gsm8k", "(10)", "40.0", "70.0", "+30.0"]
-    assert lines[4].split() == ["svamp", "(10)", "-", "50.0", "-"]
-    assert lines[5].split() == ["average", "(2", "benchmarks)", "35.0", "65.0", "+30.0"]
-    halfway = write("halfway", {"gsm8k": 0.5}, pending=["math", "svamp"])  # still evaluating
-    lines = compare_table([base, halfway]).splitlines()
-    assert lines[3].split() == ["math", "(10)", "30.0", "running", "-"]
-    assert lines[4].split() == ["average", "(1", "benchmarks)", "40.0", "50.0", "+10.0"]
+    assert lines[0].split() == ["benchmark", "folder", "accuracy", "[95%", "CI]", "diff", "strict", "[95%", "CI]",
+                                "diff", "cut", "off"]
+    assert lines[2].split() == ["gsm8k", "(10)", "base", "40.0", "[10.0,", "90.0]", "30.0", "[5.0,", "85.0]", "2",
+                                "(20%)"]
+    assert lines[3].split() == ["tuned", "70.0", "[10.0,", "90.0]", "+30.0", "70.0", "[5.0,", "85.0]", "+40.0", "2",
+                                "(20%)"]
+    assert lines[6].split()[:4] == ["svamp", "(10)", "base", "-"] and lines[7].split()[:2] == ["tuned", "50.0"]
+    assert lines[8].split() == ["average", "(2)", "base", "35.0", "25.0"]
+    assert lines[9].split() == ["tuned", "65.0", "+30.0", "55.0", "+30.0"]
+    halfway = write("halfway", {"gsm8k": (0.5, None)}, pending=["math", "svamp"])  # still evaluating, graded before
+    lines = compare_table([base, halfway]).splitlines()  # the strict verdict existed
+    assert lines[3].split() == ["halfway", "50.0", "[10.0,", "90.0]", "+10.0", "-", "-", "2", "(20%)"]
+    assert lines[5].split() == ["halfway", "running", "-", "-", "-", "-"]
+    assert lines[6].split() == ["average", "(1)", "base", "40.0", "30.0"]
+    assert lines[7].split() == ["halfway", "50.0", "+10.0", "-", "-"]
     with pytest.raises(LightReasonerError, match="summary.json"):
         compare_table([tmp_path])
 
@@ -273,19 +277,29 @@ def test_compare_command(tmp_path, tiny_dir, data_dir, capsys):
 # --------------------------------------------------------------------------- score and bad input
 
 
-def test_score_grades_in_input_order(tmp_path, data_dir):
+def test_score_grades_in_input_order(tmp_path, data_dir, capsys):
     source = tmp_path / "in.jsonl"
     lines = [{"completion": "so \\boxed{72}", "gold": "72", "extra": 1},
              {"completion": "The answer is 9", "id": "1"},  # gold 10 from the data by id
              {"completion": "", "gold": 18},  # an empty completion is graded wrong, not an error
-             {"completion": "The answer is 10.0", "id": "1"}]
+             {"completion": "The answer is 10.0", "id": "1"},
+             {"completion": "so 60 + 12 = 72", "gold": "72", "finish": "eos"},  # the last number: toolkit only
+             {"completion": "so \\boxed{72} and then", "gold": "72", "finish": "length"}]  # cut off: toolkit only
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = score("gsm8k", source, tmp_path / "out.jsonl", data_dir=data_dir, progress=False)
     graded = read_lines(tmp_path / "out.jsonl")
-    assert [g["correct"] for g in graded] == [True, False, False, True]
-    assert [g["pred"] for g in graded] == ["72", "9", "", "10.0"]
-    assert graded[0]["extra"] == 1 and graded[1]["id"] == "1"
-    assert (summary["n"], summary["correct"]) == (4, 2)
+    assert [g["correct"] for g in graded] == [True, False, False, True, True, True]
+    assert [g["correct_strict"] for g in graded] == [True, False, False, True, False, False]
+    assert [g["pred"] for g in graded] == ["72", "9", "", "10.0", "72", "72"]
+    assert [g["source"] for g in graded] == ["boxed", "answer-is", "none", "answer-is", "last-number", "boxed"]
+    assert graded[0]["extra"] == 1 and graded[1]["id"] == "1" and graded[5]["finish"] == "length"
+    assert (summary["n"], summary["correct"], summary["correct_strict"], summary["cut_off"]) == (6, 4, 2, 1)
+    assert summary["accuracy_strict"] == pytest.approx(2 / 6)
+    assert cli.main(["score", "--benchmark", "gsm8k", "--input", str(source), "--out", str(tmp_path / "cli.jsonl"),
+                     "--data-dir", str(data_dir), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "4/6 correct" in printed and "strict 2/6" in printed and "cut off 1" in printed
+    assert read_lines(tmp_path / "cli.jsonl") == graded
 
 
 @pytest.mark.parametrize("content, message", [
@@ -293,6 +307,7 @@ def test_score_grades_in_input_order(tmp_path, data_dir):
     ('{"gold": "1"}\n', "in.jsonl:1: field 'completion'"),
     ('{"completion": "1"}\n', "in.jsonl:1: needs 'gold' or an 'id'"),
     ('{"completion": "1", "id": "nope"}\n', "in.jsonl:1: id 'nope' is not in"),
+    ('{"completion": "1", "gold": "1", "finish": 3}\n', "in.jsonl:1: field 'finish' must be a string"),
     ("", "no records"),
 ])
 def test_score_bad_input(tmp_path, data_dir, content, message):
@@ -374,6 +389,90 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
         evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path)), tmp_path / "o2")
 
 
+# --------------------------------------------------------------------------- grading a folder again
+
+
+def published_eval(folder: Path, data_dir: Path, answers: list[tuple[str, str, str]], **settings) -> Path:
+    """An evaluation folder as `lightreasoner publish` leaves it: answers (id, completion, finish)
+    without prompt or gold, graded by an older grader (every answer marked wrong, no strict verdict)."""
+    folder.mkdir(parents=True)
+    values = {"benchmarks": ["gsm8k"], "split": "test", "data_dir": str(data_dir), "limit": None, "sample": None,
+              "seed": 0, **settings}
+    (folder / "run.json").write_text(json.dumps({"model": "m", "max_new_tokens": 12, "adapter_sha256": None}))
+    (folder / "summary.json").write_text(json.dumps({"model": "m", "adapter": None, "settings": values,
+                                                     "benchmarks": {"gsm8k": {}}, "pending": []}))
+    (folder / "gsm8k.jsonl").write_text("".join(json.dumps(
+        {"id": i, "benchmark": "gsm8k", "completion": c, "pred": "", "correct": False, "tokens": 12 if f == "length"
+         else 5, "finish": f, "seconds": 0.5}) + "\n" for i, c, f in answers))
+    return folder
+
+
+def test_regrade_a_published_folder_from_the_data(tmp_path, data_dir, capsys):
+    """Gold answers come back from the data by id, both verdicts are written, nothing else is added
+    (a published folder stays free of the benchmark's text), and the summary is rebuilt."""
+    answers = [("0", "48 / 2 = 24, 48 + 24 = \\boxed{72}", "eos"),  # right, stated, finished
+               ("1", "She earns 12 / 60 * 50 = 10", "eos"),  # right by its last number only
+               ("2", "3 + 4 = \\boxed{7} and then we", "length"),  # right, stated, but cut off
+               ("3", "The answer is 47.", "eos"),  # wrong
+               ("4", "We compute 10 - 9 = 1 and", "length")]  # right by the last number of a cut-off text
+    folder = published_eval(tmp_path / "eval", data_dir, answers)
+    before = read_lines(folder / "gsm8k.jsonl")
+    summary = regrade(folder, progress=False)  # the data folder its settings name
+    records = read_lines(folder / "gsm8k.jsonl")
+    assert [r["correct"] for r in records] == [True, True, True, False, True]
+    assert [r["correct_strict"] for r in records] == [True, False, False, False, False]
+    assert [r["source"] for r in records] == ["boxed", "last-number", "boxed", "answer-is", "last-number"]
+    for old, new in zip(before, records):
+        assert set(new) == set(old) | {"source", "correct_strict"}
+        assert {k: v for k, v in new.items() if k not in grading.Grade.__dataclass_fields__} == {
+            k: v for k, v in old.items() if k not in grading.Grade.__dataclass_fields__}
+    result = summary["benchmarks"]["gsm8k"]
+    assert (result["n"], result["correct"], result["correct_strict"], result["cut_off"]) == (5, 4, 1, 2)
+    assert result["ci95_strict"] == pytest.approx(list(evaluation.wilson_interval(1, 5)))
+    assert summary["average_strict"] == pytest.approx(0.2) and summary["tokens"] == 5 + 5 + 12 + 5 + 12
+    assert json.loads((folder / "summary.json").read_text()) == summary
+    assert regrade(folder, progress=False) == summary  # again: nothing changes
+
+    moved = tmp_path / "moved"  # the data elsewhere: --data-dir
+    shutil.move(data_dir, moved)
+    with pytest.raises(LightReasonerError, match="benchmark file not found"):
+        regrade(folder, progress=False)
+    assert cli.main(["regrade", str(folder), "--data-dir", str(moved), "--quiet"]) == 0
+    assert "20.0 [3.6, 62.4]" in capsys.readouterr().out  # the strict accuracy, 1 of 5, in the printed table
+
+
+def test_regrade_selects_the_evaluations_subset_and_refuses_a_stranger(tmp_path, data_dir):
+    chosen = [p.id for p in evaluation.load_problems("gsm8k", data_dir=data_dir, sample=2, seed=3)]
+    golds = {"0": "72", "1": "10", "2": "7", "3": "48", "4": "1"}
+    answers = [(i, f"\\boxed{{{golds[i]}}}", "eos") for i in chosen]
+    folder = published_eval(tmp_path / "eval", data_dir, answers, sample={"gsm8k": 2}, seed=3)
+    assert regrade(folder, progress=False)["benchmarks"]["gsm8k"]["correct_strict"] == 2
+    stranger = next(i for i in golds if i not in chosen)  # a question this evaluation's subset leaves out
+    with (folder / "gsm8k.jsonl").open("a") as handle:
+        handle.write(json.dumps({"id": stranger, "completion": "1", "finish": "eos"}) + "\n")
+    with pytest.raises(LightReasonerError, match=f"gsm8k.jsonl:3: question '{stranger}' is not among"):
+        regrade(folder, progress=False)
+
+
+def test_regrade_of_a_fresh_evaluation_changes_nothing(tiny_dir, data_dir, tmp_path):
+    """An evaluation's own records carry their gold answers (no data needed) and today's grades."""
+    out = tmp_path / "out"
+    summary = evaluate(config(tiny_dir, data_dir), out, progress=False)
+    files = {name: (out / f"{name}.jsonl").read_bytes() for name in ("gsm8k", "mmlu_stem")}
+    shutil.rmtree(data_dir)
+    assert regrade(out, progress=False) == summary
+    assert {name: (out / f"{name}.jsonl").read_bytes() for name in files} == files
+
+
+def test_the_default_budget_is_the_toolkits():
+    """2,048 new tokens per answer, as the Qwen2.5-Math toolkit and the paper, unless set."""
+    from lightreasoner.pipeline import RunConfig, stage_configs
+
+    assert EvalConfig().max_new_tokens == RunConfig().eval_max_new_tokens == 2048
+    assert stage_configs(RunConfig())[2].max_new_tokens == 2048
+    assert stage_configs(RunConfig(eval_max_new_tokens=512))[2].max_new_tokens == 512
+
+
 def test_llamacpp_backend_without_the_extra_is_a_one_line_error(tiny_dir, data_dir, tmp_path, monkeypatch, capsys):
     import sys
 
@@ -381,9 +480,26 @@ def test_llamacpp_backend_without_the_extra_is_a_one_line_error(tiny_dir, data_d
     assert cli.main(["eval", "--model", str(tiny_dir), "--benchmarks", "gsm8k", "--data-dir", str(data_dir),
                      "--backend", "llamacpp", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
-    assert "llama-cpp-python is not installed" in error and 'pip install -e ".[llamacpp]"' in error
+    assert "llama-cpp-python is not installed" in error and 'pip install -e ".[test,llamacpp]"' in error
     assert len(error.splitlines()) == 1
     assert not (tmp_path / "out" / "run.json").exists()  # the folder does not record a backend that never ran
+
+
+def test_the_llamacpp_backend_refuses_a_gpu_device_before_anything_loads(tiny_dir, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("lightreasoner.llamacpp.import_llama_cpp", lambda: pytest.fail("checked after the device"))
+    with pytest.raises(LightReasonerError, match="--device cuda:1: the llamacpp backend runs on the CPU"):
+        evaluate(config(tiny_dir, data_dir, backend="llamacpp", device="cuda:1"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_auto_keeps_the_backend_a_folder_has_answered_with(tiny_dir, data_dir, tmp_path, monkeypatch):
+    """An extra installed between two runs into one folder must not mix two engines' answers there."""
+    out = tmp_path / "out"
+    evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"], limit=2, backend="hf"), out, progress=False)
+    monkeypatch.setattr(evaluation, "resolve_backend", lambda *args, **kwargs: "llamacpp")  # as if installed since
+    assert evaluation.answering_backend(config(tiny_dir, data_dir, backend="auto"), tmp_path / "new") == "llamacpp"
+    summary = evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"], backend="auto"), out, progress=False)
+    assert summary["settings"]["backend"] == "hf" and summary["benchmarks"]["gsm8k"]["n"] == len(GSM8K)
 
 
 def test_compare_says_when_answers_come_from_different_backends(tmp_path, capsys):

@@ -100,17 +100,74 @@ def test_find_last_boxed_nested_and_unclosed():
 
 
 def test_numbers_equal_matches_definition():
-    """Relative tolerance 1e-4 against gold, gold/100 or gold*100, checked by a plain loop."""
-    def slow(pred, gold):
+    """Against gold, gold/100 or gold*100: within a relative 1e-4, or exactly for an integer gold
+    answer, checked by a plain loop."""
+    def slow(pred, gold, exact):
         for target in (gold, gold / 100, gold * 100):
-            if abs(pred - target) <= 1e-4 * max(abs(pred), abs(target)):
+            if pred == target if exact else abs(pred - target) <= 1e-4 * max(abs(pred), abs(target)):
                 return True
         return False
 
-    values = [0.0, 1.0, 1.00005, 1.0002, 0.01, 100.0, 99.995, -3.0, 3.0, 1e33, 1.00009e33, 12.5, 0.125]
+    values = [0.0, 1.0, 1.00005, 1.0002, 0.01, 100.0, 99.995, -3.0, 3.0, 1e33, 1.00009e33, 12.5, 0.125, 9999.0,
+              10000.0, 1e6]
     for pred in values:
         for gold in values:
-            assert grading.numbers_equal(pred, gold) == slow(pred, gold), (pred, gold)
+            for exact in (False, True):
+                assert grading.numbers_equal(pred, gold, exact=exact) == slow(pred, gold, exact), (pred, gold, exact)
+    assert grading.numbers_equal(9999.0, 10000.0) and not grading.numbers_equal(9999.0, 10000.0, exact=True)
+
+
+# (benchmark, completion, finish, gold) -> (pred, source, correct, correct_strict): each branch of
+# the two verdicts. The toolkit's verdict reads the last number of any text; the strict one only a
+# stated answer (boxed, or after "the answer is") in a completion that ended on its own.
+VERDICT_CASES = [
+    ("gsm8k", "48 + 24 = 72, so she sold \\boxed{72} clips.", "eos", "72", ("72", "boxed", True, True)),
+    ("gsm8k", "48 + 24 = 72, so she sold \\boxed{72} clips. Let me also check", "length", "72",
+     ("72", "boxed", True, False)),  # boxed, then cut off while going on
+    ("math500", "so the sum is $\\boxed{\\frac{33}{", "length", "\\frac{33}{100}",
+     ("\\frac{33}{", "boxed", False, False)),  # cut off inside the box
+    ("gsm8k", "She sold 72 clips. The answer is 72.", "eos", "72", ("72", "answer-is", True, True)),
+    ("gsm8k", "She sold 72 clips. The answer is 72.", "stop", "72", ("72", "answer-is", True, True)),
+    ("minerva_math", "The final answer is $7.1$. I hope it is correct.", "eos", "7.1",
+     ("7.1", "answer-is", True, True)),
+    ("gsm8k", "April 48, May 24, together 72", "eos", "72", ("72", "last-number", True, False)),
+    ("math500", "Since p <= x <= 15, we consider the cases x = p and", "length", "15",
+     ("15", "last-number", True, False)),  # cut off; "15" is a bound of an inequality, not an answer
+    ("gsm8k", "We first compute 15a +", "length", "72", ("15", "last-number", False, False)),
+    ("gsm8k", "I do not know.", "eos", "72", ("", "none", False, False)),
+    ("gsm8k", "\\boxed{71}", "eos", "72", ("71", "boxed", False, False)),
+    ("gsm8k", "So she sold \\boxed{72}.", None, "72", ("72", "boxed", True, True)),  # finish unknown: as ended
+    # integers compare exactly in both verdicts; other numbers keep the relative 1e-4
+    ("math500", "\\boxed{9999}", "eos", "10000", ("9999", "boxed", False, False)),
+    ("math500", "\\boxed{9,999}", "eos", "10,000", ("9,999", "boxed", False, False)),
+    ("math500", "\\boxed{10000.0}", "eos", "10000", ("10000.0", "boxed", True, True)),
+    ("math500", "\\boxed{\\frac{19998}{2}}", "eos", "10000", ("\\frac{19998}{2}", "boxed", False, False)),
+    ("math500", "\\boxed{\\frac{20000}{2}}", "eos", "10000", ("\\frac{20000}{2}", "boxed", True, True)),
+    ("math500", "\\boxed{9999}", "eos", "10^{4}", ("9999", "boxed", False, False)),
+    ("math500", "\\boxed{9999.5}", "eos", "10000", ("9999.5", "boxed", False, False)),
+    ("math", "\\boxed{0.33333}", "eos", "\\frac{1}{3}", ("0.33333", "boxed", True, True)),
+    ("math", "\\boxed{0.3333}", "eos", "0.33333", ("0.3333", "boxed", True, True)),
+    ("math", "\\boxed{0.333}", "eos", "\\frac{1}{3}", ("0.333", "boxed", False, False)),
+    ("minerva_math", "\\boxed{320012}", "eos", "3.2 \\times 10^{5}", ("320012", "boxed", True, True)),
+    # the toolkit's percentage rule stays in both verdicts: x, x/100 and x*100 of the gold answer
+    ("math500", "\\boxed{33}", "eos", "\\frac{33}{100}", ("33", "boxed", True, True)),
+    ("gsm8k", "\\boxed{24500}", "eos", "245", ("24500", "boxed", True, True)),
+    ("math", "\\boxed{0.25}", "eos", "25\\%", ("0.25", "boxed", True, True)),
+    # multiple choice: a boxed letter or one after "answer is" is stated; a letter standing alone is not
+    ("mmlu_stem", "The answer is \\boxed{C}.", "eos", "C", ("C", "boxed", True, True)),
+    ("mmlu_stem", "It is a prime, so the answer is (D).", "eos", "D", ("D", "answer-is", True, True)),
+    ("mmlu_stem", "Option A is wrong; B is right", "eos", "B", ("B", "last-letter", True, False)),
+    ("mmlu_stem", "Option A is wrong; B is right", "length", "B", ("B", "last-letter", True, False)),
+    ("mmlu_stem", "The answer is \\boxed{C}.", "length", "C", ("C", "boxed", True, False)),
+]
+
+
+@pytest.mark.parametrize("bench, completion, finish, gold, expected", VERDICT_CASES)
+def test_both_verdicts(bench, completion, finish, gold, expected):
+    result = grading.grade(completion, gold, bench, finish=finish)
+    assert (result.pred, result.source, result.correct, result.correct_strict) == expected
+    assert result.source in grading.SOURCES
+    assert result.correct_strict == grading.is_strict(result.correct, result.source, finish)
 
 
 def test_to_number_forms():

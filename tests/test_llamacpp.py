@@ -1,6 +1,7 @@
 """The llamacpp backend on a tiny Qwen2 model written to GGUF by our converter: greedy output against
 a direct single-sequence call of llama-cpp-python's own API, batched against single-sequence decoding,
-padding rows, a converted LoRA adapter, seeded sampling, and ``eval --backend llamacpp`` end to end."""
+padding rows, a converted LoRA adapter, the Backend interface (finish reasons, stop strings), seeded
+sampling, and ``eval --backend llamacpp`` and ``sft --backend llamacpp`` end to end."""
 
 from __future__ import annotations
 
@@ -141,6 +142,32 @@ def test_the_adapter_moves_logits_as_peft_does(setup, tmp_path):
     assert np.abs(torch_shift).max() > 0.5  # the adapter matters
     assert np.corrcoef(torch_shift, llama_shift)[0, 1] > 0.95
     assert np.abs(llama_shift - torch_shift).max() < 0.2 * np.abs(torch_shift).max()
+
+
+def test_the_backend_reports_why_each_answer_ended_and_stops_on_a_stop_string(setup):
+    """The Backend interface over the engine: per-request budgets, "eos" / "length" as the engine
+    ended, and a stop string found in the newest tokens' text ends the answer as "stop"."""
+    from lightreasoner.backends import Request, Sampling
+    from lightreasoner.llamacpp import LlamaCppBackend
+
+    tokenizer, prompts = setup["tokenizer"], setup["prompts"]
+    limits = [24, 5, 17, 24, 9]
+    engine = ours(setup, slots=1, max_new_tokens=limits)
+    with LlamaCppBackend(str(setup["dir"]), tokenizer, slots=3) as backend:
+        outputs = {o.index: o for chunk in backend.generate([Request(p, n) for p, n in zip(prompts, limits)],
+                                                            Sampling()) for o in chunk}
+        assert [outputs[i].token_ids for i in range(len(prompts))] == engine
+        for output, limit in zip(outputs.values(), limits):
+            ended_on_stop = output.token_ids[-1] in setup["stops"]
+            assert output.finish == ("eos" if ended_on_stop else "length")
+            assert ended_on_stop or len(output.token_ids) == limit
+        longest = max(range(len(prompts)), key=lambda i: len(engine[i]))
+        stop = tokenizer.decode(engine[longest][2:4], skip_special_tokens=True)
+        assert stop.strip()
+        [[cut]] = list(backend.generate([Request(prompts[longest], limits[longest])], Sampling(stop_strings=(stop,))))
+    assert cut.finish == "stop" and engine[longest][:len(cut.token_ids)] == cut.token_ids
+    assert stop in tokenizer.decode(cut.token_ids, skip_special_tokens=True)
+    assert stop not in tokenizer.decode(cut.token_ids[:-1], skip_special_tokens=True)
 
 
 def test_seeded_sampling_draws_the_same_whatever_the_batch(setup):

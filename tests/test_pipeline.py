@@ -14,7 +14,8 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, Stages, run
 from lightreasoner.publish import restore
-from lightreasoner.report import kept_step_statistics, paired_difference, settings_rows
+from lightreasoner.report import kept_step_statistics, settings_rows
+from lightreasoner.stats import paired_difference
 from lightreasoner.sampling import read_samples
 
 from tiny import save_pair
@@ -51,7 +52,8 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
                                                         abs=0.02)
 
     report = (out / "report.md").read_text()
-    assert "| arith | 5 |" in report and "## Efficiency" in report
+    assert "| arith | toolkit | 5 |" in report and "| strict | 5 |" in report
+    assert report.index("## Each arm against the baseline") < report.index("## Sampling and training")
     assert (out / "kl.png").read_bytes()[:4] == b"\x89PNG" and (out / "loss.png").is_file()
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page  # self-contained
@@ -79,7 +81,7 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     redrawn = (published / "report.md").read_text()
 
     def efficiency_section(text: str) -> str:
-        return text[text.index("## Efficiency"):text.index("## Settings")]
+        return text[text.index("## Sampling and training"):text.index("## Settings")]
 
     assert efficiency_section(redrawn) == efficiency_section(report)
     assert "## Kept steps" in redrawn and "![kl.png](kl.png)" in redrawn
@@ -123,7 +125,7 @@ def test_a_published_run_restores_from_the_data_and_continues_elsewhere(tmp_path
     import lightreasoner.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampling ran again"))
-    monkeypatch.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+    monkeypatch.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
     run(config, restored, progress=False, say=lambda _: None)  # the rebuilt adapter is the very same here
     for name in ("eval_before", "eval_after"):
         assert json.loads((restored / name / "summary.json").read_text())["benchmarks"] == \
@@ -194,7 +196,8 @@ def test_run_cli_yaml_sections_and_refusal(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "Accuracy: lightreasoner against baseline" in printed and "arith" in printed
+    assert printed.index("Each arm against the baseline") < printed.index("Paired: lightreasoner against baseline")
+    assert "arith" in printed and max(len(line) for line in printed.splitlines() if "/" not in line) <= 100
     assert f"Report: {out / 'report.html'}" in printed
     header, _ = read_samples(out / "samples.jsonl")
     assert header["settings"]["contrast_every"] == 2
@@ -226,7 +229,8 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
         run(tiny_config(pair, arms=["baseline"], data_dir=str(tmp_path)), out, progress=False, say=lambda _: None)
     baseline = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
     report = (out / "report.md").read_text()  # the baseline's accuracy, and no cost table of stages not run
-    assert f"| arith | 5 | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
+    assert f"| arith (5) | baseline | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
+    assert "## Sampling and training" not in report and "## Each arm" not in report
     # Training has not started in this folder, so its settings are still free; evaluation has. Where
     # the data is read from is not a setting of any stage (the stages' files check their questions).
     run(tiny_config(pair, arms=["lightreasoner"], data_dir=str(tmp_path / "moved")), out,
@@ -238,18 +242,6 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="eval.max_new_tokens=8, now 9"):
         run(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=9), out, overrides={"train": {"lora_r": 4}},
             progress=False, say=lambda _: None)
-
-
-def test_paired_difference_against_direct_counts():
-    before = [True, False, False, True, True, False, False, False]
-    after = [True, True, True, False, True, False, True, False]
-    result = paired_difference(before, after, resamples=4000, seed=1)
-    assert result["gained"] == 3 and result["lost"] == 1
-    assert result["diff"] == pytest.approx((sum(after) - sum(before)) / len(before))
-    assert result["low"] < result["diff"] < result["high"]
-    assert -1 <= result["low"] and result["high"] <= 1
-    same = paired_difference(before, before)
-    assert same["diff"] == same["low"] == same["high"] == 0
 
 
 def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(tmp_path):
@@ -270,18 +262,18 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     (tmp_path / "eval_before" / "summary.json").write_text(json.dumps({"benchmarks": {
         "arith": {"n": 6, "correct": 4, "accuracy": 4 / 6, "ci95": [0.3, 0.9]},
         "words": {"n": 3, "correct": 1, "accuracy": 1 / 3, "ci95": [0.06, 0.79]}}}))
-    [(_, header, _)] = accuracy_tables(tmp_path)  # no answer after training yet
-    assert header == ["benchmark", "n", "accuracy [95% CI]"]
+    assert accuracy_tables(tmp_path) == []  # no answer after training yet: nothing to pair
 
+    # Answers graded before the strict verdict existed: the toolkit's rows only.
     write(tmp_path / "eval_after", [(i, a) for i, a in zip(order, after)])
     [(title, header, rows)] = accuracy_tables(tmp_path)
-    assert "lightreasoner" in title and "in progress" in title and header[3] == "lightreasoner [95% CI]"
+    assert "lightreasoner" in title and "in progress" in title and header[3:5] == ["baseline", "lightreasoner"]
     arith, words = rows  # no pooled row while only one benchmark has answers
     paired_before = [before[i] for i in order]  # 3 of 4 correct; after: 3 of 4; gained 1 (q1), lost 1 (q2)
-    assert arith[:2] == ["arith", "4 of 6"]
-    assert arith[2].startswith(f"{100 * sum(paired_before) / 4:.1f} [") and arith[3].startswith("75.0 [")
-    assert arith[4].startswith("+0.0 [") and arith[5:] == ["+1 / -1", "1.00"]
-    assert words[:2] == ["words", "0 of 3"] and words[3] == "not evaluated yet"
+    assert arith[:3] == ["arith", "toolkit", "4/6"]
+    assert arith[3].startswith(f"{100 * sum(paired_before) / 4:.1f} [") and arith[4].startswith("75.0 [")
+    assert arith[5].startswith("+0.0 [") and arith[6:] == ["+1/-1", "1.00"]
+    assert words[:3] == ["words", "toolkit", "0/3"] and words[4] == "not evaluated yet"
 
     # A second arm, done: its own table (before lightreasoner's, in the paper's order), with the
     # questions of both benchmarks pooled.
@@ -289,19 +281,19 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
     write(tmp_path / "sft" / "eval_after", [(0, True), (1, True), (2, True)], "words")
     [(title, header, rows), (second, _, _)] = accuracy_tables(tmp_path)
     assert "lightreasoner" in second and "sft" in title and "in progress" not in title
-    assert header[4] == "sft - baseline [paired 95% CI]"
-    assert [row[:2] for row in rows] == [["arith", "6"], ["words", "3"], ["all questions", "9"]]
-    assert rows[2][3].startswith("100.0 [") and rows[2][4].startswith("+44.4 [") and rows[2][5] == "+4 / -0"
-    assert rows[2][6] == f"{2 / 2 ** 4:.2f}"
+    assert header == ["benchmark", "verdict", "n", "baseline", "sft", "diff [95% CI]", "+/-", "p"]
+    assert [[row[0], row[2]] for row in rows] == [["arith", "6"], ["words", "3"], ["all questions", "9"]]
+    assert rows[2][4].startswith("100.0 [") and rows[2][5].startswith("+44.4 [") and rows[2][6] == "+4/-0"
+    assert rows[2][7] == f"{2 / 2 ** 4:.2f}"
 
     # The control against lightreasoner: paired on the questions both have answered.
     write(tmp_path / "format-only" / "eval_after", [(0, False), (3, True)])
     (tmp_path / "eval_after" / "summary.json").write_text(json.dumps({"benchmarks": {
         "arith": {"n": 4, "correct": 3, "accuracy": 0.75, "ci95": [0.3, 0.95]}}}))
     title, header, [row] = accuracy_tables(tmp_path)[-1]
-    assert title.startswith("Accuracy: format-only against lightreasoner") and "in progress" in title
-    assert header[4] == "format-only - lightreasoner [paired 95% CI]"
-    assert row[:2] == ["arith", "2 of 4"] and row[4].startswith("-50.0 [") and row[5] == "+0 / -1"
+    assert title.startswith("Paired: format-only against lightreasoner") and "in progress" in title
+    assert header[3:5] == ["lightreasoner", "format-only"]
+    assert row[:3] == ["arith", "toolkit", "2/4"] and row[5].startswith("-50.0 [") and row[6] == "+0/-1"
 
     # lightreasoner against sft, the paper's comparison, once sft's evaluation has its summary.
     (tmp_path / "sft" / "eval_after" / "summary.json").write_text(json.dumps({"benchmarks": {
@@ -309,13 +301,13 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
         "words": {"n": 3, "correct": 3, "accuracy": 1.0, "ci95": [0.4, 1.0]}}}))
     titles = [title for title, _, _ in accuracy_tables(tmp_path)]
     assert [t.split(" (")[0] for t in titles] == [
-        "Accuracy: sft against baseline", "Accuracy: lightreasoner against baseline",
-        "Accuracy: format-only against baseline", "Accuracy: lightreasoner against sft",
-        "Accuracy: format-only against lightreasoner"]
+        "Paired: sft against baseline", "Paired: lightreasoner against baseline",
+        "Paired: format-only against baseline", "Paired: lightreasoner against sft",
+        "Paired: format-only against lightreasoner"]
     _, header, (arith, words) = accuracy_tables(tmp_path)[3]
-    assert header[4] == "lightreasoner - sft [paired 95% CI]" and arith[:2] == ["arith", "4 of 6"]
-    assert arith[2].startswith("100.0 [") and arith[3].startswith("75.0 [") and arith[4].startswith("-25.0 [")
-    assert arith[5] == "+0 / -1" and words[3] == "not evaluated yet"
+    assert header[3:5] == ["sft", "lightreasoner"] and arith[:3] == ["arith", "toolkit", "4/6"]
+    assert arith[3].startswith("100.0 [") and arith[4].startswith("75.0 [") and arith[5].startswith("-25.0 [")
+    assert arith[6] == "+0/-1" and words[4] == "not evaluated yet"
 
 
 def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(tmp_path):
@@ -346,17 +338,6 @@ def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(
     assert gains_plot(gains)[:4] == b"\x89PNG" and gains_plot({}) is None
     outside = {"diff": 0.1, "low": 0.2, "high": 0.3, "gained": 1, "lost": 0}  # may miss the estimate
     assert gains_plot({"sft": [("arith", outside)]})[:4] == b"\x89PNG"
-
-
-@pytest.mark.parametrize("gained,lost", [(0, 0), (3, 0), (1, 1), (10, 2), (2, 10), (7, 4), (8, 3)])
-def test_mcnemar_p_against_enumerating_every_split_of_the_discordant_questions(gained, lost):
-    from itertools import product
-
-    from lightreasoner.report import mcnemar_p
-
-    n = gained + lost  # every way n fair coins can fall; count those at least as uneven as observed
-    uneven = sum(abs(2 * sum(flips) - n) >= abs(gained - lost) for flips in product((0, 1), repeat=n))
-    assert mcnemar_p(gained, lost) == pytest.approx(uneven / 2 ** n)
 
 
 def test_kept_step_statistics_against_a_direct_count():

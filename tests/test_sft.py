@@ -17,13 +17,14 @@ import torch
 import lightreasoner.pipeline as pipeline
 import lightreasoner.sft as sft_module
 from lightreasoner import models, training
+from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, run
 from lightreasoner.sampling import SampleConfig, sample
 from lightreasoner.sft import (Completion, SFTConfig, control, control_examples, generate_samples, read_sft_samples,
                                sample_solutions, sft, sft_examples, sft_train_config)
-from lightreasoner.tables import arms_report, find_arms, format_seconds
+from lightreasoner.tables import ACCURACY_TITLE, EFFICIENCY_TITLE, arms_report, find_arms, format_seconds
 
 from tiny import save_pair
 
@@ -68,8 +69,9 @@ def scripted_generation(tokenizer, items=SCRIPT):
     by_question = {q: [(t, f) for t, f, *_ in completions] for q, _, completions in items}
     calls = []
 
-    def generate(model, tok, prompts, *, num_samples, temperature, top_p, max_new_tokens, seeds, slots):
-        calls.append((len(prompts), num_samples, seeds, slots))
+    def generate(backend, prompts, *, num_samples, temperature, top_p, max_new_tokens, seeds):
+        tok = backend.tokenizer
+        calls.append((len(prompts), num_samples, seeds, backend.slots))
         for index, prompt in enumerate(prompts):
             text = tok.decode(prompt)
             question = next(q for q in by_question if q in text)
@@ -184,7 +186,7 @@ def test_real_sampling_is_seeded_batched_and_resumes_identically(pair, tokenizer
     kwargs = dict(num_samples=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seeds=[5, 6, 7])
 
     def sampled(slots: int) -> list[list[Completion]]:
-        streamed = list(generate_samples(model, tokenizer, prompts, slots=slots, **kwargs))
+        streamed = list(generate_samples(HFBackend(model, tokenizer, slots=slots), prompts, **kwargs))
         assert [i for i, _ in streamed] == [0, 1, 2]  # in prompt order
         return [completions for _, completions in streamed]
 
@@ -295,9 +297,11 @@ def test_random_positions_control_labels_as_many_random_positions_of_each_trajec
 
 
 def write_eval(folder: Path, accuracies: dict[str, float]) -> None:
+    """An evaluation's summary: each benchmark's accuracy by the toolkit, and 0.1 less by the strict verdict."""
     folder.mkdir(parents=True)
-    benchmarks = {k: {"n": 10, "correct": round(10 * v), "accuracy": v, "ci95": [0, 1], "tokens": 1, "seconds": 1}
-                  for k, v in accuracies.items()}
+    benchmarks = {k: {"n": 10, "correct": round(10 * v), "accuracy": v, "ci95": [0, 1],
+                      "correct_strict": round(10 * v) - 1, "accuracy_strict": round(v - 0.1, 2), "ci95_strict": [0, 1],
+                      "cut_off": 1, "tokens": 1, "seconds": 1} for k, v in accuracies.items()}
     (folder / "summary.json").write_text(json.dumps({"benchmarks": benchmarks, "average": 0, "tokens": 0,
                                                      "seconds": 0}))
     (folder / "run.json").write_text(json.dumps({"model": "m"}))  # evaluate writes one too
@@ -327,22 +331,30 @@ def test_compare_renders_both_tables_from_saved_runs(tmp_path, capsys):
     assert [a.label for a in find_arms([folder])] == ["baseline", "sft", "lightreasoner", "format-only"]
     text = arms_report(find_arms([folder]))
     lines = text.splitlines()
-    assert lines[1].split() == ["benchmark", "baseline", "sft", "gain", "lightreasoner", "gain", "format-only", "gain"]
-    assert lines[3].split() == ["gsm8k", "(10)", "40.0", "60.0", "+20.0", "70.0", "+30.0", "50.0", "+10.0"]
-    assert lines[5].split() == ["average", "(2", "benchmarks)", "35.0", "50.0", "+15.0", "65.0", "+30.0", "40.0",
-                                "+5.0"]
-    table = {line.split()[0]: line.split() for line in lines[lines.index("Efficiency (time = sampling + training)"):-1]}
-    assert table["sft"][1:] == ["4.00", "h", "4,000", "40,000", "4,000", "1,770,000", "7", "+15.0"]
-    assert table["lightreasoner"][1:] == ["30.0", "min", "1,000", "10,000", "1,000", "20,000", "7", "+30.0"]
-    assert table["format-only"][-1] == "+5.0"
-    assert lines[-1] == ("lightreasoner vs sft: 88% less time, 75% fewer sampled problems, 99% fewer tuned tokens "
-                         "(paper: about 90%, 80%, 99%)")
+    assert all(len(line) <= 100 for line in lines)
+    assert lines[1].split() == ["benchmark", "arm", "accuracy", "[95%", "CI]", "gain", "strict", "[95%", "CI]", "gain",
+                                "cut", "off"]
+    assert [line.split()[:2] for line in lines[3:7]] == [["gsm8k", "(10)"], ["sft", "60.0"], ["lightreasoner", "70.0"],
+                                                         ["format-only", "50.0"]]
+    assert lines[3].split()[3:] == ["40.0", "[0.0,", "100.0]", "30.0", "[0.0,", "100.0]", "1", "(10%)"]
+    assert lines[5].split()[1:] == ["70.0", "[0.0,", "100.0]", "+30.0", "60.0", "[0.0,", "100.0]", "+30.0", "1",
+                                    "(10%)"]
+    assert lines[11].split() == ["average", "(2)", "baseline", "35.0", "25.0"]
+    assert lines[12].split() == ["sft", "50.0", "+15.0", "40.0", "+15.0"]
+    start = lines.index(EFFICIENCY_TITLE)
+    table = {line.split()[0]: line.split() for line in lines[start + 1:-2]}
+    assert table["arm"] == ["arm", "time", "problems", "generated", "kept", "tuned", "steps", "gain", "strict"]
+    assert table["sft"][1:] == ["4.00", "h", "4,000", "40,000", "4,000", "1,770,000", "7", "+15.0", "+15.0"]
+    assert table["lightreasoner"][1:] == ["30.0", "min", "1,000", "10,000", "1,000", "20,000", "7", "+30.0", "+30.0"]
+    assert table["format-only"][-2:] == ["+5.0", "+5.0"]
+    assert " ".join(lines[-2:]) == ("lightreasoner vs sft: 88% less time, 75% fewer sampled problems, 99% fewer "
+                                    "tuned tokens (paper: about 90%, 80%, 99%)")
 
     # The command, with a bar chart; an arm folder given on its own joins in; two runs get prefixes.
     plot = tmp_path / "arms.png"
     assert main(["compare", str(folder), "--plot", str(plot)]) == 0
     printed = capsys.readouterr().out
-    assert "Accuracy (%) and gain over the baseline" in printed and "fewer tuned tokens" in printed
+    assert ACCURACY_TITLE in printed and "fewer tuned tokens" in printed
     assert plot.read_bytes()[:4] == b"\x89PNG"
     other = saved_run(tmp_path / "again")
     labels = [a.label for a in find_arms([folder, other])]
@@ -358,7 +370,8 @@ def test_plain_evaluation_folders_still_compare_plainly(tmp_path, capsys):
     write_eval(tmp_path / "b", {"gsm8k": 0.5})
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["benchmark", "a", "b", "diff"] and lines[2].split()[-1] == "+10.0"
+    assert lines[0].split()[:2] == ["benchmark", "folder"] and lines[3].split()[:5] == ["b", "50.0", "[0.0,", "100.0]",
+                                                                                        "+10.0"]
 
 
 # ------------------------------------------------------------------------------ run --arms
@@ -394,10 +407,14 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     assert sft_train["learning_rate"] == config.learning_rate  # shared with the other arms; not the micro-batching
     assert sft_train["gradient_accumulation_steps"] == sft_module.SFT_MICRO_BATCHES
     report = (out / "report.md").read_text()
-    assert "## Arms: accuracy and gain over the baseline" in report and "## Arms: efficiency" in report
+    # The headline first (every trained arm against the baseline), then the details.
+    headline = report.index("## Each arm against the baseline")
+    assert headline < report.index(f"## {ACCURACY_TITLE}") < report.index(f"## {EFFICIENCY_TITLE}")
+    assert all(f"| {arm} | 3 |" in report[headline:report.index(f"## {ACCURACY_TITLE}")]
+               for arm in ("sft", "lightreasoner", "format-only", "random-positions"))
     assert "| format-only |" in report and (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
-    assert "## Accuracy: random-positions against format-only" in report
-    assert "## Accuracy: lightreasoner against sft" in report
+    assert "## Paired: random-positions against format-only" in report
+    assert "## Paired: lightreasoner against sft" in report and "| strict |" in report
 
     # Published and restored elsewhere, every arm retrains and reuses every sample and answer.
     from lightreasoner import evaluation
@@ -415,7 +432,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(sft_module, "generate_samples", lambda *a, **k: pytest.fail("sft sampled again"))
         patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
-        patched.setattr(evaluation, "hf_generate", lambda *a, **k: pytest.fail("an answer was generated again"))
+        patched.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
         run(config, restored, progress=False, say=lambda _: None)
     for name in arm_names:
         assert (restored / name / "adapter" / "adapter_model.safetensors").is_file()
@@ -438,7 +455,9 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     generate, calls = scripted_generation(tokenizer)
     monkeypatch.setattr(sft_module, "generate_samples", generate)
     data = write_questions(tmp_path / "q.jsonl")
-    (tmp_path / "sft.yaml").write_text("sft:\n  samples_per_question: 3\n  lora_r: 4\n  temperature: 0.5\n")
+    # max_new_tokens: the tiny expert's context is 512 tokens, prompt included (a longer ask is refused)
+    (tmp_path / "sft.yaml").write_text("sft:\n  samples_per_question: 3\n  lora_r: 4\n  temperature: 0.5\n"
+                                       "  max_new_tokens: 64\n")
     out = tmp_path / "sft"
     assert main(["sft", "--model", str(pair[0]), "--data", str(data), "--out", str(out), "--config",
                  str(tmp_path / "sft.yaml"), "--max-steps", "1", "--dtype", "float32", "--quiet"]) == 0
@@ -472,6 +491,7 @@ def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys
     moved = tmp_path / "moved" / "samples.jsonl"  # the same samples under another path: the finished arm is kept
     moved.parent.mkdir()
     moved.write_bytes(samples.read_bytes())
+    moved.with_name("samples.jsonl.meta.json").write_bytes(samples.with_name("samples.jsonl.meta.json").read_bytes())
     assert main(["control", "--model", str(pair[0]), "--samples", str(moved), "--out", str(tmp_path / "c"),
                  "--max-steps", "2", "--steps-per-update", "2", "--dtype", "float32", "--save-steps", "0"]) == 0
     assert "[train] already done" in capsys.readouterr().out

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="expert: short name, model folder, .gguf file or Hub id")
     parser.add_argument("--samples", required=True, type=Path, help="sample file written by `lightreasoner sample`")
     parser.add_argument("--out", required=True, type=Path, help="arm folder to write (resumes if it exists)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="train on a sample file whose sampling run did not finish (refused otherwise)")
     parser.add_argument("--positions", choices=("kept", "random"), default="kept",
                         help="label the kept steps (format-only) or as many random positions per trajectory")
     add_config_arguments(parser, TrainConfig, exclude=("resume",))
@@ -29,11 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..sampling import check_complete
     from ..sft import control
     from ..tables import format_seconds
     from ..training import TrainConfig
 
     config = config_from_args(TrainConfig, args, section="train")
+    if not args.allow_incomplete:
+        check_complete(args.samples)
     record = control(args.model, args.samples, config, args.out, positions=args.positions, say=print)
     print(f"{record['arm']} control: trained {record['optimizer_steps']} steps on {record['tokens_tuned']:,} labelled "
           f"positions ({record['examples_kept']:,} kept steps in the file); "

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args
+from ..distributed import refuse_several_processes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import EvalConfig, evaluate
     from ..tables import compare_table, results_table
 
+    refuse_several_processes("run it without accelerate launch or torchrun")
     config = config_from_args(EvalConfig, args, section="eval")
     summary = evaluate(config, args.out, progress=not args.quiet)
     print(results_table(summary))

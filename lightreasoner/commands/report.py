@@ -1,24 +1,26 @@
-"""``lightreasoner report DIR``: (re)draw the report of a run folder."""
+"""``lightreasoner report DIR``: (re)draw the report of a run folder (also a published one)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..models import load_tokenizer
+from ..errors import LightReasonerError
 from ..records import read_json
-from ..report import build_report
+from ..report import build_report, report_tokenizer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write report.md and report.html of a run folder",
                                    description=__doc__)
-    parser.add_argument("run_dir", type=Path, help="folder made by `lightreasoner run`")
+    parser.add_argument("run_dir", type=Path, help="folder made by `lightreasoner run` or `lightreasoner publish`")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = read_json(args.run_dir / "run.json")["settings"]
-    md_path, html_path = build_report(args.run_dir, tokenizer=load_tokenizer(settings["expert"]))
+    record = read_json(args.run_dir / "run.json")
+    if not isinstance(record, dict) or "expert" not in record.get("settings", {}):
+        raise LightReasonerError(f"{args.run_dir / 'run.json'}: not the run.json of a `lightreasoner run` folder")
+    md_path, html_path = build_report(args.run_dir, tokenizer=report_tokenizer(args.run_dir))
     print(f"Report: {html_path} (and {md_path})")
     return 0

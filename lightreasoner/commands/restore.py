@@ -18,11 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("published", type=Path, help="folder made by `lightreasoner publish`")
     parser.add_argument("run_dir", type=Path, help="new run folder to write")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with <benchmark>/<split>.jsonl files")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow Python code shipped with the expert's tokenizer to run (never taken from the "
+                             "published folder)")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    written = restore(args.published, args.run_dir, data_dir=args.data_dir)
+    written = restore(args.published, args.run_dir, data_dir=args.data_dir, trust_remote_code=args.trust_remote_code)
     print(f"Restored {len(written)} files of {args.published} into {args.run_dir}; rerun the same "
           f"`lightreasoner run ... --out {args.run_dir}` to continue")
     return 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import dataclasses
 from pathlib import Path
 
-from ..config import add_config_arguments, config_from_args, load_yaml
+from ..config import add_config_arguments, config_from_args, load_yaml, refuse_unknown, yaml_sections
+from ..distributed import refuse_several_processes
 from ..errors import LightReasonerError
-from ..pipeline import RunConfig, run
+from ..pipeline import BUDGETED_ARMS, RunConfig, run
 from ..report import text_summary
 
 
@@ -30,23 +31,23 @@ DEFAULT_BUDGET = 15.0
 
 
 def main(args: argparse.Namespace) -> int:
+    refuse_several_processes("run it without accelerate launch or torchrun; to train on several GPUs, run the "
+                             "stages one by one and launch only `lightreasoner train` (docs/TRAINING.md)")
     config = config_from_args(RunConfig, args)
     given = [name for name in SIZES if hasattr(args, name)]
     if config.time_budget is not None and given:
         raise LightReasonerError(f"--time-budget sizes --{given[0].replace('_', '-')} itself: give one or the other")
-    if not args.config and not given and config.time_budget is None and \
-            set(config.arms) <= {"baseline", "lightreasoner"}:
-        config = replace(config, time_budget=DEFAULT_BUDGET)
+    if not args.config and not given and config.time_budget is None and set(config.arms) <= set(BUDGETED_ARMS):
+        config = dataclasses.replace(config, time_budget=DEFAULT_BUDGET)
     overrides = {}
     if args.config:
-        data = load_yaml(args.config)
-        for section in ("sample", "train", "eval", "sft"):
-            if section in data:
-                if not isinstance(data[section], dict):
-                    raise LightReasonerError(f"{args.config}: section {section!r} must be a mapping")
-                overrides[section] = data[section]
+        data = load_yaml(args.config)  # config_from_args checked that the sections are mappings
+        # The top level holds the headline settings only; a stage's other settings go in its section.
+        overrides = yaml_sections(data, args.config)
+        refuse_unknown({k: v for k, v in data.items() if k not in overrides},
+                       {f.name for f in dataclasses.fields(RunConfig)}, str(args.config))
     out = args.out or Path("runs") / "-".join(Path(x).stem for x in (config.expert, config.amateur, config.data))
-    html_path = run(config, out, overrides=overrides, progress=not args.quiet)
+    html_path = run(config, out, overrides=overrides, progress=not args.quiet, source=str(args.config or "run config"))
     table = text_summary(out)
     if table:
         print(table)

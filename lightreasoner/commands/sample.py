@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args
+from ..distributed import refuse_several_processes
 from ..sampling import SampleConfig, sample, summary
 
 
@@ -19,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_several_processes("run it without accelerate launch or torchrun")
     config = config_from_args(SampleConfig, args, section="sample")
     stats = sample(config, args.out, progress=not args.quiet)
     print(summary(stats, args.out, config))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
 
-from ..config import add_config_arguments, config_from_args, load_yaml
+from ..config import add_config_arguments, config_from_args, values_from_args
+from ..distributed import refuse_several_processes
 
 # Their SFT meaning differs from `train`'s, so these get their own help text.
 SFT_OWN_HELP = ("max_steps", "epochs", "steps_per_update", "system_prompt")
@@ -40,26 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _train_values(args: argparse.Namespace) -> dict[str, Any]:
-    """Training settings given in the YAML (section ``sft:`` or top level) or on the command line."""
-    from ..training import TrainConfig
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    if args.config:
-        data = load_yaml(args.config)
-        data = data["sft"] if isinstance(data.get("sft"), dict) else data
-        values.update({k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") in names})
-    values.update({name: getattr(args, name) for name in names if hasattr(args, name)})
-    return values
+def _names(config_cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_cls)}
 
 
 def run(args: argparse.Namespace) -> int:
     from ..sft import SFTConfig, sample_counts, sft, sft_train_config
     from ..tables import format_seconds
+    from ..training import TrainConfig
 
-    config = config_from_args(SFTConfig, args, section="sft")
-    config = dataclasses.replace(config, train=sft_train_config(_train_values(args)))
+    refuse_several_processes("run it without accelerate launch or torchrun")
+    # The YAML section sft: (or the top level) holds the settings of both configs.
+    config = config_from_args(SFTConfig, args, section="sft", also=_names(TrainConfig))
+    values, origins = values_from_args(args, _names(TrainConfig), section="sft", also=_names(SFTConfig))
+    config = dataclasses.replace(config, train=sft_train_config(values, origins))
     record = sft(config, args.out, progress=not args.quiet, say=print)
     counts = sample_counts(args.out / "samples.jsonl")
     print(f"sampled {counts['solutions_sampled']:,} solutions to {counts['problems_sampled']:,} questions "

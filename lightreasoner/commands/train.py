@@ -19,14 +19,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="expert: short name, model folder, .gguf file or Hub id")
     parser.add_argument("--samples", required=True, type=Path, help="sample file (ours or the authors' per-step JSONL)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (adapter or model, tokenizer, log)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="train on a sample file whose sampling run did not finish (refused otherwise)")
     add_config_arguments(parser, TrainConfig)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..sampling import check_complete
     from ..training import TrainConfig, train_from_file
 
     config = config_from_args(TrainConfig, args, section="train")
+    if not args.allow_incomplete:
+        check_complete(args.samples)
     summary = train_from_file(args.model, args.samples, config, args.out)
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every process returns here
         print(f"trained {summary['optimizer_steps']} steps on {summary['tokens_tuned']} kept steps "
