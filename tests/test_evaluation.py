@@ -478,7 +478,7 @@ def test_llamacpp_backend_without_the_extra_is_a_one_line_error(tiny_dir, data_d
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the extra sees
     assert cli.main(["eval", "--model", str(tiny_dir), "--benchmarks", "gsm8k", "--data-dir", str(data_dir),
-                     "--backend", "llamacpp", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+                     "--backend", "llamacpp", "--max-new-tokens", "12", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
     assert "llama-cpp-python is not installed" in error and 'pip install -e ".[test,llamacpp]"' in error
     assert len(error.splitlines()) == 1
