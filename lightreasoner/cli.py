@@ -21,8 +21,8 @@ from . import __version__, commands
 from .errors import LightReasonerError
 
 # Order in `lightreasoner --help`; commands not listed follow alphabetically.
-ORDER = ["run", "sample", "train", "merge", "sft", "eval", "score", "compare", "report", "publish", "restore", "export",
-         "models"]
+ORDER = ["run", "sample", "inspect", "train", "merge", "sft", "control", "eval", "score", "compare", "report", "publish",
+         "restore", "export", "models"]
 DEBUG_ENV = "LIGHTREASONER_DEBUG"
 DEBUG_HELP = f"show the full traceback of an error (also: {DEBUG_ENV}=1)"
 

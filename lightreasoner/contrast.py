@@ -52,6 +52,16 @@ def soft_labels(logp_expert: torch.Tensor, logp_amateur: torch.Tensor, mask: tor
     return torch.softmax(scores, dim=-1)
 
 
+def plausible_distribution(logp_expert: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The expert's own distribution restricted to ``mask`` and renormalised; 0 outside it."""
+    return torch.softmax(logp_expert.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row's distribution; zero-probability tokens contribute 0."""
+    return torch.special.entr(logp.exp()).sum(dim=-1)
+
+
 def select_steps(
     expert_logits: torch.Tensor,
     amateur_logits: torch.Tensor,

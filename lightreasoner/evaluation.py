@@ -3,13 +3,15 @@
 ``evaluate(config, out_dir)`` writes into ``out_dir``:
 
 * ``<benchmark>.jsonl``: one line per question (id, prompt, completion, gold, pred, source,
-  correct, correct_strict, tokens, finish, seconds), appended and fsynced as each chunk of answers
-  ends (one answer with the hf and llamacpp backends, one engine call with vLLM). A rerun with the same
-  ``out_dir`` skips the questions already there, so a killed evaluation resumes where it stopped.
+  correct, correct_strict, tokens, finish, seconds, completion_ids), appended and fsynced as each
+  chunk of answers ends (one answer with the hf and llamacpp backends, one engine call with vLLM). A
+  rerun with the same ``out_dir`` skips the questions already there, so a killed evaluation resumes
+  where it stopped.
   ``correct`` is the Qwen2.5-Math toolkit's verdict, ``correct_strict`` also asks for a stated final
   answer in a completion that was not cut off (:mod:`lightreasoner.grading`).
 * ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
-  dtype, backend); a rerun with different ones is refused rather than mixed into old results.
+  dtype, backend); a rerun with different ones is refused rather than mixed into old results,
+  except a larger ``max_new_tokens``: it grows the folder (see :func:`needs_growth`).
 * ``summary.json``: per benchmark n, both verdicts' counts, accuracies and 95% Wilson intervals,
   the answers cut off at the token limit, tokens and seconds, plus the unweighted average over
   benchmarks (the paper's "Avg.") of both; rewritten as each benchmark ends, with the benchmarks
@@ -40,12 +42,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 
 from . import grading, prompts
-from .backends import BACKENDS, Backend, HFBackend, Output, Request, Sampling, VLLMBackend, resolve_backend
+from .backends import (BACKENDS, STOP_STRING_TOKENS, Backend, HFBackend, Output, Request, Sampling, VLLMBackend,
+                       resolve_backend)
 from .config import SettingError, check_fields, config_to_dict
 from .data import BENCHMARKS, GENERATED, Problem, check_same_problems, load_problems
 from .errors import LightReasonerError
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
-                      repair_torn_tail, write_json_atomic)
+                      repair_torn_tail, write_json_atomic, write_text_atomic)
 
 from .stats import wilson_interval
 
@@ -229,38 +232,74 @@ def answering_backend(config: EvalConfig, out_dir: Path) -> str:
 
 
 def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
-    """The run.json settings of this evaluation, refused if ``out_dir`` holds answers made otherwise, or
-    files that are not a lightreasoner evaluation's (before anything touches them)."""
+    """The run.json settings of this evaluation, refused if ``out_dir`` holds answers made otherwise (a
+    smaller ``max_new_tokens`` too; a larger one grows the folder), or files that are not a lightreasoner
+    evaluation's (before anything touches them)."""
     from .models import check_adapter, same_model
 
     settings = {key: getattr(config, key) for key in RUN_KEYS if key != "adapter_sha256"}
     settings["adapter_sha256"] = adapter_fingerprint(check_adapter(config.adapter)) if config.adapter else None
     path = out_dir / "run.json"
-    if path.exists():
-        previous = read_json(path)
-        if not isinstance(previous, dict) or "max_new_tokens" not in previous:
-            raise LightReasonerError(f"{path}: not the run.json of a lightreasoner evaluation; choose another --out")
-        changed = [key for key in RUN_KEYS if previous.get(key) != settings[key]
-                   and not (key == "model" and same_model(previous.get(key), settings[key]))]
-        if changed:
-            key = changed[0]
-            raise LightReasonerError(
-                f"{path}: this folder holds results for {key}={previous.get(key)!r}, not {settings[key]!r}; "
-                f"use another --out folder, or delete {out_dir} to answer again")
-    else:
+    if not path.exists():
         found = [name for name in config.benchmarks if (out_dir / f"{name}.jsonl").exists()]
         if found:
             raise LightReasonerError(f"{out_dir / found[0]}.jsonl: exists without the run.json of a lightreasoner "
                                      "evaluation beside it, so it was left as it is; choose another --out")
-    return {**settings, "adapter": config.adapter}
+        return {**settings, "adapter": config.adapter}
+    previous = read_json(path)
+    if not isinstance(previous, dict) or not isinstance(previous.get("max_new_tokens"), int):
+        raise LightReasonerError(f"{path}: not the run.json of a lightreasoner evaluation; choose another --out")
+    changed = [key for key in RUN_KEYS if key != "max_new_tokens" and previous.get(key) != settings[key]
+               and not (key == "model" and same_model(previous.get(key), settings[key]))]
+    if changed:
+        key = changed[0]
+        raise LightReasonerError(
+            f"{path}: this folder holds results for {key}={previous.get(key)!r}, not {settings[key]!r}; "
+            f"use another --out folder, or delete {out_dir} to answer again")
+    budget = previous["max_new_tokens"]
+    if config.max_new_tokens < budget:
+        raise LightReasonerError(
+            f"{path}: this folder's answers were made with max_new_tokens={budget}; a budget can grow, not shrink: "
+            f"use --max-new-tokens {budget} or more, or another --out folder")
+    return {**previous, "max_new_tokens": config.max_new_tokens}  # a grown budget is all that is ever written back
 
 
 def _done_records(path: Path) -> dict[str, dict[str, Any]]:
-    """Records already written, by question id (a torn last line is cut off and redone)."""
+    """Records already written, by question id, the last line of a question winning (a grown answer
+    replaces the one it continued); a torn last line is cut off and redone."""
     if not path.exists():
         return {}
     repair_torn_tail(path)
     return {str(record["id"]): record for _, record in iter_jsonl(path)}
+
+
+def needs_growth(record: dict[str, Any], max_new_tokens: int) -> bool:
+    """Whether an answer was cut off at a smaller budget than ``max_new_tokens``, so that it is continued.
+
+    Growing a folder's budget (a rerun with a larger ``max_new_tokens``) writes the new budget into
+    run.json before the first longer answer, then appends each continued answer as a new line for
+    its question (the last line wins), and rewrites the file with one line per question when the
+    benchmark is done (:func:`_keep_last_answers`). The test is on the answer itself, so a growth
+    killed at any point resumes with what is left: an answer that ended (eos, stop), or that reached
+    this budget, is never touched again."""
+    return record.get("finish") == "length" and int(record.get("tokens", 0)) < max_new_tokens
+
+
+def _keep_last_answers(path: Path) -> None:
+    """Rewrite ``path`` with one line per question, its last (a grown answer in place of the one it
+    continued), in the order the questions first appear; atomically, and only when a question is
+    there twice. The lines are kept as they are, so untouched answers stay byte for byte."""
+    if not path.exists():
+        return
+    lines: dict[str, str] = {}
+    count = 0
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                lines[str(json.loads(line)["id"])] = line  # a repeated id keeps its first place
+                count += 1
+    if count > len(lines):
+        write_text_atomic(path, "".join(lines.values()))
 
 
 def load_for_eval(config: EvalConfig) -> tuple[Any, Any]:
@@ -316,12 +355,20 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     done = {name: _done_records(out_dir / f"{name}.jsonl") for name in problems}
     for name, items in problems.items():
         check_same_problems(out_dir / f"{name}.jsonl", done[name].values(), items)
-    todo = {name: [p for p in items if p.id not in done[name]] for name, items in problems.items()}
+    # New questions, and answers cut off at a smaller budget: those are continued where they stopped.
+    todo = {name: [p for p in items if p.id not in done[name] or needs_growth(done[name][p.id], config.max_new_tokens)]
+            for name, items in problems.items()}
+    begun = {name: {p.id: done[name][p.id] for p in todo[name] if p.id in done[name]} for name in problems}
     _check_prompts_fit(config, tokenizer, todo)
+    recorded = False
 
     def append(path: Path, records: list[dict[str, Any]]) -> None:
-        if not (out_dir / "run.json").exists():  # with the first answer: a failed start locks nothing
+        nonlocal recorded
+        # run.json with the first answer (a failed start locks nothing), and at a grown budget before
+        # the first answer that is longer than the old one.
+        if not recorded and (not (out_dir / "run.json").exists() or read_json(out_dir / "run.json") != settings):
             write_json_atomic(out_dir / "run.json", settings)
+        recorded = True
         with JsonlAppender(path) as appender:
             appender.write(records)
 
@@ -333,12 +380,14 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
         for name, items in problems.items():
             path = out_dir / f"{name}.jsonl"
             if todo[name] and config.workers > 1:
-                todo[name] = adopt_worker_answers(out_dir, path, todo[name], done[name], append)
+                todo[name] = adopt_worker_answers(out_dir, path, todo[name], done[name], append,
+                                                  config.max_new_tokens)
             if todo[name]:
                 backend = backend or open_backend(config, model=model, tokenizer=tokenizer)
-                for batch in _generate(config, backend, name, todo[name], template, progress):
+                for batch in _generate(config, backend, name, todo[name], template, progress, begun[name]):
                     append(path, batch)
                     done[name].update((record["id"], record) for record in batch)
+            _keep_last_answers(path)
             results[name] = summarize([done[name][p.id] for p in items])
             _write_summary(out_dir, config, results)
     finally:
@@ -348,32 +397,79 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
 
 
 def _generate(config: EvalConfig, backend: Backend, benchmark: str, todo: list[Problem],
-              template: prompts.PromptTemplate, progress: bool) -> Iterator[list[dict[str, Any]]]:
+              template: prompts.PromptTemplate, progress: bool,
+              begun: dict[str, dict[str, Any]] | None = None) -> Iterator[list[dict[str, Any]]]:
     """Records for ``todo``, chunk by chunk as the backend yields them; longest prompts first, so
-    the hf loop's batch narrows as it goes."""
+    the hf loop's batch narrows as it goes. A question with a record in ``begun`` (an answer cut off
+    at a smaller budget) is continued where that answer stopped: the request is the prompt's ids and
+    the answer's ids so far, with what is left of ``max_new_tokens``."""
     from tqdm.auto import tqdm
 
     from .models import encode_prompt
 
+    begun = begun or {}
     tokenizer = backend.tokenizer
     texts = [prompts.build_prompt(config.prompt, prompts.toolkit_question(p.question, p.gold), tokenizer)
              for p in todo]
-    encoded = [encode_prompt(tokenizer, text) for text in texts]
+    so_far = [answer_ids(tokenizer, begun[p.id]) if p.id in begun else [] for p in todo]
+    encoded = [encode_prompt(tokenizer, text) + answer for text, answer in zip(texts, so_far)]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    # An answer whose text, encoded again, already fills the budget has nothing left to generate.
+    full = [i for i in order if len(so_far[i]) >= config.max_new_tokens]
+    order = [i for i in order if len(so_far[i]) < config.max_new_tokens]
     sampling = Sampling(stop_strings=tuple(template.stop_strings))
-    requests = [Request(encoded[i], config.max_new_tokens) for i in order]
+    requests = [Request(encoded[i], config.max_new_tokens - len(so_far[i])) for i in order]
+
+    def record(index: int, output: Output) -> dict[str, Any]:
+        problem, new, finish = todo[index], output.token_ids, output.finish
+        cut = _stop_across(tokenizer, so_far[index], new, sampling.stop_strings)
+        if cut is not None:
+            new, finish = new[:cut], "stop"
+        whole = Output(index, so_far[index] + new, finish, output.seconds)
+        generation = completion_of(tokenizer, whole, sampling.stop_strings)
+        result = {"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
+                  "completion": generation.completion, "gold": problem.gold, "tokens": generation.tokens,
+                  "finish": generation.finish, "seconds": round(output.seconds, 4)}
+        if problem.id in begun:
+            old = begun[problem.id]
+            result["seconds"] = round(output.seconds + float(old.get("seconds", 0.0)), 4)
+            by_text = "completion_ids" not in old or old.get("continued_from") == "text"
+            result["continued_from"] = "text" if by_text else "ids"
+        result["completion_ids"] = whole.token_ids
+        return _graded(result, problem.gold, benchmark, config.grading_timeout)
+
     with tqdm(total=len(todo), desc=benchmark, unit="q", disable=not progress) as bar:
-        for chunk in backend.generate(requests, sampling):
-            records = []
-            for output in chunk:
-                index = order[output.index]
-                problem, generation = todo[index], completion_of(tokenizer, output, sampling.stop_strings)
-                record = {"id": problem.id, "benchmark": benchmark, "prompt": texts[index],
-                          "completion": generation.completion, "gold": problem.gold, "tokens": generation.tokens,
-                          "finish": generation.finish, "seconds": round(output.seconds, 4)}
-                records.append(_graded(record, problem.gold, benchmark, config.grading_timeout))
-            yield records
+        if full:
+            yield [record(i, Output(i, [], "length", 0.0)) for i in full]
+            bar.update(len(full))
+        for chunk in backend.generate(requests, sampling) if requests else ():
+            yield [record(order[output.index], output) for output in chunk]
             bar.update(len(chunk))
+
+
+def answer_ids(tokenizer: Any, record: dict[str, Any]) -> list[int]:
+    """The token ids of a record's answer: as generated (``completion_ids``), or, for a record written
+    before they were kept, its completion text encoded again; that can split the text differently
+    than the model did (rare for byte-level BPE), and a continuation then starts from other ids."""
+    if "completion_ids" in record:
+        return [int(token) for token in record["completion_ids"]]
+    return tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+
+
+def _stop_across(tokenizer: Any, so_far: list[int], new: list[int], stop_strings: Sequence[str]) -> int | None:
+    """How many of a continuation's ``new`` tokens an answer generated in one go would have kept, when
+    it would have stopped on a stop string that begins in the answer ``so_far`` (else None). The
+    backends look for a stop string in the text of a sequence's newest ``STOP_STRING_TOKENS``
+    generated tokens, and a continuation's first windows lack the tokens before it."""
+    if not so_far or not stop_strings:
+        return None
+    whole = so_far + new
+    for kept in range(1, min(len(new), STOP_STRING_TOKENS - 1) + 1):
+        end = len(so_far) + kept
+        tail = tokenizer.decode(whole[max(0, end - STOP_STRING_TOKENS):end], skip_special_tokens=True)
+        if any(stop in tail for stop in stop_strings):
+            return kept
+    return None
 
 
 # --------------------------------------------------------------------------- one process per GPU
@@ -429,12 +525,14 @@ def run_workers(config: EvalConfig, out_dir: Path) -> None:
 
 
 def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]],
-                         append: Callable[[Path, list[dict[str, Any]]], None]) -> list[Problem]:
-    """Append the workers' answers to ``todo`` to ``path`` (and ``done``); returns the questions left."""
+                         append: Callable[[Path, list[dict[str, Any]]], None], max_new_tokens: int) -> list[Problem]:
+    """Append the workers' answers to ``todo`` to ``path`` (and ``done``); returns the questions left.
+    A worker grows the cut-off answers of its own folder, so an answer to grow is taken once it has."""
     answers: dict[str, dict[str, Any]] = {}
     for folder in sorted((out_dir / WORKERS_DIR).iterdir()):
         if (folder / path.name).exists():
-            answers.update(_done_records(folder / path.name))
+            answers.update((key, record) for key, record in _done_records(folder / path.name).items()
+                           if not needs_growth(record, max_new_tokens))
     adopted = [answers[p.id] for p in todo if p.id in answers]
     if adopted:
         append(path, adopted)
@@ -516,7 +614,8 @@ def regrade(eval_dir: str | Path, *, data_dir: str | Path | None = None,
     results = {}
     for name in summary["benchmarks"]:
         path = eval_dir / f"{name}.jsonl"
-        lines = list(iter_jsonl(path))
+        # A growth stopped before its file was rewritten holds a question twice: the last line counts.
+        lines = list({str(record["id"]): (number, record) for number, record in iter_jsonl(path)}.values())
         golds = _golds(path, lines, name, settings, data_dir)
         graded = [_graded(record, golds[str(record["id"])], name, timeout)
                   for _, record in tqdm(lines, desc=f"regrade {name}", unit="answer", disable=not progress)]

@@ -1,4 +1,4 @@
-"""Write our sample files in other tools' formats."""
+"""Write our sample files in other tools' formats: the authors' per-step JSONL, and Parquet."""
 
 from __future__ import annotations
 
@@ -49,3 +49,19 @@ def export_reference(samples: str | Path, out: str | Path, tokenizer: PreTrained
             writer.write(lines)
             count += len(lines)
     return count
+
+
+def export_parquet(samples: str | Path, out: str | Path, *, with_text: bool = False) -> int:
+    """Write ``samples`` as a Parquet dataset (see :mod:`lightreasoner.parquet`); returns the row count.
+    An existing ``out`` is replaced only if it is such an export too."""
+    from .parquet import is_export, write_parquet
+
+    out = Path(out)
+    refuse_own_input(out, {"--samples file": samples})
+    if out.is_file() and out.stat().st_size and not is_export(out):
+        raise LightReasonerError(f"{out}: exists and is not a Parquet export of a sample file (no lightreasoner "
+                                 "header in its schema metadata); it was left as it is: choose another --out")
+    check_writable(out)
+    header, records = read_samples(samples)
+    write_parquet(header, records, out, with_text=with_text)
+    return len(records)

@@ -2,17 +2,19 @@
 
 Layout of the run folder::
 
-    run.json                 the settings (a rerun that changes a setting of a started stage is refused),
-                             and with a time budget the plan and the speeds it was made from
+    run.json                 the settings (a rerun that changes a setting of a started stage is refused,
+                             except a larger eval budget: it grows every evaluation), and with a time
+                             budget the plan and the speeds it was made from
     stages.json              per stage: done, seconds
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
     adapter_fit.json         the adapter's fit to kept steps trained on and never reached (adapter_fit.py)
     eval_before/ eval_after/ evaluation of the expert without and with the adapter (one backend for all)
     efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
-    sft/ format-only/ random-positions/
+    sft/ format-only/ random-positions/ entropy-one-hot/ ...
                              the other arms when asked for (``--arms``): each an arm folder of
-                             :mod:`lightreasoner.sft` (adapter/, efficiency.json, ...) plus eval_after/
+                             :mod:`lightreasoner.sft` or :mod:`lightreasoner.controls` (adapter/,
+                             efficiency.json, ...) plus eval_after/
     report.md report.html kl.png loss.png (arms.png gains.png)
 
 Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
@@ -37,12 +39,13 @@ from typing import Any, Callable
 from .adapter_fit import adapter_fit
 from .backends import is_gguf_model, release_memory, resolve_backend
 from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
+from .errors import LightReasonerError
 from .evaluation import EvalConfig, evaluate
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .sft import (CONTROL_ARMS, FREE_SETTINGS, SFTConfig, arm_started, control, efficiency_record, sft, sft_config_dict,
-                  sft_train_config)
+from .controls import CONTROL_ARMS, control, control_started
+from .sft import FREE_SETTINGS, SFTConfig, arm_started, efficiency_record, sft, sft_config_dict, sft_train_config
 from .tables import ARM_EVAL_DIRS
 from .models import model_location, resolve_device
 from .training import TrainConfig, run_started, train_from_file
@@ -91,8 +94,10 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
     arms: list[str] = field(default_factory=lambda: ["baseline", "lightreasoner"], metadata={
         "help": "what to train and evaluate on the same questions: baseline (the expert as is), lightreasoner, "
-                "sft (rejection-sampled SFT), format-only (one-hot control at the kept steps), random-positions "
-                "(one-hot control at as many random positions)"})
+                "sft (rejection-sampled SFT), and the controls (docs/SFT.md): format-only (one-hot labels at the "
+                "kept steps), random-positions (one-hot at as many random positions), entropy-one-hot (one-hot at "
+                "the expert's highest-entropy positions: no amateur), kept-expert (the expert's own plausible "
+                "distribution at the kept steps) and the other <positions>-<labels> cells"})
     sft_samples_per_question: int = field(default=4, metadata={
         "help": "sft arm: solutions sampled per training question (YAML section sft: sets its other options)",
         "min": 1})
@@ -287,10 +292,12 @@ def stage_started(run_dir: Path, stage: str) -> bool:
         return (run_dir / "samples.jsonl").exists()  # it is written with the first trajectories
     if stage == "train":
         return run_started(run_dir / "adapter")
-    if stage in ("sft", *CONTROL_ARMS.values()):
+    if stage == "sft":
         return arm_started(run_dir / stage)
     if stage == "adapter_fit":
         return (run_dir / "adapter_fit.json").exists()
+    if stage in CONTROL_ARMS.values():
+        return control_started(run_dir / stage)
     return (run_dir / stage / "run.json").exists()  # an evaluation writes it with its first answer
 
 
@@ -320,25 +327,35 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
               "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
     if plan is not None:
         record["plan"] = plan
-    sft_config = sft_stage_config(config, train_config, (overrides or {}).get("sft"), source=source) \
+    previous = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
+    started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+    sft_config = sft_stage_config(config, train_config, _sft_overrides(overrides, previous, started), source=source) \
         if "sft" in arms else None
     if sft_config is not None:
         record["sft"] = sft_config_dict(sft_config)
-    if (run_dir / "run.json").exists():
-        previous = read_json(run_dir / "run.json")
-        started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+    if previous is not None:
         # An arm added to an existing run folder brings its own section; a section whose stages have
-        # not started yet may still change; the others must match, or results would be mixed.
+        # not started yet may still change; the others must match, or results would be mixed, except
+        # a larger evaluation budget, which grows the evaluations.
         for section in ("sample", "train", "eval", *(["sft"] if "sft" in previous and "sft" in record else [])):
             if not any(stage in started for stage in SECTION_STAGES[section]):
                 continue
-            check_same_settings(run_dir / "run.json", {section: previous.get(section, {})},
-                                {section: record[section]}, FREE_SETTINGS)
+            before = previous.get(section, {})
+            if section == "eval":
+                before = grown_eval_budget(run_dir / "run.json", before, record["eval"])
+            check_same_settings(run_dir / "run.json", {section: before}, {section: record[section]}, FREE_SETTINGS)
         # One command per arm is the usual way to fill a folder: it records the arms of them all.
         settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}
     write_json_atomic(run_dir / "run.json", record)
     stages = Stages(run_dir, started=lambda name: stage_started(run_dir, name))
+    # An evaluation done at a smaller budget runs again, to grow; saved before it starts, so that a kill
+    # once its folder records the larger budget leaves it marked to finish.
+    for stage in SECTION_STAGES["eval"]:
+        folder = run_dir / stage / "run.json"
+        if stages.done(stage) and folder.is_file() and read_json(folder)["max_new_tokens"] < eval_config.max_new_tokens:
+            stages.state[stage]["done"] = False
+            stages.save()
 
     def get_pair():
         nonlocal pair
@@ -391,13 +408,14 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                                       say=lambda text: say(f"[sft] {text}")), say)
         stages.finish("sft")
         eval_arm(run_dir / "sft", "sft/eval_after")
-    for positions, arm in CONTROL_ARMS.items():
+    for (positions, labels), arm in CONTROL_ARMS.items():
         if arm not in arms:
             continue
         # Same samples, same training settings, same optimizer steps as the lightreasoner arm; its
         # cost includes that arm's sampling, which made the trajectories.
         stages.run(arm, lambda: control(sample_config.expert, run_dir / "samples.jsonl", train_config, run_dir / arm,
-                                        positions=positions, sample_seconds=stages.state["sample"]["seconds"],
+                                        positions=positions, labels=labels, progress=progress,
+                                        sample_seconds=stages.state["sample"]["seconds"],
                                         say=lambda text: say(f"[{arm}] {text}")), say)
         stages.finish(arm)
         eval_arm(run_dir / arm, f"{arm}/eval_after")
@@ -411,6 +429,31 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     stages.state.pop("report", None)  # the report is redrawn on every run; it is not a stage to skip
     stages.save()
     return html_path
+
+
+def grown_eval_budget(path: Path, before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The eval section ``before`` (of ``path``) with the budget of ``now`` when that is larger: a rerun
+    with a larger ``max_new_tokens`` grows every evaluation (their cut-off answers are continued,
+    docs/EVALUATION.md). A smaller one is refused."""
+    budget = before.get("max_new_tokens")
+    if not isinstance(budget, int):
+        return before
+    if now["max_new_tokens"] < budget:
+        raise LightReasonerError(f"{path}: its evaluations were made with eval.max_new_tokens={budget}; a budget can "
+                                 f"grow, not shrink: use --eval-max-new-tokens {budget} or more, or another --out")
+    return {**before, "max_new_tokens": now["max_new_tokens"]}
+
+
+def _sft_overrides(overrides: dict[str, dict[str, Any]] | None, previous: dict[str, Any] | None,
+                   started: dict[str, Any]) -> dict[str, Any] | None:
+    """The YAML section ``sft:``, plus, once the sft arm has started, the length its solutions were
+    sampled at: it follows the evaluation budget by default, and a grown budget must not change them."""
+    section = (overrides or {}).get("sft")
+    if previous is None or "sft" not in started or "sft" not in previous:
+        return section
+    if any(key.replace("-", "_") == "max_new_tokens" for key in section or {}):
+        return section
+    return {"max_new_tokens": previous["sft"]["max_new_tokens"], **(section or {})}
 
 
 def efficiency(run_dir: Path) -> dict[str, Any]:

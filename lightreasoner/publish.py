@@ -3,9 +3,10 @@ and rebuild a run folder from such a copy plus the benchmark data.
 
 Kept: settings, stage times, summaries, training logs, report pages and figures, every evaluation
 answer reduced to the model's side and its grade (id, completion, pred, source, correct,
-correct_strict, tokens, finish, seconds), and
+correct_strict, tokens, finish, seconds, continued_from, completion_ids), and
 the sample files reduced to the models' outputs (``samples.outputs.jsonl``: the trajectories, KL
-values and soft labels, or the SFT solutions and their grades, keyed by question id). Left behind:
+values and soft labels, or the SFT solutions and their grades, keyed by question id; likewise a
+control's ``examples.jsonl``). Left behind:
 model weights and checkpoints, tokenizers, and everything of the benchmark's own: questions,
 prompts and gold answers.
 
@@ -29,9 +30,15 @@ from .tables import ARM_EVAL_DIRS
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
                "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md",
                "report.html"}
+# The answer's token ids are the model's output too, and what a restored folder continues exactly when
+# its evaluation budget grows (evaluation.answer_ids).
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "correct_strict", "tokens", "finish",
-                 "seconds")
+                 "seconds", "continued_from", "completion_ids")
 SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
+# Files in the sample format (LightReasoner's and SFT's samples, a control's examples) and the names
+# of their published copies.
+PUBLISHED_NAMES = {SAMPLES_FILE: OUTPUTS_FILE, "examples.jsonl": "examples.outputs.jsonl"}
+RESTORED_NAMES = {published: name for name, published in PUBLISHED_NAMES.items()}
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.
 BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
 # Stages whose product (an adapter) is never published: a restored run does them again. The
@@ -62,8 +69,8 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if not path.is_file() or any(part.startswith("checkpoint-") for part in relative.parts):
             continue
         target = out_dir / relative
-        if path.name == SAMPLES_FILE:
-            target = target.with_name(OUTPUTS_FILE)
+        if path.name in PUBLISHED_NAMES:
+            target = target.with_name(PUBLISHED_NAMES[path.name])
             records: Any = (_without_benchmark(record) for _, record in iter_jsonl(path))
         elif path.suffix == ".jsonl" and is_eval_folder(path.parent):
             records = (published_record(record) for _, record in iter_jsonl(path))
@@ -123,18 +130,19 @@ def _restore_files(published_dir: Path, run_dir: Path, data_dir: str | Path | No
             continue
         target = run_dir / path.relative_to(published_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if path.name == OUTPUTS_FILE:
-            target = target.with_name(SAMPLES_FILE)
+        if path.name in RESTORED_NAMES:
+            target = target.with_name(RESTORED_NAMES[path.name])
             _restore_samples(path, target, data_dir, trust_remote_code)
         elif path.name == "stages.json":
             stages = read_json(path)
             for name in WEIGHT_STAGES:
                 if name in stages:
-                    # Only the training is redone: a stage that sampled first (sft, whose arm folder
-                    # bears its name) keeps its sampling's seconds, as its samples are restored.
+                    # Only the training is redone: an arm that sampled first (sft) or wrote its examples
+                    # (a control; its folder bears its name) keeps those seconds, as that file is restored.
                     arm_stages = path.parent / name / "stages.json"
                     arm = read_json(arm_stages) if arm_stages.is_file() else {}
-                    stages[name] = {"done": False, "seconds": arm.get("sample", {}).get("seconds", 0.0)}
+                    kept = sum(stage.get("seconds", 0.0) for stage_name, stage in arm.items() if stage_name != "train")
+                    stages[name] = {"done": False, "seconds": round(kept, 2)}
             for name in ADAPTER_EVAL_STAGES:
                 if name in stages:
                     stages[name]["done"] = False

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .adapter_fit import fit_rows, fit_verdict
+from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
+from .inspection import findings_tables, inspect_samples
 from .publish import OUTPUTS_FILE, SAMPLES_FILE
 from .records import iter_jsonl, read_json
 from .stats import mcnemar_p, paired_difference, wilson_interval
@@ -24,49 +26,6 @@ from .tables import (ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, _read_effi
                      savings_line)
 
 TOKEN_VIEW_TRAJECTORIES = 3
-
-
-# ----------------------------------------------------------------------------------- kept steps
-
-
-def kept_step_statistics(records: Sequence[dict[str, Any]], beta: float) -> dict[str, float]:
-    """What the contrast found in a sample file: how the KL of every step is spread, how many steps
-    pass ``beta``, and what the soft labels of the kept steps ask of the expert.
-
-    ``label_disagrees`` is the share of kept steps whose soft label puts most weight on a token
-    other than the expert's own greedy token (``completion_ids[step]``): there the training moves
-    the expert's choice, elsewhere it only reshapes the distribution around the same choice.
-    """
-    import numpy as np
-
-    kl = np.asarray([v for r in records for v in r.get("kl", [])], dtype=float)
-    kept = [(r, s) for r in records for s in r["steps"]]
-    own_weight = [s["weights"][s["ids"].index(r["completion_ids"][s["step"]])] for r, s in kept]
-    disagrees = [s["ids"][int(np.argmax(s["weights"]))] != r["completion_ids"][s["step"]] for r, s in kept]
-    quantile = (lambda q: float(np.quantile(kl, q))) if kl.size else (lambda q: 0.0)
-    return {"questions": len(records), "steps": int(kl.size), "kept_steps": len(kept),
-            "kept_share": float((kl >= beta).mean()) if kl.size else 0.0,
-            "kl_mean": float(kl.mean()) if kl.size else 0.0,
-            "kl_median": quantile(0.5), "kl_p90": quantile(0.9), "kl_p99": quantile(0.99),
-            "kept_per_question": len(kept) / max(len(records), 1),
-            "questions_without_kept_step": sum(not r["steps"] for r in records),
-            "plausible_set_size": float(np.mean([len(s["ids"]) for _, s in kept])) if kept else 0.0,
-            "own_token_weight": float(np.mean(own_weight)) if kept else 0.0,
-            "label_disagrees": float(np.mean(disagrees)) if kept else 0.0}
-
-
-def kept_step_rows(stats: dict[str, float], beta: float) -> list[list[str]]:
-    return [
-        ["steps (all trajectories)", f"{stats['steps']:,}"],
-        ["KL(expert || amateur): mean / median / p90 / p99",
-         f"{stats['kl_mean']:.3f} / {stats['kl_median']:.3f} / {stats['kl_p90']:.3f} / {stats['kl_p99']:.3f}"],
-        [f"steps with KL >= {beta} (kept)", f"{stats['kept_steps']:,} ({stats['kept_share']:.1%})"],
-        ["kept steps per question", f"{stats['kept_per_question']:.1f}"],
-        ["questions without a kept step", f"{stats['questions_without_kept_step']:,}"],
-        ["plausible tokens per kept step (mean)", f"{stats['plausible_set_size']:.2f}"],
-        ["soft-label weight on the expert's own token (mean)", f"{stats['own_token_weight']:.3f}"],
-        ["kept steps whose soft label prefers another token", f"{stats['label_disagrees']:.1%}"],
-    ]
 
 
 # ------------------------------------------------------------------------------- accuracy tables
@@ -155,10 +114,14 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], b
 
 # The pairs of the paired tables: each trained arm against the baseline, then lightreasoner against
 # sft (the paper's comparison), the format-only control against lightreasoner (what the contrast's
-# labels add over training the same positions on the expert's own tokens) and the random-positions
-# control against format-only (what the contrast's positions add).
+# labels add over training the same positions on the expert's own tokens), the random-positions
+# control against format-only (what the contrast's positions add), every other control against
+# lightreasoner, and entropy-one-hot against format-only (the expert's own uncertainty against the
+# amateur for finding the positions).
 PAIRS = [*(("baseline", arm) for arm in ARM_EVAL_DIRS if arm != "baseline"),
-         ("sft", "lightreasoner"), ("lightreasoner", "format-only"), ("format-only", "random-positions")]
+         ("sft", "lightreasoner"), ("lightreasoner", "format-only"), ("format-only", "random-positions"),
+         *(("lightreasoner", arm) for arm in CONTROL_ARMS.values() if arm not in ("format-only", "random-positions")),
+         ("format-only", "entropy-one-hot")]
 
 
 def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -391,14 +354,24 @@ def settings_rows(run: dict[str, Any]) -> list[list[str]]:
 
 
 def report_tokenizer(run_dir: str | Path) -> Any:
-    """The expert's tokenizer for the report's token view, when the run folder holds its samples with
-    their questions; None for a published folder, which has no question text to show."""
-    run_dir = Path(run_dir)
-    if not (run_dir / SAMPLES_FILE).exists():
-        return None
-    from .models import load_tokenizer
+    """The expert's tokenizer, for the report's token view (a run folder holding its samples with their
+    questions) and its tables of kept tokens (also a published folder, from samples.outputs.jsonl).
+    None without samples, and for a published folder whose expert's tokenizer is not at hand here or
+    is not the one the samples were made with: those tables are then left out."""
+    from .models import load_tokenizer, tokenizer_fingerprint
 
-    return load_tokenizer(read_json(run_dir / "run.json")["settings"]["expert"])
+    run_dir = Path(run_dir)
+    expert = read_json(run_dir / "run.json")["settings"]["expert"]
+    if (run_dir / SAMPLES_FILE).exists():
+        return load_tokenizer(expert)
+    if not (run_dir / OUTPUTS_FILE).exists():
+        return None
+    try:
+        tokenizer = load_tokenizer(expert)
+    except LightReasonerError:
+        return None
+    header = next(iter_jsonl(run_dir / OUTPUTS_FILE), (0, {}))[1]
+    return tokenizer if tokenizer_fingerprint(tokenizer) == header.get("tokenizer", {}).get("fingerprint") else None
 
 
 def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, Path]:
@@ -485,9 +458,14 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
             ["tokens tuned (positions carrying loss)", f"{tokens_tuned:,}" if tokens_tuned is not None else "-"],
             ["forward tokens (training)", f"{train_summary.get('forward_tokens', 0):,}"],
         ])
-    if records:
-        section("Kept steps: what the contrast teaches", ["quantity", "value"],
-                kept_step_rows(kept_step_statistics(records, settings["beta"]), settings["beta"]))
+    if records:  # lightreasoner inspect: the numbers and their reading
+        findings = inspect_samples(samples, tokenizer=tokenizer)
+        for table in findings_tables(findings):
+            section(*table)
+        md.extend(["Reading (generated from the numbers above; thresholds in lightreasoner/inspection.py):", ""]
+                  + [f"- {sentence}" for sentence in findings["reading"]] + [""])
+        html_parts.append("<p>Reading (generated from the numbers above):</p><ul>"
+                          + "".join(f"<li>{html.escape(s)}</li>" for s in findings["reading"]) + "</ul>")
     section("Settings", ["setting", "value"], settings_rows(run))
 
     kl_values = [v for r in records for v in r.get("kl", [])]

@@ -235,13 +235,20 @@ def _header(config: SampleConfig, pair: ModelPair) -> dict[str, Any]:
 
 
 def read_samples(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The header and the sample records of a sample file (a torn last line is an error here)."""
+    """The header and the sample records of a sample file, JSONL or Parquet (``export --format
+    parquet``); a torn last line is an error here."""
     path = Path(path)
-    lines = iter_jsonl(path)
-    try:
-        _, header = next(lines)
-    except StopIteration:
-        raise LightReasonerError(f"{path}: empty sample file") from None
+    if path.suffix == ".parquet":
+        from .parquet import read_parquet
+
+        header, records = read_parquet(path)
+        lines = iter(enumerate(records, start=1))
+    else:
+        lines = iter_jsonl(path)
+        try:
+            _, header = next(lines)
+        except StopIteration:
+            raise LightReasonerError(f"{path}: empty sample file") from None
     if header.get("format") != FORMAT:
         raise LightReasonerError(f"{path}:1: not a lightreasoner sample file (no '{FORMAT}' header)")
     if header.get("version") != FORMAT_VERSION:
@@ -329,10 +336,19 @@ def _check_prompts_fit(pair: ModelPair, todo: list[Problem], config: SampleConfi
 
 def check_complete(path: str | Path) -> None:
     """Refuse a sample file whose sampling run did not finish (its ``.meta.json`` says ``complete: false``,
-    or is missing), saying how many questions it holds; files of the authors' format are not checked."""
+    or is missing), saying how many questions it holds; files of the authors' format are not checked.
+    A control's ``examples.jsonl`` is complete once its folder's ``stages.json`` says it was written whole."""
     path = Path(path)
-    if (first_record(path) or {}).get("format") != FORMAT:
+    header = first_record(path) or {}
+    if header.get("format") != FORMAT:
         return
+    if "control" in header:
+        stages = path.parent / "stages.json"
+        if stages.is_file() and read_json(stages).get("examples", {}).get("done"):
+            return
+        raise LightReasonerError(f"{path}: a control's examples, and no stages.json beside it says the control "
+                                 "finished writing them; rerun the same `lightreasoner control` to complete them, "
+                                 "or pass --allow-incomplete to train on what it holds")
     meta = read_json(meta_path(path)) if meta_path(path).is_file() else None
     if meta is not None and meta.get("complete"):
         return

@@ -1,29 +1,21 @@
-"""The paper's baseline and two control arms, all trained by :func:`lightreasoner.training.train`.
+"""The paper's baseline, rejection-sampled SFT, trained by :func:`lightreasoner.training.train`.
 
-* **Rejection-sampled SFT** (:func:`sft`): the expert samples K solutions per training question
-  (seeded temperature sampling through a backend of :mod:`lightreasoner.backends`: the cached
-  decoding loop with continuous batching, llama.cpp on the model's GGUF, or vLLM); each is graded against the
-  gold answer by the evaluation harness's grader; the finished, correct, distinct ones are kept;
-  the expert is fine-tuned with cross-entropy on their completion tokens (prompt masked):
-  :func:`training.one_hot_example` with every completion step, since KL to a one-hot label is
-  cross-entropy.
-* **Format-only control** (:func:`control`): the positions LightReasoner keeps, labelled one-hot
-  with the expert's own greedy token instead of the contrastive soft label. Same sequences, same
-  positions, same optimizer steps; only the contrast is missing. It separates the gain of the
-  contrast from the gain of merely adapting to the prompt format.
-* **Random-positions control** (:func:`control` with ``positions="random"``): the same one-hot
-  labels at as many positions of each trajectory as it has kept steps, drawn uniformly at random.
-  Against the format-only control it tells whether the contrast's choice of positions matters.
+The expert samples K solutions per training question (seeded temperature sampling through a backend
+of :mod:`lightreasoner.backends`: the cached decoding loop with continuous batching, llama.cpp on the
+model's GGUF, or vLLM); each is graded against the gold answer by the evaluation harness's grader;
+the finished, correct, distinct ones are kept; the expert is fine-tuned with cross-entropy on their
+completion tokens (prompt masked): :func:`training.one_hot_example` with every completion step,
+since KL to a one-hot label is cross-entropy. The control arms (:mod:`lightreasoner.controls`) share this module's
+arm-folder bookkeeping.
 
-All write an arm folder like ``lightreasoner run`` does for its own arm: ``adapter/`` (LoRA
-adapter, tokenizer, train log and summary), ``stages.json`` (wall seconds per stage, summed over
-resumed attempts) and ``efficiency.json`` (the paper's cost accounting, see
+An arm folder is laid out like ``lightreasoner run``'s own arm: ``adapter/`` (LoRA adapter,
+tokenizer, train log and summary), ``stages.json`` (wall seconds per stage, summed over resumed
+attempts) and ``efficiency.json`` (the paper's cost accounting, see
 :func:`lightreasoner.pipeline.efficiency`). Rerunning the same call resumes. See docs/SFT.md.
 """
 
 from __future__ import annotations
 
-import random
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +32,7 @@ from .errors import LightReasonerError
 from .models import (chat_prompt, check_prompts_fit, context_length, encode_prompt, load_model, load_tokenizer,
                      model_location, real_vocab_size, resolve_device, resolve_dtype, resolve_model_path, same_model,
                      tokenizer_fingerprint)
-from .records import (JsonlAppender, check_writable, file_sha256, first_record, iter_jsonl, read_json, refuse_own_input,
+from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
 from .training import SampleSet, TrainConfig, one_hot_example
 
@@ -68,8 +60,6 @@ RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
 # So may the backend (a sample file and an evaluation folder refuse another backend's answers on their
 # own) and the number of evaluation workers.
 FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir", "backend", "workers"}
-# A control's samples are checked by content (samples_sha256), so the file may be named by another path.
-CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
 
 
 def sft_train_config(values: dict[str, Any] | None = None, origins: dict[str, str] | None = None) -> TrainConfig:
@@ -337,45 +327,6 @@ def sft_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# The controls: one-hot labels on the expert's own greedy tokens, at the kept steps or at random
-
-# Each control's arm name, by where its labels go.
-CONTROL_ARMS = {"kept": "format-only", "random": "random-positions"}
-
-
-def control_arm(positions: str) -> str:
-    if positions not in CONTROL_ARMS:
-        raise LightReasonerError(f"positions: {positions!r} is not one of {', '.join(CONTROL_ARMS)}")
-    return CONTROL_ARMS[positions]
-
-
-def control_examples(path: str | Path, tokenizer: Any, *, positions: str = "kept", seed: int = 0,
-                     max_length: int = 2048) -> SampleSet:
-    """A LightReasoner sample file's trajectories labelled one-hot with the expert's own greedy token,
-    at the kept steps (``positions="kept"``) or at as many distinct positions of the same trajectory
-    drawn uniformly at random (``"random"``, seeded; trajectories without a kept step get none).
-
-    The file is first read by :func:`training.read_samples` (header, tokenizer, step checks), so the
-    kept-steps control trains exactly the positions the soft-label run trains.
-    """
-    arm = control_arm(positions)
-    path = Path(path)
-    soft = training.read_samples(path, tokenizer, max_length=max_length)
-    rng = random.Random(seed)
-    lines = iter_jsonl(path)
-    next(lines)  # header, checked above
-    examples = []
-    for number, record in lines:
-        steps = [s["step"] for s in record["steps"]]
-        if positions == "random":
-            steps = rng.sample(range(len(record["completion_ids"])), len(steps))
-        if steps:
-            examples.append(one_hot_example(record["prompt_ids"], record["completion_ids"], steps,
-                                            source=f"{path}:{number}"))
-    return training.make_sample_set(examples, soft.vocab_size, arm, path, max_length)
-
-
-# ----------------------------------------------------------------------------------------------
 # Arm folders
 
 
@@ -384,11 +335,12 @@ def arm_started(out_dir: Path) -> bool:
     return (out_dir / SAMPLES_FILE).exists() or training.run_started(out_dir / ADAPTER_DIR)
 
 
-def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] = FREE_SETTINGS) -> None:
-    """``arm.json`` records what the folder was made with; once it holds work, a rerun with other settings
-    is refused (before that, as after a start that failed, the new settings replace the old)."""
+def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] = FREE_SETTINGS,
+                        started: Callable[[Path], bool] = arm_started) -> None:
+    """``arm.json`` records what the folder was made with; once it holds work (``started``), a rerun with
+    other settings is refused (before that, as after a start that failed, the new settings replace the old)."""
     path = out_dir / SETTINGS_FILE
-    if path.exists() and arm_started(out_dir):
+    if path.exists() and started(out_dir):
         check_same_settings(path, read_json(path), settings, free)
     write_json_atomic(path, settings)
 
@@ -432,46 +384,5 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
     seconds = {name: stages.state[name]["seconds"] for name in ("sample", "train")}
     record = efficiency_record("sft", seconds, sample_counts(samples),
                          read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
-    write_json_atomic(out_dir / EFFICIENCY_FILE, record)
-    return record
-
-
-def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str | Path, *, positions: str = "kept",
-            sample_seconds: float | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """A control into ``out_dir`` (adapter/, efficiency.json), its labels at ``positions`` (see
-    :func:`control_examples`; random positions are drawn with the training seed); resumes.
-
-    Its cost includes the LightReasoner sampling that made the trajectories: ``sample_seconds``, or
-    the seconds in the sample file's ``.meta.json`` sidecar. Returns the efficiency record.
-    """
-    from .pipeline import Stages
-    from .sampling import meta_path, read_samples
-
-    out_dir, samples = Path(out_dir), Path(samples)
-    refuse_own_input(out_dir, {"model folder": model})
-    check_writable(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = replace(config, resume=True)
-    arm = control_arm(positions)
-    _check_arm_settings(out_dir, {"arm": arm, "model": model_location(model), "samples": str(samples),
-                                  "samples_sha256": file_sha256(samples), "train": config_to_dict(config)},
-                        CONTROL_FREE_SETTINGS)
-    stages = Stages(out_dir)
-
-    def fine_tune() -> None:
-        tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
-        data = control_examples(samples, tokenizer, positions=positions, seed=config.seed, max_length=config.max_length)
-        training.train(model, data, config, out_dir / ADAPTER_DIR, samples=str(samples))
-
-    stages.run("train", fine_tune, say)
-    stages.finish("train")
-    _, records = read_samples(samples)
-    if sample_seconds is None:
-        meta = meta_path(samples)
-        sample_seconds = float(read_json(meta).get("seconds", 0.0)) if meta.exists() else 0.0
-    counts = {"problems_sampled": len(records), "tokens_generated": sum(len(r["completion_ids"]) for r in records),
-              "examples_kept": sum(len(r["steps"]) for r in records)}
-    seconds = {"sample": round(sample_seconds, 2), "train": stages.state["train"]["seconds"]}
-    record = efficiency_record(arm, seconds, counts, read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
     write_json_atomic(out_dir / EFFICIENCY_FILE, record)
     return record

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
 from .records import read_json
 
@@ -148,7 +149,7 @@ def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str], l
 # Where each arm of a `lightreasoner run` folder keeps its evaluation, in the paper's table order;
 # a trained arm's costs (efficiency.json) sit in the folder above its evaluation.
 ARM_EVAL_DIRS = {"baseline": "eval_before", "sft": "sft/eval_after", "lightreasoner": "eval_after",
-                 "format-only": "format-only/eval_after", "random-positions": "random-positions/eval_after"}
+                 **{arm: f"{arm}/eval_after" for arm in CONTROL_ARMS.values()}}
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,8 @@ def _is_run_folder(folder: Path) -> bool:
 
 
 def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
-    """The arms in run folders (baseline = eval_before, lightreasoner, and sft/, format-only/ and
-    random-positions/ when present), arm folders (``lightreasoner sft``/``control`` output, with
+    """The arms in run folders (baseline = eval_before, lightreasoner, and sft/ and the controls'
+    folders when present), arm folders (``lightreasoner sft``/``control`` output, with
     eval_after/ once evaluated) and plain evaluation folders; labels get the folder name in front
     where two would be equal."""
     found: list[tuple[Path, Arm]] = []

@@ -221,29 +221,40 @@ def make_sample_set(examples: list[PackedExample], vocab_size: int, fmt: str, pa
     return SampleSet(trimmed, vocab_size, fmt, dropped)
 
 
-def read_samples(path: str | Path, tokenizer, *, max_length: int = 2048) -> SampleSet:
-    """Read our sample file; refuse it if it was made with a different tokenizer."""
-    path = Path(path)
+def _sample_lines(path: Path) -> tuple[str, dict[str, Any], Iterator[tuple[str, dict[str, Any]]]]:
+    """Where the header is, the header, and ``(where, record)`` of each trajectory: JSONL lines, or
+    the rows of a Parquet export (header in its schema metadata)."""
+    if path.suffix == ".parquet":
+        from .parquet import read_parquet
+
+        header, records = read_parquet(path)
+        return f"{path} (schema metadata)", header, ((f"{path} row {i}", r) for i, r in enumerate(records, start=1))
     lines = iter_jsonl(path)
     first = next(lines, None)
     if first is None:
         raise LightReasonerError(f"{path}: empty sample file")
     number, header = first
+    return f"{path}:{number}", header, ((f"{path}:{n}", record) for n, record in lines)
+
+
+def read_samples(path: str | Path, tokenizer, *, max_length: int = 2048) -> SampleSet:
+    """Read our sample file (JSONL, or its Parquet export); refuse it if it was made with a different tokenizer."""
+    path = Path(path)
+    origin, header, lines = _sample_lines(path)
     if header.get("type") != "header" or header.get("format") != SAMPLE_FORMAT:
-        raise LightReasonerError(f"{path}:{number}: expected a '{SAMPLE_FORMAT}' header line")
+        raise LightReasonerError(f"{origin}: expected a '{SAMPLE_FORMAT}' header line")
     if header.get("version") != 1:
-        raise LightReasonerError(f"{path}:{number}: unsupported sample format version {header.get('version')!r}")
+        raise LightReasonerError(f"{origin}: unsupported sample format version {header.get('version')!r}")
     info = header.get("tokenizer") or {}
     fingerprint, vocab_size = info.get("fingerprint"), info.get("vocab_size")
     if fingerprint != models.tokenizer_fingerprint(tokenizer):
-        raise LightReasonerError(f"{path}:{number}: samples were made with a different tokenizer than the model "
+        raise LightReasonerError(f"{origin}: samples were made with a different tokenizer than the model "
                                  "being trained (tokenizer fingerprints differ)")
     limit = len(tokenizer)  # any token id the tokenizer knows may appear in a sequence
     if not isinstance(vocab_size, int) or not 0 < vocab_size <= limit:
-        raise LightReasonerError(f"{path}:{number}: header tokenizer.vocab_size {vocab_size!r} is not in [1, {limit}]")
+        raise LightReasonerError(f"{origin}: header tokenizer.vocab_size {vocab_size!r} is not in [1, {limit}]")
     examples = []
-    for number, record in lines:
-        where = f"{path}:{number}"
+    for where, record in lines:
         if record.get("type") != "sample":
             raise LightReasonerError(f"{where}: expected a line with \"type\": \"sample\"")
         prompt = _check_int_list(record.get("prompt_ids"), where, "prompt_ids", limit)
@@ -313,8 +324,11 @@ def read_reference_samples(path: str | Path, tokenizer, *, system_prompt: str = 
 
 def load_samples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_SYSTEM_PROMPT,
                  max_length: int = 2048) -> SampleSet:
-    """Read a sample file in either format (ours has a header line; the authors' does not)."""
+    """Read a sample file in either format (ours has a header line; the authors' does not), or our
+    Parquet export."""
     path = Path(path)
+    if path.suffix == ".parquet":
+        return read_samples(path, tokenizer, max_length=max_length)
     first = next(iter_jsonl(path), None)
     if first is None:
         raise LightReasonerError(f"{path}: empty sample file")

@@ -359,6 +359,17 @@ def test_workers_answer_shards_and_merge_into_what_one_process_writes(model_dir,
         assert {k: v for k, v in result.items() if k != "seconds"} == \
             {k: v for k, v in alone[benchmark].items() if k != "seconds"}
 
+    # A larger budget: each worker continues the cut-off answers of its own folder, and the merge takes them.
+    evaluate(settings(model_dir, data_dir, max_new_tokens=14), tmp_path / "one", progress=False)
+    evaluate(settings(model_dir, data_dir, workers=2, max_new_tokens=14), tmp_path / "two", progress=False)
+    for benchmark in ("gsm8k", "svamp"):
+        grown = answers(tmp_path / "two", benchmark)
+        assert grown == answers(tmp_path / "one", benchmark) and any(a[1] == 14 for a in grown.values())
+        assert all(a[1] == 14 for a in grown.values() if a[2] == "length")
+        assert len((tmp_path / "two" / f"{benchmark}.jsonl").read_text().splitlines()) == len(grown)
+    for folder in (tmp_path / "two", *(tmp_path / "two" / "workers").iterdir()):
+        assert json.loads((folder / "run.json").read_text())["max_new_tokens"] == 14
+
 
 def test_each_worker_sees_one_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

@@ -206,6 +206,7 @@ def test_every_process_makes_the_folder_it_writes_and_a_resume_needs_a_shared_di
     ["eval", "--out", "{out}/eval"],
     ["run", "--out", "{out}/run"],
     ["sft", "--out", "{out}/sft"],
+    ["control", "--model", "coder-1.5b", "--samples", "{out}/s.jsonl", "--out", "{out}/control"],
 ])
 def test_single_process_commands_refuse_a_multi_process_launch(tmp_path, monkeypatch, capsys, command):
     monkeypatch.setenv("WORLD_SIZE", "4")

@@ -176,6 +176,8 @@ def test_merge_and_train_refuse_to_write_into_their_own_inputs(pair, adapter, sa
     fails(capsys, [*merge, relative], "is the adapter folder this command reads")
     fails(capsys, train_args(pair, samples, pair[0]), "is the model folder this command reads")
     fails(capsys, eval_args(pair[0], pair[0]), "is the model folder this command reads")
+    fails(capsys, ["control", "--model", pair[0], "--samples", samples, "--out", pair[0]],
+          "is the model folder this command reads")
     assert fingerprint(pair[0], adapter, samples) == before
 
 
@@ -191,6 +193,9 @@ def test_other_commands_refuse_users_files_and_their_own_inputs(pair, samples, t
           f"{mine}: exists and is not a graded file")
     fails(capsys, ["export", "--samples", samples, "--out", samples], "is the --samples file")
     fails(capsys, ["export", "--samples", samples, "--out", mine], f"{mine}: exists and is not a reference-format")
+    parquet = ["export", "--format", "parquet", "--samples", samples, "--out"]
+    fails(capsys, [*parquet, samples], "is the --samples file")
+    fails(capsys, [*parquet, mine], f"{mine}: exists and is not a Parquet export")
     answers = tmp_path / "results"  # a user's folder that happens to hold a file named like our answers
     answers.mkdir()
     (answers / "arith.jsonl").write_text('{"mine": true}')
@@ -273,6 +278,27 @@ def test_a_failed_sft_or_control_start_does_not_lock_its_arm_folder(pair, sample
     fails(capsys, [*control, "--target-modules", "nosuch_proj"], "--target-modules")
     assert main([str(a) for a in control]) == 0  # arm.json of the failed start binds nothing
     assert json.loads((out / "arm.json").read_text())["train"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_a_control_whose_training_failed_keeps_its_examples_and_their_seed(pair, samples, tmp_path, capsys):
+    out = tmp_path / "random"
+    control = ["control", "--model", pair[0], "--samples", samples, "--out", out, "--positions", "random",
+               "--max-steps", "1", "--steps-per-update", "2", "--dtype", "float32", "--quiet"]
+    fails(capsys, [*control, "--seed", "1", "--target-modules", "nosuch_proj"], "--target-modules")
+    examples = fingerprint(out / "examples.jsonl")  # written before the training failed
+    assert json.loads((out / "examples.jsonl").read_text().splitlines()[0])["control"]["seed"] == 1
+    fails(capsys, [*control, "--seed", "2"], "train.seed=1, now 2")  # the seed drew the examples' positions
+    assert main([str(a) for a in [*control, "--seed", "1"]]) == 0  # the other training settings were free
+    assert fingerprint(out / "examples.jsonl") == examples
+    capsys.readouterr()
+    # train takes the examples as finished in their folder; a copy elsewhere is not known to be
+    elsewhere = tmp_path / "copy" / "examples.jsonl"
+    elsewhere.parent.mkdir()
+    shutil.copyfile(out / "examples.jsonl", elsewhere)
+    assert main(train_args(pair, out / "examples.jsonl", tmp_path / "adapter")) == 0
+    fails(capsys, train_args(pair, elsewhere, tmp_path / "adapter2"), f"{elsewhere}: a control's examples",
+          "--allow-incomplete")
+    assert main(train_args(pair, elsewhere, tmp_path / "adapter2", "--allow-incomplete")) == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -14,7 +14,8 @@ from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, Stages, run
 from lightreasoner.publish import restore
-from lightreasoner.report import kept_step_statistics, settings_rows
+from lightreasoner.inspection import kept_step_statistics
+from lightreasoner.report import settings_rows
 from lightreasoner.stats import paired_difference
 from lightreasoner.sampling import read_samples
 
@@ -85,6 +86,7 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
 
     assert efficiency_section(redrawn) == efficiency_section(report)
     assert "## Kept steps" in redrawn and "![kl.png](kl.png)" in redrawn
+    assert "## Most kept tokens" in redrawn  # the expert's tokenizer is at hand, so its tables are drawn
 
     # A rerun skips every finished stage (no model is even loaded) and redraws the report.
     import lightreasoner.pipeline as pipeline
@@ -239,8 +241,11 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     assert json.loads((out / "run.json").read_text())["settings"]["arms"] == ["baseline", "lightreasoner"]
     with pytest.raises(Exception, match="train.lora_r=4, now 8"):
         run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, progress=False, say=lambda _: None)
-    with pytest.raises(Exception, match="eval.max_new_tokens=8, now 9"):
-        run(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=9), out, overrides={"train": {"lora_r": 4}},
+    with pytest.raises(Exception, match="eval.max_new_tokens=8; a budget can grow, not shrink"):
+        run(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=7), out, overrides={"train": {"lora_r": 4}},
+            progress=False, say=lambda _: None)
+    with pytest.raises(Exception, match="eval.prompt='qwen25-math-cot', now 'plain'"):
+        run(tiny_config(pair, arms=["baseline"]), out, overrides={"train": {"lora_r": 4}, "eval": {"prompt": "plain"}},
             progress=False, say=lambda _: None)
 
 

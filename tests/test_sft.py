@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+import lightreasoner.controls as controls
 import lightreasoner.pipeline as pipeline
 import lightreasoner.sft as sft_module
 from lightreasoner import models, training
 from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import RunConfig, run
+from lightreasoner.pipeline import RunConfig, run, stage_configs
 from lightreasoner.sampling import SampleConfig, sample
-from lightreasoner.sft import (Completion, SFTConfig, control, control_examples, generate_samples, read_sft_samples,
-                               sample_solutions, sft, sft_examples, sft_train_config)
-from lightreasoner.tables import ACCURACY_TITLE, EFFICIENCY_TITLE, arms_report, find_arms, format_seconds
+from lightreasoner.sft import (Completion, SFTConfig, generate_samples, read_sft_samples, sample_solutions, sft,
+                               sft_examples, sft_train_config)
+from lightreasoner.tables import ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, arms_report, find_arms, format_seconds
 
 from tiny import save_pair
 
@@ -235,64 +236,6 @@ def test_real_sampling_is_seeded_batched_and_resumes_identically(pair, tokenizer
         sample_solutions(config, tmp_path / "resumed.jsonl", progress=False)
 
 
-def test_format_only_control_trains_the_kept_steps_on_own_tokens(pair, tokenizer, tmp_path):
-    data = write_questions(tmp_path / "q.jsonl")
-    samples = tmp_path / "samples.jsonl"
-    sample(SampleConfig(expert=str(pair[0]), amateur=str(pair[1]), data=str(data), max_new_tokens=12, beta=0.05,
-                        dtype="float32", device="cpu"), samples, progress=False)
-    records = [json.loads(line) for line in samples.read_text().splitlines()[1:]]
-    assert sum(len(r["steps"]) for r in records) > 0
-
-    soft = training.read_samples(samples, tokenizer)
-    hard = control_examples(samples, tokenizer)
-    assert hard.vocab_size == soft.vocab_size and hard.format == "format-only"
-    assert [(e.input_ids, e.positions) for e in hard.examples] == [(e.input_ids, e.positions) for e in soft.examples]
-    expected = [[[r["completion_ids"][s["step"]]] for s in r["steps"]] for r in records if r["steps"]]
-    assert [e.label_ids for e in hard.examples] == expected
-    assert all(w == [1.0] for e in hard.examples for w in e.label_weights)
-
-    config = training.TrainConfig(dtype="float32", steps_per_update=4, max_steps=3, save_steps=0, lora_dropout=0.0)
-    record = control(str(pair[0]), samples, config, tmp_path / "control", say=lambda _: None)
-    soft_summary = training.train_from_file(str(pair[0]), samples, config, tmp_path / "soft")
-    meta = json.loads((tmp_path / "samples.jsonl.meta.json").read_text())
-    assert record["arm"] == "format-only" and record["optimizer_steps"] == soft_summary["optimizer_steps"] == 3
-    assert record["tokens_tuned"] == soft_summary["tokens_tuned"] == 12
-    assert record["problems_sampled"] == 3 and record["examples_kept"] == sum(len(r["steps"]) for r in records)
-    assert record["tokens_generated"] == sum(len(r["completion_ids"]) for r in records)
-    assert record["seconds"]["sample"] == pytest.approx(meta["seconds"], abs=0.01)
-    assert (tmp_path / "control" / "adapter" / "adapter_config.json").is_file()
-    with pytest.raises(LightReasonerError, match="lightreasoner-samples"):
-        control_examples(write_questions(tmp_path / "not-samples.jsonl"), tokenizer)
-
-
-def test_random_positions_control_labels_as_many_random_positions_of_each_trajectory(pair, tokenizer, tmp_path):
-    def sampled(beta: float) -> list[dict]:
-        sample(SampleConfig(expert=str(pair[0]), amateur=str(pair[1]), data=str(write_questions(tmp_path / "q.jsonl")),
-                            max_new_tokens=12, beta=beta, dtype="float32", device="cpu"), samples, progress=False)
-        return [json.loads(line) for line in samples.read_text().splitlines()[1:]]
-
-    samples = tmp_path / "samples.jsonl"
-    median = statistics.median(kl for record in sampled(0.0) for kl in record["kl"])
-    samples.unlink()
-    kept = [r for r in sampled(median) if r["steps"]]  # about half of each trajectory's steps
-    assert 0 < sum(len(r["steps"]) for r in kept) < sum(len(r["completion_ids"]) for r in kept)
-    runs = {seed: control_examples(samples, tokenizer, positions="random", seed=seed) for seed in range(4)}
-    for data in runs.values():
-        assert data.format == "random-positions" and len(data.examples) == len(kept)
-        for record, example in zip(kept, data.examples):
-            steps = [p - len(record["prompt_ids"]) + 1 for p in example.positions]  # back to completion steps
-            assert len(set(steps)) == len(steps) == len(record["steps"])
-            assert 0 <= min(steps) and max(steps) < len(record["completion_ids"])
-            assert example.label_ids == [[record["completion_ids"][t]] for t in steps]
-            assert example.input_ids == record["prompt_ids"] + record["completion_ids"][:max(steps)]
-    assert control_examples(samples, tokenizer, positions="random", seed=0).examples == runs[0].examples
-    drawn = {seed: [e.positions for e in data.examples] for seed, data in runs.items()}
-    assert len({str(positions) for positions in drawn.values()}) > 1  # the seed decides the draw
-    assert [e.positions for e in control_examples(samples, tokenizer).examples] not in drawn.values()
-    with pytest.raises(LightReasonerError, match="positions: 'everywhere'"):
-        control_examples(samples, tokenizer, positions="everywhere")
-
-
 # ------------------------------------------------------------------------------------ tables
 
 
@@ -384,21 +327,24 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     data = write_questions(tmp_path / "q.jsonl")
     config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), data=str(data), questions=None, max_new_tokens=8,
                        max_steps=2, eval_limit=3, eval_max_new_tokens=6, batch_size=8, dtype="float32", device="cpu",
-                       arms=["baseline", "sft", "lightreasoner", "format-only", "random-positions"],
+                       arms=["baseline", "sft", "lightreasoner", "format-only", "random-positions", "entropy-one-hot",
+                             "kept-expert"],
                        sft_samples_per_question=K)
     out = tmp_path / "run"
     run(config, out, progress=False, say=lambda _: None)
 
     lr = json.loads((out / "efficiency.json").read_text())
-    arm_names = ("sft", "format-only", "random-positions")
+    arm_names = ("sft", "format-only", "random-positions", "entropy-one-hot", "kept-expert")
     arms = {name: json.loads((out / name / "efficiency.json").read_text()) for name in arm_names}
     assert arms["sft"]["arm"] == "sft" and arms["sft"]["problems_sampled"] == lr["problems_sampled"] == 3
     assert arms["sft"]["examples_kept"] == 3  # the scripted keepers, graded for real
     stages = json.loads((out / "stages.json").read_text())
-    for control_arm in (arms["format-only"], arms["random-positions"]):
-        assert control_arm["optimizer_steps"] == lr["optimizer_steps"] == 2
-        assert control_arm["tokens_tuned"] == lr["tokens_tuned"] and control_arm["examples_kept"] == lr["examples_kept"]
-        assert control_arm["seconds"]["sample"] == stages["sample"]["seconds"]
+    for name in arm_names[1:]:
+        assert arms[name]["optimizer_steps"] == lr["optimizer_steps"] == 2
+        assert arms[name]["tokens_tuned"] == lr["tokens_tuned"] and arms[name]["examples_kept"] == lr["examples_kept"]
+        assert arms[name]["seconds"]["sample"] == stages["sample"]["seconds"]
+        assert (out / name / "examples.jsonl").is_file()
+    assert "examples" in arms["entropy-one-hot"]["seconds"] and "examples" not in arms["format-only"]["seconds"]
     for name in arm_names:
         after = json.loads((out / name / "eval_after" / "run.json").read_text())
         assert after["adapter"] == str(out / name / "adapter") and stages[name]["done"]
@@ -411,10 +357,16 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     headline = report.index("## Each arm against the baseline")
     assert headline < report.index(f"## {ACCURACY_TITLE}") < report.index(f"## {EFFICIENCY_TITLE}")
     assert all(f"| {arm} | 3 |" in report[headline:report.index(f"## {ACCURACY_TITLE}")]
-               for arm in ("sft", "lightreasoner", "format-only", "random-positions"))
+               for arm in ("sft", "lightreasoner", "format-only", "random-positions", "entropy-one-hot", "kept-expert"))
     assert "| format-only |" in report and (out / "arms.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Paired: random-positions against format-only" in report
     assert "## Paired: lightreasoner against sft" in report and "| strict |" in report
+    assert "## What the contrast finds" in report and "- The contrast keeps" in report
+    assert "## Kept positions and the expert's own uncertainty" in report  # cached by the entropy-one-hot arm
+    assert "cached in entropy-one-hot/examples.jsonl" in report
+    for title in ("entropy-one-hot against format-only", "entropy-one-hot against lightreasoner",
+                  "kept-expert against lightreasoner", "kept-expert against baseline"):
+        assert f"## Paired: {title}" in report
 
     # Published and restored elsewhere, every arm retrains and reuses every sample and answer.
     from lightreasoner import evaluation
@@ -423,16 +375,19 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     restored = tmp_path / "restored"
     publish(out, tmp_path / "published")
     restore(tmp_path / "published", restored)
-    for name in ("samples.jsonl", "sft/samples.jsonl"):
+    for name in ("samples.jsonl", "sft/samples.jsonl", "entropy-one-hot/examples.jsonl"):
         assert (restored / name).read_bytes() == (out / name).read_bytes()
     restored_stages = json.loads((restored / "stages.json").read_text())  # the sft stage's sampling is kept
     sft_sampling = json.loads((out / "sft" / "stages.json").read_text())["sample"]["seconds"]
     assert restored_stages["sft"]["seconds"] == sft_sampling > 0
-    assert restored_stages["format-only"]["seconds"] == 0.0 and not restored_stages["sft"]["done"]
+    assert not restored_stages["sft"]["done"] and not restored_stages["entropy-one-hot"]["done"]
+    examples_seconds = json.loads((out / "entropy-one-hot" / "stages.json").read_text())["examples"]["seconds"]
+    assert restored_stages["entropy-one-hot"]["seconds"] == examples_seconds > 0  # the examples are restored
     with monkeypatch.context() as patched:
         patched.setattr(sft_module, "generate_samples", lambda *a, **k: pytest.fail("sft sampled again"))
         patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
         patched.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
+        patched.setattr(controls, "teacher_forced_log_probs", lambda *a, **k: pytest.fail("examples written again"))
         run(config, restored, progress=False, say=lambda _: None)
     for name in arm_names:
         assert (restored / name / "adapter" / "adapter_model.safetensors").is_file()
@@ -449,6 +404,31 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     run(config, out, overrides={"sft": {"gradient_accumulation_steps": 3}}, progress=False, say=lambda _: None)
     with pytest.raises(LightReasonerError, match=r"made with sft\.train\.lora_r=8, now 4"):
         run(config, out, overrides={"sft": {"lora_r": 4}}, progress=False, say=lambda _: None)
+
+    # A larger evaluation budget grows every arm's evaluation, to what a fresh one at that budget gives,
+    # and runs nothing else again (the sft solutions keep the length they were sampled at).
+    monkeypatch.undo()
+    for name in ("load_pair", "sample", "train_from_file", "sft", "control"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
+    grown = replace(config, eval_max_new_tokens=10)
+    run(grown, out, progress=False, say=lambda _: None)
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["eval"]["max_new_tokens"] == 10 and recorded["sft"]["max_new_tokens"] == 6
+    for arm, folder in ARM_EVAL_DIRS.items():
+        if arm not in config.arms:  # the control cells this run did not ask for
+            continue
+        assert json.loads((out / folder / "run.json").read_text())["max_new_tokens"] == 10
+        adapter = None if arm == "baseline" else str((out / folder).parent / "adapter")
+        fresh = evaluation.evaluate(replace(stage_configs(grown)[2], adapter=adapter), tmp_path / "fresh" / arm,
+                                    progress=False)
+        assert {k: v for k, v in json.loads((out / folder / "summary.json").read_text())["benchmarks"]["arith"].items()
+                if k != "seconds"} == {k: v for k, v in fresh["benchmarks"]["arith"].items() if k != "seconds"}
+        answers = [(path / "arith.jsonl").read_text().splitlines() for path in (out / folder, tmp_path / "fresh" / arm)]
+        assert [json.loads(line)["completion_ids"] for line in answers[0]] == \
+            [json.loads(line)["completion_ids"] for line in answers[1]]
+        assert any(json.loads(line)["tokens"] > 6 for line in answers[0])  # grown past the old budget
+    with pytest.raises(LightReasonerError, match="made with eval.max_new_tokens=10; a budget can grow, not shrink"):
+        run(config, out, progress=False, say=lambda _: None)
 
 
 def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys):

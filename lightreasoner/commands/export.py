@@ -5,25 +5,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export import export_reference
+from ..export import export_parquet, export_reference
 from ..errors import LightReasonerError
 from ..models import load_tokenizer, tokenizer_fingerprint
 from ..sampling import read_samples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="convert a sample file to the authors' per-step JSONL",
+    parser = subparsers.add_parser("export", help="convert a sample file to the authors' per-step JSONL or Parquet",
                                    description=__doc__)
-    parser.add_argument("--format", choices=["reference"], default="reference",
-                        help="reference: the per-step JSONL of the authors' LightR_sampling.py")
+    parser.add_argument("--format", choices=["reference", "parquet"], default="reference",
+                        help="reference: the per-step JSONL of the authors' LightR_sampling.py; parquet: one row per "
+                             "trajectory, loadable with datasets.load_dataset('parquet', data_files=...) and by `train`")
     parser.add_argument("--samples", type=Path, required=True, help="sample file written by `lightreasoner sample`")
     parser.add_argument("--out", type=Path, required=True, help="file to write")
     parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer to decode with (default: the expert named in the sample file)")
+                        help="reference: tokenizer to decode with (default: the expert named in the sample file)")
+    parser.add_argument("--with-text", action="store_true",
+                        help="parquet: include the questions, gold answers and prompts (the benchmark's text)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "parquet":
+        count = export_parquet(args.samples, args.out, with_text=args.with_text)
+        print(f"Wrote {count:,} trajectories as Parquet to {args.out}")
+        return 0
     header, _ = read_samples(args.samples)
     tokenizer = load_tokenizer(args.tokenizer or header["expert"])
     if tokenizer_fingerprint(tokenizer) != header["tokenizer"]["fingerprint"]:
