@@ -4,10 +4,10 @@
 :class:`LlamaCppModel` is the engine under it. llama-cpp-python (the optional extra
 ``pip install -e ".[test,llamacpp]"``, compiled for the installing CPU) is used through its
 low-level API, as llama.cpp's own ``batched`` and ``parallel`` examples do: one context with a KV
-cache stream per sequence (``n_seq_max`` = the batch width), and one ``llama_batch`` per
-``llama_decode`` call holding the last token of every running sequence and the whole prompt of
-every sequence admitted at that moment (logits for its last token only), each token tagged with
-its sequence id and position. A sequence that ends frees its cache cells and the next prompt takes
+cache stream per sequence (``n_seq_max`` = the batch width); each step one ``llama_decode`` call
+with the last token of every running sequence, then one call per sequence admitted at that moment
+with its whole prompt (logits for its last token only), each token tagged with its sequence id and
+position. A sequence that ends frees its cache cells and the next prompt takes
 its sequence id: continuous batching, as :mod:`lightreasoner.decoding` does for a torch model.
 
 What is fed and chosen is the same as there: token ids of the Hugging Face tokenizer (llama.cpp
@@ -135,20 +135,20 @@ class LlamaCppModel:
         limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         vocab_size = min(vocab_size, self.rows)
         slots = min(slots, len(prompts))
-        lengths = sorted((len(p) for p in prompts), reverse=True)
-        # Room for the longest prompts of a full batch at once; llama.cpp splits a call into ubatches.
-        capacity = sum(lengths[:slots]) + slots
-        ctx = self._context(slots, lengths[0] + max(limits), capacity)
+        # A call holds either one prompt or the last token of every running sequence: a call mixing
+        # prompts of several sequences (llama.cpp splits it into equal-length ubatches) gave the first
+        # sequence another sequence's logits in llama-cpp-python 0.3.36 (tests/test_llamacpp.py).
+        capacity = max(max(len(p) for p in prompts), slots)
+        ctx = self._context(slots, max(len(p) for p in prompts) + max(limits), capacity)
         batch = self.lib.llama_batch_init(capacity, 0, 1)
         try:
-            yield from self._decode(ctx, batch, prompts, limits, slots, capacity, set(stop_ids), vocab_size,
-                                    choose, stop_text)
+            yield from self._decode(ctx, batch, prompts, limits, slots, set(stop_ids), vocab_size, choose, stop_text)
         finally:
             self.lib.llama_batch_free(batch)
             self.lib.llama_free(ctx)
 
     def _decode(self, ctx: Any, batch: Any, prompts: Sequence[list[int]], limits: list[int], slots: int,
-                capacity: int, stops: set[int], vocab_size: int, choose: Chooser,
+                stops: set[int], vocab_size: int, choose: Chooser,
                 stop_text: Callable[[list[int]], bool] | None) -> Iterator[Finished]:
         lib = self.lib
         memory = lib.llama_get_memory(ctx)
@@ -161,32 +161,40 @@ class LlamaCppModel:
             batch.seq_id[n][0] = seq_id
             batch.n_tokens = n + 1
 
+        def decode(sequences: list[_Sequence]) -> list[np.ndarray]:
+            """Run the batch; the logits (a copy: the next call overwrites them) of each sequence's output row."""
+            status = lib.llama_decode(ctx, batch)
+            if status != 0:
+                raise LightReasonerError(f"{self.path.name}: llama_decode failed with status {status} "
+                                         f"({len(sequences)} sequences; out of context or memory?)")
+            return [np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, s.output), shape=(self.rows,))[:vocab_size]
+                    .copy() for s in sequences]
+
         def ended(sequence: _Sequence) -> bool:
             return (sequence.token_ids[-1] in stops or len(sequence.token_ids) >= sequence.limit
                     or (stop_text is not None and stop_text(sequence.token_ids)))
 
         while queue or running:
             began = time.perf_counter()
-            batch.n_tokens = 0
-            for sequence in running:
-                sequence.output = batch.n_tokens
-                add(sequence.token_ids[-1], sequence.position, sequence.seq_id, True)
-                sequence.position += 1
-            while queue and free and batch.n_tokens + len(prompts[queue[0]]) <= capacity:
+            logits = []
+            if running:  # one step of every running sequence
+                batch.n_tokens = 0
+                for sequence in running:
+                    sequence.output = batch.n_tokens
+                    add(sequence.token_ids[-1], sequence.position, sequence.seq_id, True)
+                    sequence.position += 1
+                logits = decode(running)
+            while queue and free:  # free slots take the next prompts, one call each
                 index = queue.popleft()
                 sequence = _Sequence(index, free.pop(), limits[index])
-                for position, token in enumerate(prompts[sequence.index]):
+                batch.n_tokens = 0
+                for position, token in enumerate(prompts[index]):
                     add(token, position, sequence.seq_id, False)
                 batch.logits[batch.n_tokens - 1] = True
-                sequence.output, sequence.position = batch.n_tokens - 1, len(prompts[sequence.index])
+                sequence.output, sequence.position = batch.n_tokens - 1, len(prompts[index])
+                logits += decode([sequence])
                 running.append(sequence)
-            status = lib.llama_decode(ctx, batch)
-            if status != 0:
-                raise LightReasonerError(f"{self.path.name}: llama_decode failed with status {status} "
-                                         f"({len(running)} sequences; out of context or memory?)")
-            logits = np.stack([np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, s.output), shape=(self.rows,))
-                               [:vocab_size] for s in running])
-            for sequence, token in zip(running, choose([s.index for s in running], torch.from_numpy(logits))):
+            for sequence, token in zip(running, choose([s.index for s in running], torch.from_numpy(np.stack(logits)))):
                 sequence.token_ids.append(int(token))
             share = (time.perf_counter() - began) / len(running)
             still = []

@@ -157,7 +157,7 @@ def test_the_backend_reports_why_each_answer_ended_and_stops_on_a_stop_string(se
         outputs = {o.index: o for chunk in backend.generate([Request(p, n) for p, n in zip(prompts, limits)],
                                                             Sampling()) for o in chunk}
         assert [outputs[i].token_ids for i in range(len(prompts))] == engine
-        for output, limit in zip(outputs.values(), limits):
+        for output, limit in zip((outputs[i] for i in range(len(prompts))), limits):  # request order
             ended_on_stop = output.token_ids[-1] in setup["stops"]
             assert output.finish == ("eos" if ended_on_stop else "length")
             assert ended_on_stop or len(output.token_ids) == limit
