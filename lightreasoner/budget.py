@@ -56,8 +56,8 @@ MEASURE_TOKENS = 32  # prompt tokens per row when measuring: enough context, few
 
 def measure_torch(model: Any, prompt: list[int], batch: int, steps: int = 3) -> tuple[float, float]:
     """(seconds per decoding step at ``batch`` rows, seconds per prefilled token) of a torch model,
-    from a prefill of ``batch`` copies of ``prompt`` (its first MEASURE_TOKENS) and ``steps`` cached
-    steps after one warm-up."""
+    from a prefill of ``batch`` copies of ``prompt`` (its first MEASURE_TOKENS) after a warm-up one, and
+    ``steps`` cached steps after one warm-up."""
     from transformers import DynamicCache
 
     from .decoding import cached_forward
@@ -65,6 +65,7 @@ def measure_torch(model: Any, prompt: list[int], batch: int, steps: int = 3) -> 
     device = next(model.parameters()).device
     ids = torch.tensor([prompt[:MEASURE_TOKENS]] * batch, device=device)
     mask = torch.ones_like(ids)
+    cached_forward(model, ids, mask, DynamicCache())  # warm-up: the first forward after loading is many times slower
     cache = DynamicCache()
     prefill = _seconds(lambda: cached_forward(model, ids, mask, cache))
     token = ids[:, -1:]
