@@ -7,6 +7,8 @@ generation library directly:
   (continuous batching with a KV cache). Runs anywhere torch runs.
 * :class:`VLLMBackend`: one vLLM engine (the optional extra), started from the model folder. This
   process loads only the tokenizer and the model's config files, never its weights.
+* :class:`lightreasoner.llamacpp.LlamaCppBackend`: llama.cpp (the optional extra) on the model's GGUF
+  file, on the CPU: continuous batching like hf, quantized weights.
 
 ``generate`` yields outputs in chunks, and the caller stores each chunk durably before asking for
 the next, so a crash loses at most one chunk: one answer with hf, one engine call with vLLM. Every
@@ -30,7 +32,7 @@ import torch
 
 from .errors import LightReasonerError
 
-BACKENDS = ("auto", "hf", "vllm")
+BACKENDS = ("auto", "hf", "llamacpp", "vllm")
 # The vLLM logits processor that masks the padding rows, by the "module:Class" name vLLM loads it from
 # (in its engine process), and the key of vLLM's additional_config that tells it the real vocabulary.
 PADDING_MASK = "lightreasoner.vllm_processors:MaskPaddingRows"
@@ -81,15 +83,29 @@ def release_memory() -> None:
     torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
 
 
-def resolve_backend(backend: str, device: str) -> str:
+def resolve_backend(backend: str, device: str, *, llamacpp_model: str | None = None) -> str:
     """``auto``: vLLM on a CUDA device when it is installed (the hf loop's cache copies are costly on
-    GPUs, docs/EVALUATION.md), else hf. A device index (``cuda:1``) stays with hf, see :func:`check_vllm_device`."""
+    GPUs, docs/EVALUATION.md); on a CPU, llama.cpp when it is installed and ``llamacpp_model`` (given by
+    callers that evaluate) is a GGUF model, which llama.cpp runs as it is (benchmarks/README.md);
+    else hf. A device index (``cuda:1``) stays with hf, see :func:`check_vllm_device`."""
     if backend != "auto":
         return backend
     from .models import resolve_device
 
-    on_cuda = device in ("auto", "cuda") and resolve_device(device).type == "cuda"
-    return "vllm" if on_cuda and importlib.util.find_spec("vllm") is not None else "hf"
+    kind = resolve_device(device).type
+    if device in ("auto", "cuda") and kind == "cuda":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if kind == "cpu" and llamacpp_model is not None and is_gguf_model(llamacpp_model) \
+            and importlib.util.find_spec("llama_cpp") is not None:
+        return "llamacpp"
+    return "hf"
+
+
+def is_gguf_model(spec: str) -> bool:
+    """A model whose own weights are a GGUF file: an embedded short name or a .gguf path."""
+    from . import zoo
+
+    return spec in zoo.MODELS or str(spec).endswith(".gguf")
 
 
 # --------------------------------------------------------------------------- hf
@@ -107,30 +123,16 @@ class HFBackend:
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[list[Output]]:
         """Each output as soon as its sequence ends (chunks of one)."""
-        from .decoding import decode, greedy, seeded_sampler
+        from .decoding import decode
 
-        choose = greedy if sampling.greedy else seeded_sampler(_seeds(requests), temperature=sampling.temperature,
-                                                               top_p=sampling.top_p)
-        stop_text = self._stop_text(sampling.stop_strings) if sampling.stop_strings else None
         for done in decode(self.model, [r.prompt_ids for r in requests], slots=self.slots,
                            max_new_tokens=[r.max_new_tokens for r in requests], stop_ids=self.stop_ids,
-                           vocab_size=self.vocab_size, pad_id=self.tokenizer.pad_token_id, choose=choose,
-                           stop_text=stop_text):
-            yield [Output(done.index, done.token_ids, self._finish(done.token_ids, sampling.stop_strings),
+                           vocab_size=self.vocab_size, pad_id=self.tokenizer.pad_token_id,
+                           choose=chooser(requests, sampling),
+                           stop_text=stop_text_check(self.tokenizer, sampling.stop_strings)):
+            yield [Output(done.index, done.token_ids,
+                          finish_reason(self.tokenizer, done.token_ids, self.stop_ids, sampling.stop_strings),
                           done.seconds)]
-
-    def _stop_text(self, stop_strings: Sequence[str]) -> Callable[[list[int]], bool]:
-        def stop_text(ids: list[int]) -> bool:  # a stop string is looked for in the newest tokens' text
-            tail = self.tokenizer.decode(ids[-STOP_STRING_TOKENS:], skip_special_tokens=True)
-            return any(stop in tail for stop in stop_strings)
-
-        return stop_text
-
-    def _finish(self, ids: list[int], stop_strings: Sequence[str]) -> str:
-        if ids[-1] in self.stop_ids:
-            return "eos"
-        text = self.tokenizer.decode(ids, skip_special_tokens=True) if stop_strings else ""
-        return "stop" if any(stop in text for stop in stop_strings) else "length"
 
     def close(self) -> None:
         if self.owns_model:
@@ -142,6 +144,34 @@ class HFBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def chooser(requests: Sequence[Request], sampling: Sampling) -> Any:
+    """The decoding loop's token chooser for ``sampling``: greedy, or each request's own seeded stream."""
+    from .decoding import greedy, seeded_sampler
+
+    return greedy if sampling.greedy else seeded_sampler(_seeds(requests), temperature=sampling.temperature,
+                                                         top_p=sampling.top_p)
+
+
+def stop_text_check(tokenizer: Any, stop_strings: Sequence[str]) -> Callable[[list[int]], bool] | None:
+    """Whether a sequence's newest tokens' text holds a stop string (None when there are none)."""
+    if not stop_strings:
+        return None
+
+    def stop_text(ids: list[int]) -> bool:
+        tail = tokenizer.decode(ids[-STOP_STRING_TOKENS:], skip_special_tokens=True)
+        return any(stop in tail for stop in stop_strings)
+
+    return stop_text
+
+
+def finish_reason(tokenizer: Any, ids: list[int], stop_ids: Sequence[int], stop_strings: Sequence[str]) -> str:
+    """Why a sequence the decoding loop returned ended: "eos", "stop" or "length"."""
+    if ids[-1] in stop_ids:
+        return "eos"
+    text = tokenizer.decode(ids, skip_special_tokens=True) if stop_strings else ""
+    return "stop" if any(stop in text for stop in stop_strings) else "length"
 
 
 def _seeds(requests: Sequence[Request]) -> list[int]:

@@ -4,9 +4,9 @@
 
 * ``<benchmark>.jsonl``: one line per question (id, prompt, completion, gold, pred, source,
   correct, correct_strict, tokens, finish, seconds, completion_ids), appended and fsynced as each
-  chunk of answers ends (one answer with the hf backend, one engine call with vLLM). A rerun with
-  the same ``out_dir`` skips the questions already there, so a killed evaluation resumes where it
-  stopped.
+  chunk of answers ends (one answer with the hf and llamacpp backends, one engine call with vLLM). A
+  rerun with the same ``out_dir`` skips the questions already there, so a killed evaluation resumes
+  where it stopped.
   ``correct`` is the Qwen2.5-Math toolkit's verdict, ``correct_strict`` also asks for a stated final
   answer in a completion that was not cut off (:mod:`lightreasoner.grading`).
 * ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
@@ -21,8 +21,8 @@
 from the data), and :func:`score` grades completions made elsewhere.
 
 Generation is greedy pass@1 like the Qwen2.5-Math toolkit, through a backend of
-:mod:`lightreasoner.backends` (the cached decoding loop with continuous batching, or one vLLM
-engine for the whole evaluation), stopping on every end token of
+:mod:`lightreasoner.backends` (the cached decoding loop with continuous batching, llama.cpp on the
+model's GGUF file, or one vLLM engine for the whole evaluation), stopping on every end token of
 :func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real vocabulary
 are never generated. The model's own generation config (which may sample) plays no part.
 ``workers`` > 1 runs one evaluation process per GPU over shards of the questions and merges them.
@@ -75,11 +75,14 @@ class EvalConfig:
     prompt: str = field(default=prompts.DEFAULT_PROMPT, metadata={"help": "prompt template: qwen25-math-cot or plain"})
     max_new_tokens: int = field(default=2048, metadata={"help": "generation limit per answer", "min": 1})
     batch_size: int = field(default=16, metadata={
-        "help": "hf: questions decoded together; vllm: questions per engine call, their answers written when it "
-                "returns (the engine batches within a call by memory; a few hundred keep a GPU busy)", "min": 1})
+        "help": "hf and llamacpp: questions decoded together; vllm: questions per engine call, their answers "
+                "written when it returns (the engine batches within a call by memory; a few hundred keep a GPU "
+                "busy)", "min": 1})
     backend: str = field(default="auto", metadata={
-        "help": "hf (the cached decoding loop), vllm (optional extra) or auto: vllm on a CUDA GPU when installed, "
-                "else hf", "choices": BACKENDS})
+        "help": "hf (the cached decoding loop), llamacpp (CPU, the model's GGUF; optional extra), vllm (GPU; "
+                "optional extra) or auto: vllm on a CUDA GPU when installed; on a CPU llamacpp for a GGUF model "
+                "(the embedded pair) when installed; else hf. A folder keeps the backend of its first answers",
+        "choices": BACKENDS})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16 or float32"})
     workers: int = field(default=1, metadata={
@@ -186,6 +189,12 @@ def open_backend(config: EvalConfig, *, model: Any = None, tokenizer: Any = None
         return VLLMBackend(resolve_model_path(config.model), tokenizer, dtype=config.dtype,
                            chunk_size=config.batch_size, adapter=config.adapter, device=config.device,
                            trust_remote_code=config.trust_remote_code)
+    if config.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        return LlamaCppBackend(config.model, tokenizer, slots=config.batch_size, adapter=config.adapter,
+                               device=config.device, trust_remote_code=config.trust_remote_code)
     if model is not None and tokenizer is not None:
         return HFBackend(model, tokenizer, slots=config.batch_size)
     model, tokenizer = load_for_eval(config)
@@ -209,6 +218,17 @@ def adapter_fingerprint(adapter: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def answering_backend(config: EvalConfig, out_dir: Path) -> str:
+    """The backend that answers: ``auto`` resolved (:func:`lightreasoner.backends.resolve_backend`), except
+    in a folder that holds answers already, where ``auto`` keeps the backend that made them: an extra
+    installed since must not mix two engines' answers in one folder."""
+    if config.backend == "auto" and (out_dir / "run.json").is_file():
+        recorded = read_json(out_dir / "run.json")
+        if isinstance(recorded, dict) and recorded.get("backend") in set(BACKENDS) - {"auto"}:
+            return recorded["backend"]
+    return resolve_backend(config.backend, config.device, llamacpp_model=config.model)
 
 
 def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
@@ -321,8 +341,8 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     hf backend; otherwise the backend is opened from ``config.model`` (+ ``config.adapter``) when
     there is work left: one backend (one vLLM engine) for all benchmarks, closed before returning.
     """
-    config = replace(config, backend=resolve_backend(config.backend, config.device))
     out_dir = Path(out_dir)
+    config = replace(config, backend=answering_backend(config, out_dir))
     if model is None and not config.model:
         raise LightReasonerError("--model: no model given")
     refuse_own_input(out_dir, {"model folder": config.model, "adapter folder": config.adapter})

@@ -3,11 +3,13 @@
 Layout of the run folder::
 
     run.json                 the settings (a rerun that changes a setting of a started stage is refused,
-                             except a larger eval budget: it grows every evaluation)
+                             except a larger eval budget: it grows every evaluation), and with a time
+                             budget the plan and the speeds it was made from
     stages.json              per stage: done, seconds
     samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
     adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
-    eval_before/ eval_after/ evaluation of the expert without and with the adapter
+    adapter_fit.json         the adapter's fit to kept steps trained on and never reached (adapter_fit.py)
+    eval_before/ eval_after/ evaluation of the expert without and with the adapter (one backend for all)
     efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
     sft/ format-only/ random-positions/ entropy-one-hot/ ...
                              the other arms when asked for (``--arms``): each an arm folder of
@@ -19,7 +21,11 @@ Every stage resumes on its own (sample files, checkpoints and evaluation files a
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash
 continues where it stopped. The defaults need nothing: the embedded offline pair and the
 project's generated arithmetic problems, at a demonstration budget (16 questions, 8 optimizer steps,
-16 evaluation questions): it shows every stage working, it is not a reproduction (configs/ has those).
+16 evaluation questions; ``lightreasoner run`` with no options sizes them to a 15-minute
+``time_budget`` on the machine it runs on, :mod:`lightreasoner.budget`): it shows every stage working,
+it is not a reproduction (configs/ has those). Evaluation runs on the backend ``auto`` picks (on a
+CPU: llama.cpp for the embedded pair where the extra is installed and measures faster than torch);
+sampling and training need full distributions and gradients and always run on torch.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .backends import release_memory, resolve_backend
+from .adapter_fit import adapter_fit
+from .backends import is_gguf_model, release_memory, resolve_backend
 from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
 from .errors import LightReasonerError
 from .evaluation import EvalConfig, evaluate
@@ -40,10 +47,11 @@ from .sampling import SampleConfig, load_pair, sample
 from .controls import CONTROL_ARMS, control, control_started
 from .sft import FREE_SETTINGS, SFTConfig, arm_started, efficiency_record, sft, sft_config_dict, sft_train_config
 from .tables import ARM_EVAL_DIRS
-from .models import model_location
+from .models import model_location, resolve_device
 from .training import TrainConfig, run_started, train_from_file
 
 ARMS = ("baseline", "lightreasoner", "sft", *CONTROL_ARMS.values())
+BUDGETED_ARMS = ("baseline", "lightreasoner")
 
 # The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
 SECTION_STAGES = {"sample": ("sample",), "train": ("train", "sft", *CONTROL_ARMS.values()), "sft": ("sft",),
@@ -72,6 +80,13 @@ class RunConfig:
     eval_max_new_tokens: int = field(default=2048, metadata={
         "help": "generation limit when evaluating (the Qwen2.5-Math toolkit's and the paper's 2048; fewer cut off "
                 "long answers, and the toolkit's grading may still credit their last number)", "min": 1})
+    time_budget: float | None = field(default=None, metadata={
+        "help": "minutes: size questions, max_steps, eval_limit and fit_trajectories to finish in about this long "
+                "on this machine, from its speed measured in the first seconds (lightreasoner run with no config "
+                "and no sizes: 15)", "above": 0})
+    fit_trajectories: int = field(default=40, metadata={
+        "help": "adapter fit: trajectories per group (trained on / never seen) whose kept steps are scored "
+                "without and with the adapter (0: skip)", "min": 0})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)",
                                                   "min": 1})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
@@ -94,6 +109,8 @@ class RunConfig:
         unknown = [arm for arm in self.arms if arm not in ARMS]
         if unknown or not self.arms:
             raise SettingError("arms", f"unknown arm {unknown[0] if unknown else ''!r} (choose from {', '.join(ARMS)})")
+        if self.time_budget is not None and set(self.arms) - set(BUDGETED_ARMS):
+            raise SettingError("time_budget", f"it sizes the {' and '.join(BUDGETED_ARMS)} arms only")
 
 
 
@@ -138,6 +155,77 @@ def sft_stage_config(config: RunConfig, train_config: TrainConfig, overrides: di
               "max_new_tokens": config.eval_max_new_tokens, "batch_size": config.batch_size, "device": config.device,
               **{k: v for k, v in overrides.items() if k in names}}
     return build_config(SFTConfig, {**values, "train": train}, source=f"{source}: sft")
+
+
+def recorded_eval_backend(run_dir: Path) -> str | None:
+    """The backend the run folder's evaluations answered with, if one has answered: every arm's
+    answers come from one engine, since answers of different engines are never paired."""
+    for folder in ARM_EVAL_DIRS.values():
+        path = run_dir / folder / "run.json"
+        if path.is_file() and isinstance(recorded := read_json(path), dict) and recorded.get("backend"):
+            return str(recorded["backend"])
+    return None
+
+
+def choose_eval_backend(eval_config: EvalConfig, run_dir: Path, say: Callable[[str], None]) -> str:
+    """The evaluation backend of the run: the one asked for, else (``auto``) the one its evaluations
+    already used, else :func:`lightreasoner.backends.resolve_backend`'s pick for the expert, saying so
+    when llama.cpp would serve the embedded pair on this CPU but is not installed."""
+    if eval_config.backend != "auto":
+        return eval_config.backend
+    recorded = recorded_eval_backend(run_dir)
+    if recorded is not None:
+        return recorded
+    backend = resolve_backend("auto", eval_config.device, llamacpp_model=eval_config.model)
+    if backend == "hf" and is_gguf_model(eval_config.model) and resolve_device(eval_config.device).type == "cpu":
+        from .llamacpp import INSTALL_HINT
+
+        say(f"evaluating with the hf backend: llama.cpp is not installed ({INSTALL_HINT})")
+    return backend
+
+
+def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig, eval_backend: str,
+                  say: Callable[[str], None], *, may_fall_back: bool) -> tuple[RunConfig, dict[str, Any], Any]:
+    """The run's sizes for ``config.time_budget`` (:mod:`lightreasoner.budget`): the plan recorded in
+    run.json for the same budget, else one made from this machine's measured speed. Where ``auto``
+    chose llamacpp (``may_fall_back``) and llama.cpp measures slower than torch, evaluation falls back
+    to hf: the plan records the backend it was made for (``measured.eval_backend``). Returns the sized
+    config, the plan's record, and the model pair when it was loaded to measure."""
+    from . import budget
+    from .data import load_problems
+    from .models import chat_prompt, encode_prompt
+
+    previous = read_json(run_dir / "run.json").get("plan") if (run_dir / "run.json").exists() else None
+    pair = None
+    if previous and previous.get("budget_minutes") == config.time_budget:
+        record = previous
+    else:
+        say(f"measuring this machine's speed for a {config.time_budget:g}-minute plan ...")
+        pair = load_pair(sample_config)
+        question = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=1)[0].question
+        prompt = encode_prompt(pair.tokenizer, chat_prompt(pair.tokenizer, question, sample_config.system_prompt))
+        torch_step, prefill_token = budget.measure_torch(pair.expert, prompt, config.batch_size)
+        eval_step = torch_step
+        if eval_backend == "llamacpp":
+            from .gguf_export import model_gguf
+
+            eval_step = budget.measure_llamacpp(model_gguf(config.expert), prompt, config.batch_size, pair.vocab_size)
+            if eval_step > torch_step and may_fall_back:  # auto: the faster engine here, not llama.cpp at any cost
+                say(f"evaluating with the hf backend: here llama.cpp took {eval_step:.2f} s per decoding step of "
+                    f"{config.batch_size} questions, torch {torch_step:.2f} s")
+                eval_backend, eval_step = "hf", torch_step
+        speeds = budget.Speeds(torch_step, prefill_token, eval_step, config.batch_size)
+        made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt),
+                           trajectory_tokens=config.max_new_tokens,
+                           answer_tokens=min(budget.ANSWER_TOKENS, config.eval_max_new_tokens),
+                           benchmarks=len(config.benchmarks))
+        record = {**made.record(), "measured": {"torch_step": round(torch_step, 4), "eval_step": round(eval_step, 4),
+                                                "torch_prefill_token": round(prefill_token, 5),
+                                                "batch": config.batch_size, "eval_backend": eval_backend}}
+        say(made.text())
+    sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],
+                    eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"])
+    return sized, record, pair
 
 
 class Stages:
@@ -206,6 +294,8 @@ def stage_started(run_dir: Path, stage: str) -> bool:
         return run_started(run_dir / "adapter")
     if stage == "sft":
         return arm_started(run_dir / stage)
+    if stage == "adapter_fit":
+        return (run_dir / "adapter_fit.json").exists()
     if stage in CONTROL_ARMS.values():
         return control_started(run_dir / stage)
     return (run_dir / stage / "run.json").exists()  # an evaluation writes it with its first answer
@@ -221,11 +311,22 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     refuse_own_input(run_dir, {"expert model folder": config.expert, "amateur model folder": config.amateur})
     check_writable(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    eval_backend = choose_eval_backend(eval_config, run_dir, say)
+    plan, pair = None, None
+    if config.time_budget is not None:
+        fall_back = eval_config.backend == "auto" and recorded_eval_backend(run_dir) is None
+        config, plan, pair = fit_to_budget(config, run_dir, sample_config, eval_backend, say, may_fall_back=fall_back)
+        if fall_back:
+            eval_backend = plan["measured"]["eval_backend"]
+        sample_config, train_config, eval_config = stage_configs(config, overrides, source=source)
+    eval_config = replace(eval_config, backend=eval_backend)
     arms = config.arms
     settings = config_to_dict(config)
     # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
     record = {"settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
               "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
+    if plan is not None:
+        record["plan"] = plan
     previous = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
     started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
     sft_config = sft_stage_config(config, train_config, _sft_overrides(overrides, previous, started), source=source) \
@@ -255,7 +356,6 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         if stages.done(stage) and folder.is_file() and read_json(folder)["max_new_tokens"] < eval_config.max_new_tokens:
             stages.state[stage]["done"] = False
             stages.save()
-    pair = None
 
     def get_pair():
         nonlocal pair
@@ -266,7 +366,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     on_samples = [arm for arm in ("lightreasoner", *CONTROL_ARMS.values()) if arm in arms]
     samples_needed = bool(on_samples) and not stages.done("sample")
     # vLLM loads the model in its own engine: the pair would only hold GPU memory the engine needs.
-    eval_on_hf = resolve_backend(eval_config.backend, eval_config.device) == "hf"
+    eval_on_hf = eval_backend == "hf"
 
     def eval_before() -> None:
         if samples_needed and eval_on_hf:  # load the pair once for both stages
@@ -296,6 +396,11 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,
                                                     run_dir / "adapter"), say)
         stages.finish("train")
+        if config.fit_trajectories:
+            stages.run("adapter_fit", lambda: write_json_atomic(run_dir / "adapter_fit.json", adapter_fit(
+                sample_config.expert, run_dir / "samples.jsonl", run_dir / "adapter",
+                trajectories=config.fit_trajectories, seed=config.seed, progress=progress)), say)
+            stages.finish("adapter_fit")
         eval_arm(run_dir, "eval_after")
         write_json_atomic(run_dir / "efficiency.json", efficiency(run_dir))
     if sft_config is not None:

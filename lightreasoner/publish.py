@@ -29,7 +29,8 @@ from .tables import ARM_EVAL_DIRS
 from .training import CHECKPOINTS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
-               "train_log.jsonl", "samples.jsonl.meta.json", "report.md", "report.html"}
+               "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md",
+               "report.html"}
 # The answer's token ids are the model's output too, and what a restored folder continues exactly when
 # its evaluation budget grows (evaluation.answer_ids).
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "correct_strict", "tokens", "finish",

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+from .adapter_fit import fit_rows, fit_verdict
 from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
 from .inspection import findings_tables, inspect_samples
@@ -21,7 +22,8 @@ from .publish import OUTPUTS_FILE, SAMPLES_FILE
 from .records import iter_jsonl, read_json
 from .stats import mcnemar_p, paired_difference, wilson_interval
 from .tables import (ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, _read_efficiency, _render, accuracy_ci,
-                     arms_accuracy, arms_efficiency, arms_plot, arms_report, error_bar, find_arms, savings_line)
+                     arms_accuracy, arms_efficiency, arms_plot, arms_report, engines_note, error_bar, find_arms,
+                     savings_line)
 
 TOKEN_VIEW_TRAJECTORIES = 3
 
@@ -174,6 +176,31 @@ def headline_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
         cells.append(f"{efficiency['total_seconds'] / 3600:.1f}" if efficiency else "-")
         rows.append(cells)
     return header, rows
+
+
+def accuracy_note(run_dir: Path) -> str | None:
+    """An honest line under the accuracy tables when the lightreasoner arm's paired interval against
+    the baseline (over all questions both answered) includes zero: that many questions cannot tell."""
+    before_dir, after_dir = run_dir / ARM_EVAL_DIRS["baseline"], run_dir / ARM_EVAL_DIRS["lightreasoner"]
+    if not (before_dir / "summary.json").exists() or not any(after_dir.glob("*.jsonl")):
+        return None
+    _, _, before, after = paired_answers(before_dir, after_dir)[-1]
+    paired = paired_difference(before, after)
+    if not before or not paired["low"] <= 0 <= paired["high"]:
+        return None
+    return (f"Too few questions to tell: on {len(before)} questions the paired 95% interval of lightreasoner - baseline "
+            f"is [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}] points, which includes zero; "
+            "the adapter fit below is a signal a run of this size can resolve.")
+
+
+def _answered_eval_dirs(run_dir: Path) -> list[Path]:
+    return [run_dir / folder for folder in ARM_EVAL_DIRS.values() if (run_dir / folder / "summary.json").exists()]
+
+
+FIT_TITLE = "Adapter fit: KL to the contrast's soft labels on kept steps, without (base) and with the adapter"
+FIT_HEADER = ["kept steps", "trajectories", "steps", "base KL", "adapted KL", "adapted - base [95% CI]", "lowered"]
+FIT_NOTE = ("KL: the training objective, mean per kept step; interval: bootstrap over trajectories; lowered: the "
+            "share of steps whose KL the adapter lowered.")
 
 
 # ---------------------------------------------------------------------------------------- plots
@@ -393,6 +420,13 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         section(HEADLINE_TITLE, header, rows)
         paragraph(HEADLINE_NOTE)
         figure("gains.png", gains_plot(paired_gains(run_dir), paired_gains(run_dir, "correct_strict")))
+    for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
+        if note:
+            paragraph(note)
+    fit = _read_optional(run_dir / "adapter_fit.json")
+    if fit:
+        section(FIT_TITLE, FIT_HEADER, fit_rows(fit))
+        paragraph(f"{FIT_NOTE} {fit_verdict(fit)}")
 
     arms = _compared_arms(run_dir)
     if arms:
@@ -484,6 +518,13 @@ def text_summary(run_dir: str | Path, width: int = 100) -> str:
         parts.append(f"{HEADLINE_TITLE}\n{_render(header, rows)}\n{textwrap.fill(HEADLINE_NOTE, width)}")
         if (run_dir / "gains.png").exists():
             parts[-1] += f"\nFigure: {run_dir / 'gains.png'}"
+    for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
+        if note:
+            parts.append(textwrap.fill(note, width))
+    fit = _read_optional(run_dir / "adapter_fit.json")
+    if fit:
+        parts.append(f"{FIT_TITLE}\n{_render(FIT_HEADER, fit_rows(fit))}\n"
+                     f"{textwrap.fill(FIT_NOTE + ' ' + fit_verdict(fit), width)}")
     arms = _compared_arms(run_dir)
     if arms:
         parts.append(arms_report(arms))

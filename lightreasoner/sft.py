@@ -1,11 +1,11 @@
 """The paper's baseline, rejection-sampled SFT, trained by :func:`lightreasoner.training.train`.
 
 The expert samples K solutions per training question (seeded temperature sampling through a backend
-of :mod:`lightreasoner.backends`: the cached decoding loop with continuous batching, or vLLM); each
-is graded against the gold answer by the evaluation harness's grader; the finished, correct,
-distinct ones are kept; the expert is fine-tuned with cross-entropy on their completion tokens
-(prompt masked): :func:`training.one_hot_example` with every completion step, since KL to a one-hot
-label is cross-entropy. The control arms (:mod:`lightreasoner.controls`) share this module's
+of :mod:`lightreasoner.backends`: the cached decoding loop with continuous batching, llama.cpp on the
+model's GGUF, or vLLM); each is graded against the gold answer by the evaluation harness's grader;
+the finished, correct, distinct ones are kept; the expert is fine-tuned with cross-entropy on their
+completion tokens (prompt masked): :func:`training.one_hot_example` with every completion step,
+since KL to a one-hot label is cross-entropy. The control arms (:mod:`lightreasoner.controls`) share this module's
 arm-folder bookkeeping.
 
 An arm folder is laid out like ``lightreasoner run``'s own arm: ``adapter/`` (LoRA adapter,
@@ -93,11 +93,11 @@ class SFTConfig:
     max_new_tokens: int = field(default=512, metadata={
         "help": "generation limit per solution (a solution cut off here is not kept)", "min": 1})
     batch_size: int = field(default=16, metadata={
-        "help": "hf: sequences decoded together (continuous batching: a finished one makes room for the next); "
-                "vllm: sequences per engine call (a few hundred keep a GPU busy)", "min": 1})
+        "help": "hf and llamacpp: sequences decoded together (continuous batching: a finished one makes room for "
+                "the next); vllm: sequences per engine call (a few hundred keep a GPU busy)", "min": 1})
     backend: str = field(default="auto", metadata={
-        "help": "sampling backend: hf, vllm (optional extra) or auto: vllm on a CUDA GPU when installed, else hf",
-        "choices": BACKENDS})
+        "help": "sampling backend: hf, llamacpp (CPU, the model's GGUF; optional extra), vllm (GPU; optional extra) "
+                "or auto: vllm on a CUDA GPU when installed, else hf", "choices": BACKENDS})
     benchmark: str | None = field(default=None, metadata={
         "help": "grading rules of this benchmark (default: --data when it is a benchmark name)"})
     device: str = field(default="auto", metadata={"help": "sampling device: auto, cpu, cuda, cuda:1, mps"})
@@ -156,11 +156,16 @@ def generate_samples(backend: Backend, prompts: list[list[int]], *, num_samples:
 
 
 def open_sampling_backend(config: SFTConfig, tokenizer: Any) -> Backend:
-    """The expert on ``config.backend`` (resolved), in the sampling dtype."""
+    """The expert on ``config.backend`` (resolved), in the sampling dtype (llamacpp: the GGUF's own weights)."""
     if config.backend == "vllm":
         return VLLMBackend(resolve_model_path(config.model), tokenizer, dtype=config.train.dtype,
                            chunk_size=config.batch_size, device=config.device,
                            trust_remote_code=config.train.trust_remote_code, seed=config.train.seed)
+    if config.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(config.model, tokenizer, slots=config.batch_size, device=config.device,
+                               trust_remote_code=config.train.trust_remote_code)
     device = resolve_device(config.device)
     model = load_model(config.model, dtype=resolve_dtype(config.train.dtype, device), device=device,
                        trust_remote_code=config.train.trust_remote_code)

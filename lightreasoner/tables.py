@@ -72,6 +72,16 @@ def load_summary(result_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def engines_note(eval_dirs: Sequence[str | Path]) -> str:
+    """A warning when the folders were answered by different backends: a quantized llama.cpp model and
+    torch can resolve near-ties differently, so their difference is not the arms' alone."""
+    backends = sorted({load_summary(d).get("settings", {}).get("backend", "hf") for d in eval_dirs})
+    if len(backends) < 2:
+        return ""
+    return (f"Note: these answers come from different backends ({', '.join(backends)}); a difference between them "
+            "mixes the engines' with the arms' (compare arms evaluated with one backend)")
+
+
 def compare_table(result_dirs: Sequence[str | Path]) -> str:
     """Accuracy of several evaluation folders, one under the other per benchmark, each with its
     difference to the first, by both verdicts (see :func:`_accuracy_rows`)."""

@@ -225,6 +225,24 @@ def test_auto_backend_is_vllm_only_on_cuda_with_vllm_installed(standin_vllm, mon
     assert backends.resolve_backend("hf", "cuda") == "hf"
 
 
+def test_auto_backend_on_a_cpu_is_llamacpp_only_for_gguf_models_with_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec, installed = importlib.util.find_spec, {"llama_cpp": True}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (object() if installed[name] else None)
+                        if name in installed else real_find_spec(name, *args))
+    assert backends.resolve_backend("auto", "cpu", llamacpp_model="coder-1.5b") == "llamacpp"
+    assert backends.resolve_backend("auto", "auto", llamacpp_model=str(tmp_path / "model.gguf")) == "llamacpp"
+    assert backends.resolve_backend("auto", "cpu", llamacpp_model=str(tmp_path)) == "hf"  # a folder of safetensors
+    assert backends.resolve_backend("auto", "cpu") == "hf"  # a caller that does not ask (SFT sampling)
+    assert backends.resolve_backend("hf", "cpu", llamacpp_model="coder-1.5b") == "hf"
+    installed["llama_cpp"] = False
+    assert backends.resolve_backend("auto", "cpu", llamacpp_model="coder-1.5b") == "hf"
+    installed["llama_cpp"] = True
+    monkeypatch.setattr("lightreasoner.models.resolve_device", lambda device: torch.device("cuda"))
+    assert backends.resolve_backend("auto", "auto", llamacpp_model="coder-1.5b") == "hf"  # llama.cpp: CPU only here
+
+
 def test_per_request_budgets_and_seeds_with_both_backends(model_dir, standin_vllm):
     """The interface later work builds on: each request its own budget (and seed), ids out."""
     tokenizer = load_tokenizer(model_dir)

@@ -471,3 +471,44 @@ def test_the_default_budget_is_the_toolkits():
     assert EvalConfig().max_new_tokens == RunConfig().eval_max_new_tokens == 2048
     assert stage_configs(RunConfig())[2].max_new_tokens == 2048
     assert stage_configs(RunConfig(eval_max_new_tokens=512))[2].max_new_tokens == 512
+
+
+def test_llamacpp_backend_without_the_extra_is_a_one_line_error(tiny_dir, data_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the extra sees
+    assert cli.main(["eval", "--model", str(tiny_dir), "--benchmarks", "gsm8k", "--data-dir", str(data_dir),
+                     "--backend", "llamacpp", "--max-new-tokens", "12", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "llama-cpp-python is not installed" in error and 'pip install -e ".[test,llamacpp]"' in error
+    assert len(error.splitlines()) == 1
+    assert not (tmp_path / "out" / "run.json").exists()  # the folder does not record a backend that never ran
+
+
+def test_the_llamacpp_backend_refuses_a_gpu_device_before_anything_loads(tiny_dir, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("lightreasoner.llamacpp.import_llama_cpp", lambda: pytest.fail("checked after the device"))
+    with pytest.raises(LightReasonerError, match="--device cuda:1: the llamacpp backend runs on the CPU"):
+        evaluate(config(tiny_dir, data_dir, backend="llamacpp", device="cuda:1"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_auto_keeps_the_backend_a_folder_has_answered_with(tiny_dir, data_dir, tmp_path, monkeypatch):
+    """An extra installed between two runs into one folder must not mix two engines' answers there."""
+    out = tmp_path / "out"
+    evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"], limit=2, backend="hf"), out, progress=False)
+    monkeypatch.setattr(evaluation, "resolve_backend", lambda *args, **kwargs: "llamacpp")  # as if installed since
+    assert evaluation.answering_backend(config(tiny_dir, data_dir, backend="auto"), tmp_path / "new") == "llamacpp"
+    summary = evaluate(config(tiny_dir, data_dir, benchmarks=["gsm8k"], backend="auto"), out, progress=False)
+    assert summary["settings"]["backend"] == "hf" and summary["benchmarks"]["gsm8k"]["n"] == len(GSM8K)
+
+
+def test_compare_says_when_answers_come_from_different_backends(tmp_path, capsys):
+    for name, backend in (("a", "hf"), ("b", "llamacpp"), ("c", "hf")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"settings": {"backend": backend}, "benchmarks": {
+            "gsm8k": {"n": 4, "correct": 2, "accuracy": 0.5, "ci95": [0.15, 0.85], "tokens": 8, "seconds": 1.0}}}))
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 0
+    assert "different backends" not in capsys.readouterr().out
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "answers come from different backends (hf, llamacpp)" in capsys.readouterr().out

@@ -102,3 +102,17 @@ def test_the_vllm_extra_resolves_with_everything_else(tmp_path):
         Version(vllm_signatures.TRANSFORMERS_READ).release[:2]
     for name in ("peft", "accelerate", "datasets", "math-verify"):
         assert name in picked  # sample, train and eval in one environment
+
+
+def test_ci_runs_exactly_the_readmes_set_up_and_test_commands():
+    """The README opens with one set-up command, one for the main job and one for the tests, and CI
+    runs the first and the last as they are written there (the set-up line includes the llamacpp
+    extra, so CI compiles llama.cpp and its backend's tests run)."""
+    block = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 3 and commands[1] == "lightreasoner run"
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [line.strip() for line in script if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [commands[0], commands[2]]
+    extras = re.fullmatch(r'pip install -e "\.\[(.*)\]"', commands[0]).group(1).split(",")
+    assert set(extras) == {"test", "llamacpp"} and set(extras) <= set(project()["optional-dependencies"])

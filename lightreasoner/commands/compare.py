@@ -21,12 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tables import arms_plot, arms_report, compare_table, find_arms
+    from ..tables import arms_plot, arms_report, compare_table, engines_note, find_arms
 
     arms = find_arms(args.result_dirs)
     plain = all(arm.efficiency is None and not arm.baseline for arm in arms)
     # Only evaluation folders: the plain side-by-side table, as it always was.
     print(compare_table(args.result_dirs) if plain else arms_report(arms))
+    note = engines_note([arm.eval_dir for arm in arms if arm.eval_dir is not None])
+    if note:
+        print(note)
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         args.plot.write_bytes(arms_plot(arms))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args, load_yaml, refuse_unknown, yaml_sections
 from ..distributed import refuse_several_processes
-from ..pipeline import RunConfig, run
+from ..errors import LightReasonerError
+from ..pipeline import BUDGETED_ARMS, RunConfig, run
 from ..report import text_summary
 
 
@@ -24,10 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
+# `lightreasoner run` with no config file and none of these options gets DEFAULT_BUDGET minutes.
+SIZES = ("questions", "max_steps", "eval_limit", "fit_trajectories")
+DEFAULT_BUDGET = 15.0
+
+
 def main(args: argparse.Namespace) -> int:
     refuse_several_processes("run it without accelerate launch or torchrun; to train on several GPUs, run the "
                              "stages one by one and launch only `lightreasoner train` (docs/TRAINING.md)")
     config = config_from_args(RunConfig, args)
+    given = [name for name in SIZES if hasattr(args, name)]
+    if config.time_budget is not None and given:
+        raise LightReasonerError(f"--time-budget sizes --{given[0].replace('_', '-')} itself: give one or the other")
+    if not args.config and not given and config.time_budget is None and set(config.arms) <= set(BUDGETED_ARMS):
+        config = dataclasses.replace(config, time_budget=DEFAULT_BUDGET)
     overrides = {}
     if args.config:
         data = load_yaml(args.config)  # config_from_args checked that the sections are mappings

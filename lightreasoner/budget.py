@@ -1,0 +1,156 @@
+"""Sizing ``lightreasoner run`` to a time budget on the machine it runs on (``--time-budget MINUTES``).
+
+CPUs differ by more than 3x in what the default run costs (AVX-512 with bf16 against AVX2 only),
+so the run measures its own speed first, in seconds: a few cached decoding steps of the expert at
+the run's batch width (torch: sampling, training and the adapter fit all run there) and of the
+evaluation backend (llama.cpp or torch). The stages' costs follow from those two speeds through
+ratios measured on this project's own runs (the constants below), and the plan scales the
+demonstration's proportions (16 training questions : 8 optimizer steps : 16 evaluation questions,
+so training leaves about a third of the kept steps unseen for the adapter fit) until the estimate
+fills the budget. The plan is printed before any stage starts and recorded in run.json, so a
+resumed run keeps it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# The demonstration's proportions, scaled by the plan (at least half of them: 8 : 4 : 8).
+UNIT = {"questions": 16, "max_steps": 8, "eval_limit": 16}
+SMALLEST_SCALE = 0.5
+# Ratios from results/embedded-gsm8k (float32, batch 32, one machine, one run; benchmarks/README.md):
+# sampling generated 18.1 tokens/s where evaluation of the same expert generated 26.2, i.e. the
+# amateur's teacher-forced chunks and the contrast cost 1.45x plain decoding per generated token;
+# training processed 31.1 forward tokens/s (forward + backward): 0.84x the cost of a decoded token.
+SAMPLING_OVERHEAD = 1.45
+TRAIN_TOKEN_COST = 0.84
+KEPT_PER_QUESTION = 11.6  # 3,477 kept steps of 300 GSM8K trajectories at 128 tokens, beta 0.4
+# Decoding steps of one batch of evaluation answers (at most the token limit): the embedded expert's
+# GSM8K answers averaged 306 tokens (results/embedded-gsm8k), and a batch lasts as long as its longest.
+ANSWER_TOKENS = 400
+FIXED_SECONDS = 60.0  # loading the models again for training and evaluation, the report
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """Seconds per cached decoding step at the run's batch width, and per prefilled token."""
+
+    torch_step: float  # expert, torch, batch width rows (sampling's and hf evaluation's unit)
+    torch_prefill_token: float  # expert, torch, one teacher-forced token (the adapter fit's unit)
+    eval_step: float  # the evaluation backend, batch width rows
+    batch: int
+
+
+def _seconds(work: Any) -> float:
+    began = time.perf_counter()
+    work()
+    return time.perf_counter() - began
+
+
+MEASURE_TOKENS = 32  # prompt tokens per row when measuring: enough context, few seconds of prefill
+
+
+def measure_torch(model: Any, prompt: list[int], batch: int, steps: int = 3) -> tuple[float, float]:
+    """(seconds per decoding step at ``batch`` rows, seconds per prefilled token) of a torch model,
+    from a prefill of ``batch`` copies of ``prompt`` (its first MEASURE_TOKENS) after a warm-up one, and
+    ``steps`` cached steps after one warm-up."""
+    from transformers import DynamicCache
+
+    from .decoding import cached_forward
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt[:MEASURE_TOKENS]] * batch, device=device)
+    mask = torch.ones_like(ids)
+    cached_forward(model, ids, mask, DynamicCache())  # warm-up: the first forward after loading is many times slower
+    cache = DynamicCache()
+    prefill = _seconds(lambda: cached_forward(model, ids, mask, cache))
+    token = ids[:, -1:]
+
+    def step() -> None:
+        nonlocal mask
+        mask = torch.nn.functional.pad(mask, (0, 1), value=1)
+        cached_forward(model, token, mask, cache)
+
+    step()
+    return sum(_seconds(step) for _ in range(steps)) / steps, prefill / ids.numel()
+
+
+def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, steps: int = 4,
+                     adapter: Any = None) -> float:
+    """Seconds per llama.cpp decoding step at ``batch`` sequences: ``steps`` more tokens each, less
+    the same prefill with one token each (``adapter``: a llama.cpp LoRA file applied)."""
+    from .llamacpp import LlamaCppModel
+
+    prompts = [prompt[:MEASURE_TOKENS]] * batch
+    with LlamaCppModel(gguf, adapter=adapter) as model:
+        def run(tokens: int) -> float:
+            return _seconds(lambda: list(model.decode(prompts, slots=batch, max_new_tokens=tokens, stop_ids=[],
+                                                      vocab_size=vocab_size)))
+
+        run(1)  # warm-up
+        return max(run(1 + steps) - run(1), 0.0) / steps
+
+
+@dataclass(frozen=True)
+class Plan:
+    budget_minutes: float
+    scale: float
+    questions: int
+    max_steps: int
+    eval_limit: int
+    fit_trajectories: int
+    seconds: dict[str, float]  # estimate per stage
+
+    def record(self) -> dict[str, Any]:
+        return {"budget_minutes": self.budget_minutes, "scale": round(self.scale, 3), "questions": self.questions,
+                "max_steps": self.max_steps, "eval_limit": self.eval_limit, "fit_trajectories": self.fit_trajectories,
+                "seconds": {k: round(v, 1) for k, v in self.seconds.items()}}
+
+    def text(self) -> str:
+        stages = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in self.seconds.items())
+        total = sum(self.seconds.values()) / 60
+        return (f"plan for {self.budget_minutes:g} minutes: {self.questions} training questions, {self.max_steps} "
+                f"optimizer steps, {self.eval_limit} evaluation questions per benchmark before and after; "
+                f"estimated minutes: {stages} (total {total:.1f})")
+
+
+def estimate(scale: float, speeds: Speeds, *, prompt_tokens: int, trajectory_tokens: int, answer_tokens: int,
+             benchmarks: int, steps_per_update: int = 16) -> tuple[dict[str, int], dict[str, float]]:
+    """The sizes at ``scale`` and the seconds each stage should take with them."""
+    sizes = {name: max(1, round(unit * scale)) for name, unit in UNIT.items()}
+    questions, steps, evals = sizes["questions"], sizes["max_steps"], sizes["eval_limit"]
+    per_token = speeds.torch_step / speeds.batch  # one decoded token of a full batch, torch
+    rows = min(speeds.batch, questions)
+    sample = -(-questions // rows) * trajectory_tokens * speeds.torch_step * SAMPLING_OVERHEAD
+    step_tokens = steps_per_update / KEPT_PER_QUESTION * (prompt_tokens + trajectory_tokens)
+    train = steps * step_tokens * per_token * TRAIN_TOKEN_COST
+    fit_trajectories = min(40, questions)
+    fit = 2 * 2 * fit_trajectories * (prompt_tokens + trajectory_tokens) * speeds.torch_prefill_token
+    answers = benchmarks * evals
+    evaluation = -(-answers // min(speeds.batch, answers)) * answer_tokens * speeds.eval_step
+    seconds = {"sample": sample, "train": train, "adapter fit": fit, "evaluations": 2 * evaluation,
+               "fixed": FIXED_SECONDS}
+    return {**sizes, "fit_trajectories": fit_trajectories}, seconds
+
+
+def plan(budget_minutes: float, speeds: Speeds, **shape: int) -> Plan:
+    """The largest scale of the demonstration's proportions whose estimate fits the budget (never
+    below half of them: a machine too slow for that gets the smallest plan, with its estimate)."""
+    budget = budget_minutes * 60
+    low, high = SMALLEST_SCALE, SMALLEST_SCALE
+    while sum(estimate(high * 2, speeds, **shape)[1].values()) <= budget and high < 1024:
+        high *= 2
+    high *= 2
+    for _ in range(30):  # bisection on the scale: the estimate grows with it
+        middle = (low + high) / 2
+        if sum(estimate(middle, speeds, **shape)[1].values()) <= budget:
+            low = middle
+        else:
+            high = middle
+    sizes, seconds = estimate(low, speeds, **shape)
+    return Plan(budget_minutes, low, sizes["questions"], sizes["max_steps"], sizes["eval_limit"],
+                sizes["fit_trajectories"], seconds)

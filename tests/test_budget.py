@@ -1,0 +1,139 @@
+"""Sizing a run to a time budget: the estimate, the plan's search, and the run that records and keeps it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightreasoner import budget
+from lightreasoner.cli import main
+from lightreasoner.pipeline import RunConfig, run
+from tiny import save_pair
+
+SHAPE = dict(prompt_tokens=60, trajectory_tokens=128, answer_tokens=192, benchmarks=1)
+
+
+def test_the_estimate_counts_each_stage_from_the_measured_speeds():
+    speeds = budget.Speeds(torch_step=2.0, torch_prefill_token=0.01, eval_step=0.5, batch=16)
+    sizes, seconds = budget.estimate(1.0, speeds, **SHAPE)
+    assert sizes == {"questions": 16, "max_steps": 8, "eval_limit": 16, "fit_trajectories": 16}
+    assert seconds["sample"] == pytest.approx(1 * 128 * 2.0 * budget.SAMPLING_OVERHEAD)  # one batch of 16
+    step_tokens = 16 / budget.KEPT_PER_QUESTION * (60 + 128)
+    assert seconds["train"] == pytest.approx(8 * step_tokens * 2.0 / 16 * budget.TRAIN_TOKEN_COST)
+    assert seconds["adapter fit"] == pytest.approx(2 * 2 * 16 * (60 + 128) * 0.01)
+    assert seconds["evaluations"] == pytest.approx(2 * 1 * 192 * 0.5)  # 16 answers = one batch, twice
+
+
+@pytest.mark.parametrize("minutes", [12, 15, 60])
+def test_the_plan_is_the_largest_that_fits(minutes):
+    speeds = budget.Speeds(torch_step=1.5, torch_prefill_token=0.005, eval_step=0.3, batch=16)
+    made = budget.plan(minutes, speeds, **SHAPE)
+    assert sum(made.seconds.values()) <= minutes * 60
+    _, bigger = budget.estimate(made.scale * 1.05, speeds, **SHAPE)
+    assert sum(bigger.values()) > minutes * 60
+    assert made.questions == max(1, round(16 * made.scale)) and made.max_steps == max(1, round(8 * made.scale))
+    assert f"{made.questions} training questions" in made.text() and "total" in made.text()
+
+
+def test_a_machine_too_slow_for_the_budget_gets_the_smallest_plan_with_its_estimate():
+    speeds = budget.Speeds(torch_step=60.0, torch_prefill_token=1.0, eval_step=60.0, batch=16)
+    made = budget.plan(15, speeds, **SHAPE)
+    assert (made.questions, made.max_steps, made.eval_limit) == (8, 4, 8)
+    assert sum(made.seconds.values()) > 15 * 60  # said, not hidden
+
+
+def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monkeypatch):
+    import lightreasoner.pipeline as pipeline
+
+    pair = save_pair(tmp_path / "pair")
+    config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), max_new_tokens=8, eval_max_new_tokens=8,
+                       batch_size=4, dtype="float32", device="cpu", time_budget=2.0)
+    measured = []
+    measure = budget.measure_torch
+    # The tiny models are fast enough for thousands of questions: pretend a slow CPU (and check the real
+    # measurement ran on the expert at the run's batch width).
+    monkeypatch.setattr(budget, "measure_torch", lambda model, prompt, batch: measured.append(
+        measure(model, prompt, batch)) or (0.5, 0.002))
+    said: list[str] = []
+    out = tmp_path / "run"
+    run(config, out, progress=False, say=said.append)
+    record = json.loads((out / "run.json").read_text())
+    plan = record["plan"]
+    assert len(measured) == 1 and all(seconds > 0 for seconds in measured[0])
+    assert plan["budget_minutes"] == 2.0 and plan["measured"]["torch_step"] == 0.5
+    assert 8 <= plan["questions"] < 100
+    assert plan["measured"]["eval_backend"] == "hf"  # a folder model: hf, whatever is installed
+    assert any(line.startswith("plan for 2 minutes") for line in said)
+    assert record["sample"]["limit"] == plan["questions"] and record["train"]["max_steps"] == plan["max_steps"]
+    assert record["eval"]["limit"] == plan["eval_limit"]
+    assert json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]["n"] == \
+        plan["eval_limit"]
+    # A rerun keeps the recorded plan: nothing is measured again (no model is even loaded).
+    monkeypatch.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("measured again"))
+    run(config, out, progress=False, say=lambda _: None)
+    assert json.loads((out / "run.json").read_text())["plan"] == plan
+
+
+def test_the_command_line_budget_and_explicit_sizes_exclude_each_other(tmp_path, capsys):
+    assert main(["run", "--time-budget", "5", "--questions", "3", "--out", str(tmp_path / "run")]) == 2
+    assert "--time-budget sizes --questions itself" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="time_budget: it sizes the baseline and lightreasoner arms only"):
+        RunConfig(time_budget=5, arms=["baseline", "sft"])
+
+
+def test_lightreasoner_run_with_nothing_given_is_the_15_minute_run(tmp_path, monkeypatch):
+    import lightreasoner.commands.run as command
+
+    seen = []
+    monkeypatch.setattr(command, "run", lambda config, out, **kwargs: seen.append(config) or out / "report.html")
+    monkeypatch.setattr(command, "text_summary", lambda out: "")
+    assert main(["run", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["run", "--out", str(tmp_path / "b"), "--eval-limit", "4", "--quiet"]) == 0
+    assert main(["run", "--out", str(tmp_path / "c"), "--time-budget", "30", "--quiet"]) == 0
+    assert [c.time_budget for c in seen] == [15.0, None, 30.0]
+
+
+def test_the_run_evaluates_on_llamacpp_for_the_embedded_pair_and_keeps_what_its_folder_used(tmp_path, monkeypatch):
+    import lightreasoner.pipeline as pipeline
+    from lightreasoner.evaluation import EvalConfig
+
+    import importlib.util
+
+    real_find_spec, installed = importlib.util.find_spec, []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (object() if name in installed else None)
+                        if name == "llama_cpp" else real_find_spec(name, *args))
+    said: list[str] = []
+    embedded = EvalConfig(model="coder-1.5b", device="cpu")
+    assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "hf"
+    assert said == ['evaluating with the hf backend: llama.cpp is not installed (pip install -e ".[test,llamacpp]" '
+                    '(builds llama.cpp for this CPU; docs/EVALUATION.md))']
+    installed.append("llama_cpp")
+    assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "llamacpp"
+    assert pipeline.choose_eval_backend(EvalConfig(model=str(tmp_path), device="cpu"), tmp_path, said.append) == "hf"
+    assert pipeline.choose_eval_backend(EvalConfig(model="coder-1.5b", backend="hf"), tmp_path, said.append) == "hf"
+    assert len(said) == 1
+    # Answers exist: every later evaluation of the run uses their backend, whatever is installed now.
+    (tmp_path / "eval_before").mkdir()
+    (tmp_path / "eval_before" / "run.json").write_text(json.dumps({"backend": "hf", "max_new_tokens": 8}))
+    assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "hf"
+
+
+def test_auto_falls_back_to_hf_where_llamacpp_measures_slower(tmp_path, monkeypatch):
+    import lightreasoner.pipeline as pipeline
+
+    pair = save_pair(tmp_path / "pair")
+    config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), max_new_tokens=8, eval_max_new_tokens=8,
+                       batch_size=4, dtype="float32", device="cpu", time_budget=2.0)
+    monkeypatch.setattr(budget, "measure_torch", lambda model, prompt, batch: (0.5, 0.002))
+    monkeypatch.setattr(budget, "measure_llamacpp", lambda *args, **kwargs: 0.8)
+    monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, **kwargs: tmp_path / "model.gguf")
+    said: list[str] = []
+    sample_config = pipeline.stage_configs(config)[0]
+    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, "llamacpp", said.append,
+                                          may_fall_back=True)
+    assert record["measured"]["eval_backend"] == "hf" and record["measured"]["eval_step"] == 0.5
+    assert any("here llama.cpp took 0.80 s per decoding step of 4 questions, torch 0.50 s" in line for line in said)
+    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, "llamacpp", said.append,
+                                          may_fall_back=False)  # asked for by name: kept, and planned with
+    assert record["measured"]["eval_backend"] == "llamacpp" and record["measured"]["eval_step"] == 0.8
