@@ -9,7 +9,9 @@ import sys
 import time
 
 import torch
+from transformers import DynamicCache
 
+from lightreasoner.decoding import cache_keyword
 from lightreasoner.models import load_model
 
 CONTEXT, STEPS = 300, 8
@@ -20,12 +22,13 @@ rates = {}
 for batch in [int(b) for b in sys.argv[1:] or ["16", "32", "64"]]:
     ids = torch.randint(0, 150_000, (batch, CONTEXT))
     with torch.inference_mode():
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache = {cache_keyword(model): DynamicCache()}  # filled in place by every forward
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
         began = time.perf_counter()
         for _ in range(STEPS):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=token, use_cache=True, **cache)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
         seconds = (time.perf_counter() - began) / STEPS
     rates[batch] = batch / seconds
     first = next(iter(rates))

@@ -3,6 +3,7 @@
     python benchmarks/bench_dtype.py
 """
 import time, torch
+from lightreasoner.decoding import cache_keyword
 from lightreasoner.models import load_model, load_tokenizer, chat_prompt
 from lightreasoner.data import load_problems
 from transformers import DynamicCache
@@ -13,14 +14,14 @@ inp = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 for dt in (torch.float32, torch.bfloat16):
     m = load_model("coder-1.5b", dtype=dt)
     with torch.inference_mode():
-        cache = DynamicCache()
-        out = m(**inp, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = {cache_keyword(m): DynamicCache()}
+        out = m(**inp, **cache, use_cache=True, logits_to_keep=1)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         mask = inp["attention_mask"]
         t = time.time()
         for i in range(12):
             mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-            out = m(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+            out = m(input_ids=nxt, attention_mask=mask, **cache, use_cache=True)
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         print(dt, "s/step at batch 16:", (time.time() - t) / 12, flush=True)
     del m

@@ -3,13 +3,13 @@
 Both decode the same GSM8K test questions (a seeded sample, the qwen25-math-cot prompt, greedy)
 with the same model, batch width and token limit, one after the other in one process:
 
-- static:     HF `generate` on length-sorted batches of `--batch-size`, left padded, KV cache
-              (what `lightreasoner eval` did before): each batch runs until its longest answer ends.
+- static:     HF `generate` on length-sorted batches of `--batch-size`, left padded, KV cache;
+              each batch runs until its longest answer ends.
 - continuous: lightreasoner.decoding.decode, `--batch-size` rows at a time; a finished row
               is replaced by the next question at once.
 
 Usage (the embedded expert, fetched on first use; `--data-dir` holds gsm8k/test.jsonl):
-    python benchmarks/bench_eval_decoding.py --data-dir ../shared/data --questions 64 --batch-size 32
+    python benchmarks/bench_eval_decoding.py --data-dir DATA --questions 64 --batch-size 32
 Prints seconds, generated tokens and tokens/s of each, their ratio, and how many completions agree.
 """
 
@@ -24,8 +24,10 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from lightreasoner import prompts
 from lightreasoner.data import load_problems
 from lightreasoner.decoding import decode
-from lightreasoner.models import (encode_prompt, load_model, load_tokenizer, only_this_generation_config,
-                                  real_vocab_size, resolve_device, resolve_dtype, stop_token_ids)
+from lightreasoner.models import (encode_prompt, load_model, load_tokenizer, real_vocab_size, resolve_device,
+                                  resolve_dtype, stop_token_ids)
+
+from hf_generate import only_this_generation_config  # benchmarks/, the script's own folder
 
 
 class SuppressRows(LogitsProcessor):

@@ -10,7 +10,7 @@ sequences decoded together with continuous batching, one arm after another in on
 - the same with `--adapter` (a peft LoRA adapter of that expert), when given.
 
 Usage (the embedded expert; `--data-dir` holds gsm8k/test.jsonl; needs the llamacpp extra):
-    python benchmarks/bench_llamacpp.py --data-dir ../shared/data --questions 16 --batch-size 8 \\
+    python benchmarks/bench_llamacpp.py --data-dir DATA --questions 16 --batch-size 8 \\
         --max-new-tokens 192 --adapter runs/bench-adapter/adapter
 Prints seconds, generated tokens and tokens/s per arm, llamacpp's ratio to each hf arm, and the
 share of questions whose extracted final answer (and whose whole completion) agrees between arms.

@@ -22,8 +22,10 @@ import torch
 from transformers import GenerationConfig
 
 from lightreasoner.data import load_problems
-from lightreasoner.models import chat_prompt, only_this_generation_config
+from lightreasoner.models import chat_prompt
 from lightreasoner.sampling import SampleConfig, load_pair, sample_batch
+
+from hf_generate import only_this_generation_config  # benchmarks/, the script's own folder
 
 
 def floor(pair, prompts: list[str], max_new_tokens: int, batch_size: int) -> tuple[float, int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -33,12 +34,12 @@ from lightreasoner import models
 from lightreasoner.training import (REFERENCE_SYSTEM_PROMPT, PackedExample, SampleSet, TrainConfig,
                                     one_hot_example, train)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
-def synthetic_samples(tokenizer, questions: int, completion_tokens: int, kept: float, seed: int) -> SampleSet:
+def synthetic_samples(tokenizer, train_file: Path, questions: int, completion_tokens: int, kept: float,
+                      seed: int) -> SampleSet:
     rng = random.Random(seed)
-    records = [json.loads(line) for _, line in zip(range(questions + 8), DATA.open(encoding="utf-8"))]
+    records = [json.loads(line) for _, line in zip(range(questions + 8), train_file.open(encoding="utf-8"))]
     vocab = models.real_vocab_size(tokenizer)
     examples = []
     for index in range(questions):
@@ -86,15 +87,18 @@ def main() -> None:
     parser.add_argument("--kept", type=float, default=0.115, help="fraction of steps kept")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=os.environ.get("LIGHTREASONER_DATA_DIR"),
+                        help="data folder holding gsm8k/train.jsonl (default: $LIGHTREASONER_DATA_DIR)")
     args = parser.parse_args()
-    if not DATA.is_file():
-        sys.exit(f"{DATA}: GSM8K train split not found (the benchmark reads ../shared/data)")
+    train_file = Path(args.data_dir or ".") / "gsm8k" / "train.jsonl"
+    if not train_file.is_file():
+        sys.exit(f"{train_file}: GSM8K train split not found (give --data-dir or set LIGHTREASONER_DATA_DIR)")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = tiny_model(args.tokenizer, root) if args.model == "tiny" else args.model
         tokenizer = models.load_tokenizer(model)
-        packed = synthetic_samples(tokenizer, args.questions, args.completion_tokens, args.kept, args.seed)
+        packed = synthetic_samples(tokenizer, train_file, args.questions, args.completion_tokens, args.kept, args.seed)
         config = TrainConfig(epochs=1.0, dtype=args.dtype, save_steps=0, seed=args.seed)
         results = {}
         for name, data in (("packed", packed), ("per-step", per_step(packed))):

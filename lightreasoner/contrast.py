@@ -1,4 +1,4 @@
-"""The LightReasoner contrast, as pure tensor functions (DESIGN.md section 1).
+"""The LightReasoner contrast, as pure tensor functions (the method: docs/METHOD.md).
 
 For one step with expert distribution pi_E and amateur distribution pi_A over the shared
 vocabulary:

@@ -19,6 +19,8 @@ row's tokens see the same positions and keys as in a batch of one.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 import time
 from collections import deque
@@ -133,9 +135,23 @@ def cached_forward(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, cach
     of every new one."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
     with torch.inference_mode():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1 if keep_last else 0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1 if keep_last else 0, **{cache_keyword(model): cache})
     return out.logits
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword under which ``model``'s forward takes its KV cache: ``cache`` in transformers 5.24,
+    which warns on every call that passes the older ``past_key_values`` (to be removed in 5.40), and
+    ``past_key_values`` in 5.19 (the vLLM extra's), which knows no other. Read from the model's class,
+    under a peft wrapper if there is one (peft passes the keyword on to the model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_keyword_of(type(base))
+
+
+@functools.cache
+def _cache_keyword_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _admit(model: Any, prompts: list[list[int]], cache: DynamicCache, mask: torch.Tensor,

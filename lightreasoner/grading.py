@@ -48,7 +48,6 @@ from typing import Any, Iterator
 DEFAULT_TIMEOUT = 5.0  # seconds per answer (math-verify's default per operation)
 REL_TOL = 1e-4  # the toolkit's numeric_equal
 MULTIPLE_CHOICE = frozenset({"mmlu_stem"})
-CHOICE_LETTERS = "ABCD"
 
 
 # Where an answer was found: stated as the final answer ("boxed", "answer-is": a box, or the text
@@ -104,11 +103,6 @@ def find_last_boxed(text: str) -> str | None:
 _NUMBER = re.compile(r"-?\d*\.?\d+")
 
 
-def extract_answer(completion: str, benchmark: str | None = None) -> str:
-    """The final answer of ``completion`` as a string ("" when there is none)."""
-    return locate_answer(completion, benchmark)[0]
-
-
 def locate_answer(completion: str, benchmark: str | None = None) -> tuple[str, str]:
     """The final answer of ``completion`` ("" when there is none) and where it was found (:data:`SOURCES`)."""
     if benchmark in MULTIPLE_CHOICE:
@@ -129,11 +123,6 @@ def locate_answer(completion: str, benchmark: str | None = None) -> tuple[str, s
     answer = answer[1:] if answer.startswith(":") else answer
     answer = answer.rstrip(".").rstrip("/").strip()
     return answer, source if answer else "none"
-
-
-def extract_choice(completion: str) -> str:
-    """A multiple-choice letter A-D ("" if none); see :func:`locate_choice`."""
-    return locate_choice(completion)[0]
 
 
 def locate_choice(completion: str) -> tuple[str, str]:

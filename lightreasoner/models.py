@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
@@ -371,20 +370,3 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of an already-templated prompt (the template supplies any BOS/special tokens)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-
-@contextmanager
-def only_this_generation_config(model: PreTrainedModel, config: GenerationConfig) -> Iterator[None]:
-    """Make ``generate`` use ``config`` and nothing of the checkpoint's own generation config.
-
-    transformers fills every field left unset in a passed config from ``model.generation_config``,
-    so a checkpoint's ``repetition_penalty`` or ``top_k`` (Qwen2.5-Instruct ships both) would leak
-    into what should be plain greedy decoding or plain temperature sampling.
-    """
-    get_base = getattr(model, "get_base_model", None)  # a peft model generates with its base model
-    owner = get_base() if callable(get_base) else model
-    saved = owner.generation_config
-    owner.generation_config = config
-    try:
-        yield
-    finally:
-        owner.generation_config = saved

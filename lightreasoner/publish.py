@@ -26,6 +26,7 @@ from .errors import LightReasonerError
 from .evaluation import is_eval_folder
 from .records import JsonlAppender, check_writable, iter_jsonl, read_json, write_json_atomic
 from .tables import ARM_EVAL_DIRS
+from .training import CHECKPOINTS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
                "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md",
@@ -66,7 +67,7 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     written = []
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir)
-        if not path.is_file() or any(part.startswith("checkpoint-") for part in relative.parts):
+        if not path.is_file() or CHECKPOINTS in relative.parts:
             continue
         target = out_dir / relative
         if path.name in PUBLISHED_NAMES:

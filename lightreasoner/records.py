@@ -66,10 +66,6 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    return [record for _, record in iter_jsonl(path)]
-
-
 def repair_torn_tail(path: str | Path) -> int:
     """Cut a last line that lacks its newline (a write interrupted mid-line). Returns bytes removed."""
     path = Path(path)

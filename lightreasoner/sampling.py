@@ -1,4 +1,4 @@
-"""The sampling stage: expert trajectories -> contrastive soft-label steps (DESIGN.md section 1).
+"""The sampling stage: expert trajectories -> contrastive soft-label steps (the method: docs/METHOD.md).
 
 For a batch of questions the expert decodes greedily with a KV cache (our own loop, not
 ``generate``: the raw logits that chose each token are the ones contrasted, and no logits

@@ -525,9 +525,11 @@ def total_updates(config: TrainConfig, kept_steps: int) -> tuple[int, int]:
 
 
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
-    """LR for optimizer step ``step`` (0-based): warm-up then linear decay to 0, as HF Trainer."""
+    """LR for optimizer step ``step`` (0-based): warm-up then linear decay to 0 (or constant), the values
+    transformers' ``get_linear_schedule_with_warmup`` (``get_constant_schedule_with_warmup``) gives HF
+    Trainer's steps, the first warm-up step's 0 included."""
     if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
+        return config.learning_rate * step / config.warmup_steps
     if config.lr_scheduler == "constant":
         return config.learning_rate
     return config.learning_rate * max(0.0, (total - step) / max(1, total - config.warmup_steps))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import pytest
 import torch
+from transformers import Qwen2ForCausalLM
 
-from lightreasoner.decoding import decode, derived_seed, seeded_sampler
+from lightreasoner.decoding import cache_keyword, decode, derived_seed, seeded_sampler
 from tiny import VOCAB_ROWS, make_model
 
 VOCAB = VOCAB_ROWS - 20  # rows past this are no token
@@ -109,3 +111,42 @@ def test_seeded_sampler_draws_from_the_tempered_nucleus(top_p):
     again = seeded_sampler([derived_seed("test", 0)], temperature=temperature, top_p=top_p)
     fresh = seeded_sampler([derived_seed("test", 0)], temperature=temperature, top_p=top_p)
     assert [again([0], logits)[0] for _ in range(20)] == [fresh([0], logits)[0] for _ in range(20)]
+
+
+
+class OlderForward(torch.nn.Module):
+    """A model whose forward takes the cache as ``past_key_values`` only, as in transformers 5.19."""
+
+    def __init__(self, model: Qwen2ForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, logits_to_keep=logits_to_keep,
+                          **{cache_keyword(self.model): past_key_values})
+
+
+def test_the_cache_goes_under_the_keyword_the_model_takes_without_deprecation_warnings(model):
+    """Decoding (prefills, cached steps, rows joining and leaving) warns nothing deprecated from our calls,
+    on the plain model and under a peft adapter; a model whose forward knows only ``past_key_values``
+    gets it, and decodes the same: the cache reached it (without it every step would see one token)."""
+    from peft import LoraConfig, get_peft_model
+
+    older = OlderForward(model)
+    adapted = get_peft_model(make_model(5, layers=2).float(), LoraConfig(r=2, target_modules=["q_proj"])).eval()
+    assert cache_keyword(older) == "past_key_values"
+    assert cache_keyword(adapted) == cache_keyword(model)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, VOCAB) for _ in range(rng.randint(2, 12))] for _ in range(5)]
+    runs = {}
+    for name, decoder in (("model", model), ("older", older), ("adapted", adapted)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            runs[name] = sorted((f.index, f.token_ids) for f in decode(decoder, prompts, slots=2, max_new_tokens=6,
+                                                                       stop_ids=[7], vocab_size=VOCAB, pad_id=0))
+    assert runs["older"] == runs["model"]
+    assert runs["model"] == [(i, slow_greedy(model, p, 6, {7}, rule=None)) for i, p in enumerate(prompts)]
+    assert len(runs["adapted"]) == len(prompts)

@@ -47,6 +47,17 @@ def test_the_vllm_extra_pins_the_release_the_standin_was_read_from():
     assert read in ours and read in theirs  # the transformers we read is allowed by both bounds
 
 
+def test_the_transformers_pin_admits_what_the_tests_run_on():
+    """The base pin spans the transformers minors the suite runs on: the installed one, and the vLLM
+    extra's (else `.[vllm]` would resolve nothing). A newer transformers installed here fails this
+    until the suite has passed on it and the upper bound is raised."""
+    import transformers
+
+    base = pinned(project()["dependencies"], "transformers").specifier
+    assert Version(transformers.__version__) in base
+    assert Version(vllm_signatures.TRANSFORMERS_READ) in base
+
+
 UNREACHABLE = re.compile(r"NewConnectionError|ConnectTimeout|Max retries exceeded|name resolution|"
                          r"Network is unreachable|ProxyError|Connection refused|timed out")
 

@@ -31,7 +31,7 @@ def tiny_config(pair: tuple[Path, Path], **overrides) -> RunConfig:
 
 def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     pair = save_pair(tmp_path / "pair")
-    config = tiny_config(pair)
+    config = tiny_config(pair, max_steps=11)  # a run checkpoints every 10 steps: one checkpoint to leave unpublished
     out = tmp_path / "run"
     run(config, out, progress=False, say=lambda _: None)
 
@@ -48,7 +48,8 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     assert efficiency["problems_sampled"] == 6
     assert efficiency["tokens_generated"] == sum(len(r["completion_ids"]) for r in records)
     assert efficiency["examples_kept"] == sum(len(r["steps"]) for r in records)
-    assert efficiency["optimizer_steps"] == 3
+    assert efficiency["optimizer_steps"] == 11
+    assert {p.name for p in (out / "adapter" / "checkpoints").iterdir()} == {"step-000010"}
     assert efficiency["total_seconds"] == pytest.approx(stages["sample"]["seconds"] + stages["train"]["seconds"],
                                                         abs=0.02)
 
@@ -66,7 +67,7 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     names = {p.relative_to(published).as_posix() for p in published.rglob("*") if p.is_file()}
     assert {"run.json", "stages.json", "report.html", "kl.png", "eval_before/summary.json",
             "eval_after/arith.jsonl", "adapter/train_summary.json", "samples.jsonl.meta.json"} <= names
-    assert not any(name.endswith((".safetensors", "samples.jsonl")) or "checkpoint-" in name for name in names)
+    assert not any(name.endswith((".safetensors", "samples.jsonl")) or "/checkpoints/" in name for name in names)
     answers = [json.loads(line) for line in (published / "eval_before" / "arith.jsonl").read_text().splitlines()]
     originals = [json.loads(line) for line in (out / "eval_before" / "arith.jsonl").read_text().splitlines()]
     assert [(a["id"], a["correct"], a["completion"]) for a in answers] == \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ from lightreasoner import models
 from lightreasoner.cli import main as cli_main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.training import (REFERENCE_SYSTEM_PROMPT, Piece, TrainConfig, assign_slots, collate,
-                                    iter_updates, load_samples, micro_batches, one_hot_example, packed_kl,
-                                    read_samples, train, train_from_file)
+                                    iter_updates, learning_rate, load_samples, micro_batches, one_hot_example,
+                                    packed_kl, read_samples, train, train_from_file)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
@@ -413,3 +414,64 @@ def test_epochs_count_passes_over_kept_steps(tmp_path, pair, tokenizer):
     summary = train_from_file(pair[0], samples, fast_config(epochs=2.0), tmp_path / "e")
     assert summary["tokens_tuned"] == 2 * summary["kept_steps"]
     assert summary["optimizer_steps"] == -(-2 * summary["kept_steps"] // 8)
+
+
+# --- the learning-rate schedule and a stored loss curve ---------------------------------------
+
+
+def transformers_schedule(name: str, peak: float, warmup: int, total: int) -> list[float]:
+    """The learning rate of each optimizer step as HF Trainer sets it: a LambdaLR stepped after each step."""
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    scheduler = (get_linear_schedule_with_warmup(optimizer, warmup, total) if name == "linear"
+                 else get_constant_schedule_with_warmup(optimizer, warmup))
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("name", ["linear", "constant"])
+@pytest.mark.parametrize("warmup, total", [(0, 10), (3, 10), (1, 2), (10, 10), (12, 10)])
+def test_learning_rate_is_the_transformers_schedule_step_by_step(name, warmup, total):
+    config = fast_config(lr_scheduler=name, warmup_steps=warmup, learning_rate=5e-5)
+    ours = [learning_rate(config, step, total) for step in range(total)]
+    assert ours == pytest.approx(transformers_schedule(name, 5e-5, warmup, total), rel=1e-12, abs=0)
+
+
+# The curve of a fixed tiny run (torchtune's recipe tests keep such curves): a change that alters the numbers
+# fails here. When a change is MEANT to alter them, regenerate with
+#     LIGHTREASONER_UPDATE_REFERENCE=1 python -m pytest tests/test_training.py -k reference
+# and say why in the commit.
+REFERENCE_CURVE = Path(__file__).parent / "fixtures" / "reference_loss_curve.json"
+REFERENCE_SETTINGS = dict(max_steps=8, warmup_steps=2, learning_rate=2e-2, steps_per_update=8, lora_r=4,
+                          lora_alpha=8, lora_dropout=0.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, pair, tokenizer) -> Path:
+    """A deterministic tiny LoRA run in float32: fixed pair, fixed samples, no dropout."""
+    out = tmp_path_factory.mktemp("reference")
+    samples = write_jsonl(out / "samples.jsonl", sample_lines(tokenizer, questions=8, seed=5))
+    train_from_file(pair[0], samples, fast_config(**REFERENCE_SETTINGS), out / "run")
+    return out / "run"
+
+
+def test_reference_run_logs_the_transformers_learning_rates(reference_run):
+    logged = [json.loads(line)["lr"] for line in (reference_run / "train_log.jsonl").read_text().splitlines()]
+    expected = transformers_schedule("linear", REFERENCE_SETTINGS["learning_rate"], REFERENCE_SETTINGS["warmup_steps"],
+                                     REFERENCE_SETTINGS["max_steps"])
+    assert logged == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_reference_run_reproduces_the_stored_loss_curve(reference_run):
+    curve = losses(reference_run)
+    if os.environ.get("LIGHTREASONER_UPDATE_REFERENCE"):
+        REFERENCE_CURVE.write_text(json.dumps({"settings": REFERENCE_SETTINGS, "losses": curve}, indent=1) + "\n")
+        pytest.skip(f"wrote {REFERENCE_CURVE}; rerun without LIGHTREASONER_UPDATE_REFERENCE to check it")
+    stored = json.loads(REFERENCE_CURVE.read_text())
+    assert stored["settings"] == REFERENCE_SETTINGS  # else regenerate: the curve belongs to other settings
+    assert curve == pytest.approx(stored["losses"], rel=1e-6, abs=0)
