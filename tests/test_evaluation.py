@@ -375,6 +375,10 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
     assert json.loads((out / "run.json").read_text())["adapter_sha256"] == evaluation.adapter_fingerprint(first)
     shutil.copytree(first, tmp_path / "copy")
     shutil.rmtree(first)
+    # The same adapter saved by another process: peft writes target_modules (a set) in hash order.
+    written = json.loads((tmp_path / "copy" / "adapter_config.json").read_text())
+    written["target_modules"] = list(reversed(written["target_modules"]))
+    (tmp_path / "copy" / "adapter_config.json").write_text(json.dumps(written))
     summary = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path / "copy")), out,
                        progress=False)  # every answer is there: nothing to load or generate
     assert summary["benchmarks"]["mmlu_stem"]["n"] == 3
