@@ -45,6 +45,7 @@ from .models import check_same_vocabulary, load_model, load_tokenizer, model_loc
 from .records import (JsonlAppender, check_writable, file_sha256, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
 from .sft import ADAPTER_DIR, EFFICIENCY_FILE, FREE_SETTINGS, _check_arm_settings, efficiency_record
+from .stages import Stages
 from .training import TrainConfig
 
 POSITIONS = ("kept", "random", "entropy")
@@ -312,7 +313,6 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     the seconds in the sample file's ``.meta.json`` sidecar) and, for a cell that needs the models'
     distributions, the teacher-forced pass that wrote the examples. Returns the efficiency record.
     """
-    from .pipeline import Stages
     from .sampling import meta_path, read_samples
 
     out_dir, samples = Path(out_dir), Path(samples)

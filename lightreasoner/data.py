@@ -17,19 +17,11 @@ from typing import Any, Callable, Iterable
 
 from .errors import LightReasonerError
 from .grading import find_last_boxed
+from .problems import Problem, generate_problems
 from .records import iter_jsonl
 
 DATA_DIR_ENV = "LIGHTREASONER_DATA_DIR"
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One question. ``gold`` is the final answer as a string (already extracted), if known."""
-
-    id: str
-    question: str
-    gold: str | None = None
 
 
 def _number_text(value: Any) -> str:
@@ -172,8 +164,6 @@ def load_problems(source: str | Path, *, split: str = "test", data_dir: str | Pa
     """
     text = str(source)
     if text in GENERATED:
-        from .problems import generate_problems
-
         problems = generate_problems(split=split, seed=seed or 0)
     elif text in BENCHMARKS:
         spec = BENCHMARKS[text]

@@ -30,7 +30,6 @@ are never generated. The model's own generation config (which may sample) plays 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -45,7 +44,8 @@ from . import grading, prompts
 from .backends import (BACKENDS, STOP_STRING_TOKENS, Backend, HFBackend, Output, Request, Sampling, VLLMBackend,
                        resolve_backend)
 from .config import SettingError, check_fields, config_to_dict
-from .data import BENCHMARKS, GENERATED, Problem, check_same_problems, load_problems
+from .data import BENCHMARKS, GENERATED, check_same_problems, load_problems
+from .problems import Problem
 from .errors import LightReasonerError
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic, write_text_atomic)
@@ -204,24 +204,6 @@ def open_backend(config: EvalConfig, *, model: Any = None, tokenizer: Any = None
 # --------------------------------------------------------------------------- the evaluation loop
 
 
-def adapter_fingerprint(adapter: str | Path) -> str:
-    """sha256 of a peft adapter's weights and its settings (paths left out): equal iff it is the same adapter."""
-    folder = Path(adapter)
-    weights = folder / "adapter_model.safetensors"
-    if not (folder / "adapter_config.json").is_file() or not weights.is_file():
-        raise LightReasonerError(f"{folder}: no adapter_config.json and adapter_model.safetensors here, "
-                                 "so it is not a peft adapter folder")
-    settings = {k: v for k, v in read_json(folder / "adapter_config.json").items()
-                if k not in ("base_model_name_or_path", "revision")}
-    if isinstance(settings.get("target_modules"), list):  # peft writes a set, in the process's hash order
-        settings["target_modules"] = sorted(settings["target_modules"])
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    with weights.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def answering_backend(config: EvalConfig, out_dir: Path) -> str:
     """The backend that answers: ``auto`` resolved (:func:`lightreasoner.backends.resolve_backend`), except
     in a folder that holds answers already, where ``auto`` keeps the backend that made them: an extra
@@ -237,7 +219,7 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
     """The run.json settings of this evaluation, refused if ``out_dir`` holds answers made otherwise (a
     smaller ``max_new_tokens`` too; a larger one grows the folder), or files that are not a lightreasoner
     evaluation's (before anything touches them)."""
-    from .models import check_adapter, same_model
+    from .models import adapter_fingerprint, check_adapter, same_model
 
     settings = {key: getattr(config, key) for key in RUN_KEYS if key != "adapter_sha256"}
     settings["adapter_sha256"] = adapter_fingerprint(check_adapter(config.adapter)) if config.adapter else None

@@ -234,7 +234,7 @@ def _add_vocabulary(writer: Any, folder: Path, tokenizer: Any, rows: int) -> Non
 def adapter_gguf(adapter: str | Path, base: Path) -> Path:
     """The llama.cpp LoRA adapter file of a peft adapter folder, for the GGUF model ``base``."""
     from . import zoo
-    from .evaluation import adapter_fingerprint
+    from .models import adapter_fingerprint
 
     metadata = _gguf_fields(base)
     arch = metadata["general.architecture"]

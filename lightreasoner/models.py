@@ -19,6 +19,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gener
                           PreTrainedTokenizerBase)
 
 from .errors import LightReasonerError
+from .records import read_json
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32}
@@ -370,3 +371,20 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of an already-templated prompt (the template supplies any BOS/special tokens)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+
+def adapter_fingerprint(adapter: str | Path) -> str:
+    """sha256 of a peft adapter's weights and its settings (paths left out): equal iff it is the same adapter."""
+    folder = Path(adapter)
+    weights = folder / "adapter_model.safetensors"
+    if not (folder / "adapter_config.json").is_file() or not weights.is_file():
+        raise LightReasonerError(f"{folder}: no adapter_config.json and adapter_model.safetensors here, "
+                                 "so it is not a peft adapter folder")
+    settings = {k: v for k, v in read_json(folder / "adapter_config.json").items()
+                if k not in ("base_model_name_or_path", "revision")}
+    if isinstance(settings.get("target_modules"), list):  # peft writes a set, in the process's hash order
+        settings["target_modules"] = sorted(settings["target_modules"])
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

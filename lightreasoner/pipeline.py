@@ -30,8 +30,6 @@ sampling and training need full distributions and gradients and always run on to
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +43,7 @@ from .records import check_writable, read_json, refuse_own_input, write_json_ato
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
 from .controls import CONTROL_ARMS, control, control_started
+from .stages import Stages
 from .sft import FREE_SETTINGS, SFTConfig, arm_started, efficiency_record, sft, sft_config_dict, sft_train_config
 from .tables import ARM_EVAL_DIRS
 from .models import model_location, resolve_device
@@ -226,64 +225,6 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
     sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],
                     eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"])
     return sized, record, pair
-
-
-class Stages:
-    """stages.json: which stages are done and the seconds each took, summed over resumed attempts.
-    A running stage saves its seconds every ``heartbeat`` seconds, so an attempt that is killed
-    (a session's end, an out-of-memory kill) still counts in the efficiency table.
-
-    ``started(name)`` tells whether a stage has produced anything: a first attempt that fails with an
-    error before it has (a bad setting, a missing GPU) leaves no entry, so the stage's settings may
-    still change."""
-
-    def __init__(self, run_dir: Path, heartbeat: float = 30.0, started: Callable[[str], bool] | None = None):
-        self.path = run_dir / "stages.json"
-        self.heartbeat = heartbeat
-        self.state: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
-        self._started = started
-        self._lock = threading.Lock()
-
-    def done(self, name: str) -> bool:
-        return bool(self.state.get(name, {}).get("done"))
-
-    def save(self) -> None:
-        with self._lock:
-            write_json_atomic(self.path, self.state)
-
-    def run(self, name: str, work: Callable[[], Any], say: Callable[[str], None]) -> Any:
-        if self.done(name):
-            say(f"[{name}] already done, skipping")
-            return None
-        say(f"[{name}] ...")
-        first = name not in self.state
-        entry = self.state.setdefault(name, {"done": False, "seconds": 0.0})
-        base, started, stop = entry["seconds"], time.perf_counter(), threading.Event()
-
-        def save_seconds() -> None:
-            entry["seconds"] = round(base + time.perf_counter() - started, 2)
-            self.save()
-
-        def beat() -> None:
-            while not stop.wait(self.heartbeat):
-                save_seconds()
-
-        beating = threading.Thread(target=beat, name=f"stages-{name}", daemon=True)
-        beating.start()
-        try:
-            return work()
-        except Exception:  # an error, not an interruption: the stage's time then still counts
-            if first and self._started is not None and not self._started(name):
-                self.state.pop(name)
-            raise
-        finally:
-            stop.set()
-            beating.join()
-            save_seconds()
-
-    def finish(self, name: str) -> None:
-        self.state[name]["done"] = True
-        self.save()
 
 
 def stage_started(run_dir: Path, stage: str) -> bool:

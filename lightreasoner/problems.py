@@ -1,4 +1,5 @@
-"""An offline problem set: multi-step arithmetic word problems, generated deterministically.
+"""A :class:`Problem` (one question, the record every benchmark loads into), and an offline problem
+set: multi-step arithmetic word problems, generated deterministically.
 
 Every problem comes from a template that draws names, objects and numbers from a seeded RNG
 and computes the answer with integer arithmetic (numbers are chosen so every step divides
@@ -14,11 +15,21 @@ import hashlib
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .data import Problem
 from .errors import LightReasonerError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question. ``gold`` is the final answer as a string (already extracted), if known."""
+
+    id: str
+    question: str
+    gold: str | None = None
+
 
 SIZES = {"train": 2000, "test": 500}  # defaults; the issue asks for at least 1,000 and 300
 TEST_SHARE = 5  # one question in TEST_SHARE (by hash) is a test question

@@ -44,7 +44,7 @@ RESTORED_NAMES = {published: name for name, published in PUBLISHED_NAMES.items()
 BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
 # Stages whose product (an adapter) is never published: a restored run does them again. The
 # evaluations of those adapters are reopened too (their answers kept), so that the rebuilt adapter
-# is checked against the one the answers came from (evaluation.adapter_fingerprint) before reuse.
+# is checked against the one the answers came from (models.adapter_fingerprint) before reuse.
 WEIGHT_STAGES = tuple("train" if arm == "lightreasoner" else arm for arm in ARM_EVAL_DIRS if arm != "baseline")
 ADAPTER_EVAL_STAGES = tuple(folder for arm, folder in ARM_EVAL_DIRS.items() if arm != "baseline")
 

@@ -29,7 +29,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from . import __version__
 from .config import check_fields, config_to_dict
 from .contrast import KeptStep, select_steps
-from .data import Problem, check_same_problems, load_problems
+from .data import check_same_problems, load_problems
+from .problems import Problem
 from .decoding import cached_forward
 from .errors import LightReasonerError
 from .models import (chat_prompt, check_prompts_fit, check_same_vocabulary, context_length, encode_prompt, load_model,

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from . import grading, training
 from .backends import BACKENDS, Backend, HFBackend, Request, Sampling, VLLMBackend, resolve_backend
 from .config import build_config, check_fields, check_same_settings, config_to_dict
-from .data import BENCHMARKS, Problem, check_same_problems, load_problems, resolve_data_dir
+from .data import BENCHMARKS, check_same_problems, load_problems, resolve_data_dir
+from .problems import Problem
 from .decoding import derived_seed
 from .errors import LightReasonerError
 from .models import (chat_prompt, check_prompts_fit, context_length, encode_prompt, load_model, load_tokenizer,
@@ -34,6 +35,7 @@ from .models import (chat_prompt, check_prompts_fit, context_length, encode_prom
                      tokenizer_fingerprint)
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
+from .stages import Stages
 from .training import SampleSet, TrainConfig, one_hot_example
 
 SFT_FORMAT = "lightreasoner-sft-samples"
@@ -361,7 +363,6 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
 
     Returns the efficiency record (arm ``"sft"``).
     """
-    from .pipeline import Stages  # the run's stage bookkeeping (pipeline imports this module)
 
     out_dir = Path(out_dir)
     refuse_own_input(out_dir, {"model folder": config.model})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import cli, evaluation, grading, prompts
+from lightreasoner import cli, evaluation, grading, models, prompts
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.evaluation import EvalConfig, evaluate, regrade, score
 from lightreasoner.models import encode_prompt, load_model, load_tokenizer, real_vocab_size, stop_token_ids
@@ -372,7 +372,7 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
     first = save_adapter(tmp_path / "a", 0)
     out = tmp_path / "out"
     evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=first), out, progress=False)
-    assert json.loads((out / "run.json").read_text())["adapter_sha256"] == evaluation.adapter_fingerprint(first)
+    assert json.loads((out / "run.json").read_text())["adapter_sha256"] == models.adapter_fingerprint(first)
     shutil.copytree(first, tmp_path / "copy")
     shutil.rmtree(first)
     # The same adapter saved by another process: peft writes target_modules (a set) in hash order.

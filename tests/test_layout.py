@@ -1,0 +1,53 @@
+"""The README's module map matches the package: every module is on it, and a module imports (at
+the top or inside a function) only from its own floor and the floors below, except ``config``."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "lightreasoner"
+EXCEPTIONS = {"config"}  # asks the stage modules for their setting names (the README says so)
+
+
+def floors() -> dict[str, int]:
+    """Module -> floor (0 is the ground) from the README's module map table."""
+    text = ROOT.joinpath("README.md").read_text()
+    table = text[text.index("## Module map"):]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| floor")]
+    return {name.rstrip("/"): floor for floor, row in enumerate(rows)
+            for name in re.findall(r"`([a-z_]+/?)`", row.split("|")[2]) if (PACKAGE / name.rstrip("/")).exists()
+            or (PACKAGE / f"{name}.py").exists()}
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level package module) of every relative import in ``path``."""
+    package = list(path.relative_to(PACKAGE).parent.parts)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - (node.level - 1)]
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+            found += [(node.lineno, (base + name.split("."))[0]) for name in names]
+    return found
+
+
+def test_every_module_is_on_the_map():
+    on_map = floors()
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | {"commands"}
+    assert modules - set(on_map) == set(), "modules missing from the README's module map"
+    assert set(on_map) - modules == set(), "the README's module map names modules that do not exist"
+
+
+def test_imports_go_down_the_floors_only():
+    floor = floors()
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        module = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if module == "__init__" or module in EXCEPTIONS:
+            continue
+        upward += [f"{path.relative_to(ROOT)}:{line} {module} -> {target}" for line, target in imports(path)
+                   if target in floor and floor[target] > floor[module]]
+    assert upward == []
