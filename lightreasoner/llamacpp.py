@@ -7,8 +7,8 @@ low-level API, as llama.cpp's own ``batched`` and ``parallel`` examples do: one 
 cache stream per sequence (``n_seq_max`` = the batch width); each step one ``llama_decode`` call
 with the last token of every running sequence, then one call per sequence admitted at that moment
 with its whole prompt (logits for its last token only), each token tagged with its sequence id and
-position. A sequence that ends frees its cache cells and the next prompt takes
-its sequence id: continuous batching, as :mod:`lightreasoner.decoding` does for a torch model.
+position. A sequence that ends frees its cache cells and the next prompt takes its sequence id:
+continuous batching, as :mod:`lightreasoner.decoding` does for a torch model.
 
 What is fed and chosen is the same as there: token ids of the Hugging Face tokenizer (llama.cpp
 never tokenizes), the next token picked by a :data:`lightreasoner.decoding.Chooser` (greedy by
