@@ -132,6 +132,8 @@ class LlamaCppModel:
         :func:`lightreasoner.decoding.decode` does)."""
         if not prompts:
             return
+        if not all(prompts):
+            raise LightReasonerError("llama.cpp cannot decode an empty prompt")
         limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         vocab_size = min(vocab_size, self.rows)
         slots = min(slots, len(prompts))
@@ -178,6 +180,9 @@ class LlamaCppModel:
             began = time.perf_counter()
             logits = []
             if running:  # one step of every running sequence
+                # In rising seq id order: with a cache stream per sequence llama.cpp puts only rising,
+                # consecutive ids in one ubatch, and each ubatch reads all the weights again.
+                running.sort(key=lambda s: s.seq_id)
                 batch.n_tokens = 0
                 for sequence in running:
                     sequence.output = batch.n_tokens

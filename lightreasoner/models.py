@@ -381,8 +381,9 @@ def adapter_fingerprint(adapter: str | Path) -> str:
                                  "so it is not a peft adapter folder")
     settings = {k: v for k, v in read_json(folder / "adapter_config.json").items()
                 if k not in ("base_model_name_or_path", "revision")}
-    if isinstance(settings.get("target_modules"), list):  # peft writes a set, in the process's hash order
-        settings["target_modules"] = sorted(settings["target_modules"])
+    for key in ("target_modules", "exclude_modules"):  # peft writes these sets in the process's hash order
+        if isinstance(settings.get(key), list):
+            settings[key] = sorted(settings[key])
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     with weights.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

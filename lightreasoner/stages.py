@@ -57,7 +57,8 @@ class Stages:
             return work()
         except Exception:  # an error, not an interruption: the stage's time then still counts
             if first and self._started is not None and not self._started(name):
-                self.state.pop(name)
+                with self._lock:  # the heartbeat may be saving the state
+                    self.state.pop(name)
             raise
         finally:
             stop.set()
