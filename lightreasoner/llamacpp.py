@@ -137,9 +137,9 @@ class LlamaCppModel:
         limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         vocab_size = min(vocab_size, self.rows)
         slots = min(slots, len(prompts))
-        # A call holds either one prompt or the last token of every running sequence: a call mixing
-        # prompts of several sequences (llama.cpp splits it into equal-length ubatches) gave the first
-        # sequence another sequence's logits in llama-cpp-python 0.3.36 (tests/test_llamacpp.py).
+        # A call holds either one prompt or the last token of every running sequence: with the prompts
+        # of 3 or more sequences in one call, the first one's tokens changed from its first token on in
+        # llama-cpp-python 0.3.36 (tests/test_llamacpp.py: batched equals single-sequence decoding).
         capacity = max(max(len(p) for p in prompts), slots)
         ctx = self._context(slots, max(len(p) for p in prompts) + max(limits), capacity)
         batch = self.lib.llama_batch_init(capacity, 0, 1)
