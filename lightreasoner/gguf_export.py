@@ -25,8 +25,9 @@ import hashlib
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import LightReasonerError
 
@@ -145,10 +146,7 @@ def write_model_gguf(folder: Path, out: Path) -> Path:
     tokenizer = load_tokenizer(folder)
     model = load_model(folder, dtype=torch.float32)
     rows = model.get_input_embeddings().weight.shape[0]
-    work = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        writer = gguf.GGUFWriter(work, arch)
+    with _gguf_file(out, arch) as writer:
         writer.add_name(folder.name)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -175,6 +173,20 @@ def write_model_gguf(folder: Path, out: Path) -> Path:
             if target is None:
                 raise LightReasonerError(f"{folder}: no GGUF name for the tensor {name}")
             _add_tensor(writer, target, tensor.numpy())
+    return out
+
+
+@contextmanager
+def _gguf_file(out: Path, arch: str) -> Iterator[Any]:
+    """A ``gguf.GGUFWriter`` for ``out``: written to a temporary file beside it and moved into place
+    only once complete, so a kill never leaves a torn file under the cached name."""
+    import gguf
+
+    work = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        writer = gguf.GGUFWriter(work, arch)
+        yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -182,7 +194,6 @@ def write_model_gguf(folder: Path, out: Path) -> Path:
         os.replace(work, out)
     finally:
         work.unlink(missing_ok=True)
-    return out
 
 
 def _rope_theta(config: Any) -> float:
@@ -264,10 +275,7 @@ def write_adapter_gguf(adapter: Path, out: Path, arch: str, blocks: int,
         if target is None or target not in base_shapes:
             raise LightReasonerError(f"{adapter}: the adapter's module {module} has no matrix in the base GGUF")
         pairs.setdefault(target, {})[part] = array.astype("float32")
-    work = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        writer = gguf.GGUFWriter(work, arch)
+    with _gguf_file(out, arch) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -281,13 +289,6 @@ def write_adapter_gguf(adapter: Path, out: Path, arch: str, blocks: int,
                                          "not an adapter of this model")
             writer.add_tensor(f"{target}.lora_a", a)
             writer.add_tensor(f"{target}.lora_b", b)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(work, out)
-    finally:
-        work.unlink(missing_ok=True)
     return out
 
 
