@@ -10,21 +10,10 @@ import statistics
 import pytest
 import torch
 
-import tiny
 from lightreasoner import models
 from lightreasoner.adapter_fit import adapter_fit, fit_rows, fit_verdict, paired_fit, seen_labels, split_trajectories
 from lightreasoner.training import load_samples, train
 from test_training import fast_config, sample_lines, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return tiny.save_pair(tmp_path_factory.mktemp("pair"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(pair):
-    return models.load_tokenizer(pair[0])
 
 
 def direct_kl(model, lines: list[dict], vocab: int) -> list[list[float]]:

@@ -26,21 +26,10 @@ from lightreasoner.sampling import SampleConfig, sample
 from lightreasoner.training import one_hot_example
 
 import tiny
-from tiny import save_pair
 
 QUESTIONS = ["Natalia sold 48 clips in April and 24 in May. How many clips?",
              "Weng earns $12 an hour. How much for 50 minutes?", "What is 3 + 4?", "How many apples?"]
 ALPHA = 0.2
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    return save_pair(tmp_path_factory.mktemp("pair"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(pair):
-    return models.load_tokenizer(pair[0])
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,6 @@ SETTINGS = dict(max_steps=5, save_steps=2)  # checkpoints at steps 2 and 4
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    return tiny.save_pair(tmp_path_factory.mktemp("pair"))
-
-
-@pytest.fixture(scope="module")
 def one_process(tmp_path_factory, pair) -> tuple[Path, Path]:
     """(samples, output) of a single-process run: what several processes must reproduce."""
     root = tmp_path_factory.mktemp("one")

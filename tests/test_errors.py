@@ -20,17 +20,12 @@ import lightreasoner.sampling as sampling
 from lightreasoner.cli import main
 from lightreasoner.records import JsonlAppender
 
-from tiny import make_tokenizer, save_pair
+from tiny import make_tokenizer
 
 QUESTIONS = ["How many clips did Natalia sell?", "Weng earns $12 an hour. How much?", "What is 7 + 2?"]
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    return save_pair(tmp_path_factory.mktemp("pair"))
 
 
 @pytest.fixture()

@@ -13,16 +13,10 @@ from lightreasoner.cli import main
 from lightreasoner.controls import write_examples
 from lightreasoner.sampling import SampleConfig, read_samples, sample
 
-from tiny import save_pair
 
 QUESTIONS = ["Natalia sold 48 clips in April and 24 in May. How many clips?", "What is 3 + 4?", "How many apples?"]
 COLUMNS = ["id", "prompt_ids", "completion_ids", "finish", "kl", "steps"]
 TEXT = ["question", "gold", "prompt"]
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    return save_pair(tmp_path_factory.mktemp("pair"))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from lightreasoner.errors import LightReasonerError
 from lightreasoner.models import chat_prompt, encode_prompt, load_model, load_tokenizer
 from lightreasoner.sampling import SampleConfig, read_samples, sample, sample_batch
 
-from tiny import make_tokenizer, save_pair
+from tiny import make_tokenizer
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April. How many clips?",
@@ -25,11 +25,6 @@ QUESTIONS = [
     "What is 7 + 2?",
     "Natalia sold 10 clips.",
 ]
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    return save_pair(tmp_path_factory.mktemp("pair"))
 
 
 @pytest.fixture()

@@ -48,16 +48,6 @@ SCRIPT = [
 K = 4
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    return save_pair(tmp_path_factory.mktemp("pair"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(pair):
-    return models.load_tokenizer(pair[0])
-
-
 def write_questions(path: Path, items=SCRIPT) -> Path:
     path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": gold}) + "\n"
                             for i, (q, gold, *_) in enumerate(items)))

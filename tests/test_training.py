@@ -24,16 +24,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    return tiny.save_pair(tmp_path_factory.mktemp("pair"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(pair):
-    return models.load_tokenizer(pair[0])
-
-
 def sample_lines(tokenizer, *, questions: int = 10, seed: int = 0) -> list[dict]:
     """Our sample format, written directly: random trajectories with random sparse soft labels."""
     rng = random.Random(seed)
