@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .layout import TRAIN_SUMMARY_FILE
 from .records import read_json
 
 GROUPS = ("trained on", "never seen")
@@ -74,7 +75,7 @@ def adapter_fit(model_spec: str, samples: str | Path, adapter: str | Path, *, tr
     from .training import Piece, collate, load_samples, packed_kl
 
     adapter = Path(adapter)
-    summary = read_json(adapter / "train_summary.json")
+    summary = read_json(adapter / TRAIN_SUMMARY_FILE)
     config = summary["config"]
     tokenizer = models.load_tokenizer(model_spec)
     data = load_samples(samples, tokenizer, system_prompt=config["system_prompt"], max_length=config["max_length"])

@@ -44,7 +44,8 @@ from .errors import LightReasonerError
 from .models import check_same_vocabulary, load_model, load_tokenizer, model_location, resolve_device
 from .records import (JsonlAppender, check_writable, file_sha256, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
-from .sft import ADAPTER_DIR, EFFICIENCY_FILE, FREE_SETTINGS, _check_arm_settings, efficiency_record
+from .layout import ADAPTER_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, TRAIN_SUMMARY_FILE, meta_path
+from .sft import FREE_SETTINGS, _check_arm_settings, efficiency_record
 from .stages import Stages
 from .training import TrainConfig
 
@@ -54,7 +55,6 @@ LABELS = ("one-hot", "contrast", "expert")
 CONTROL_ARMS = {("kept", "one-hot"): "format-only", ("random", "one-hot"): "random-positions",
                 **{(p, l): f"{p}-{l}" for p in POSITIONS for l in LABELS
                    if (p, l) not in (("kept", "one-hot"), ("random", "one-hot"), ("kept", "contrast"))}}
-EXAMPLES_FILE = "examples.jsonl"
 # A control's samples are checked by content (samples_sha256), so the file may be named by another path.
 CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
 # Trajectories per teacher-forced forward: 8 x 128 steps of 151,665 float32 logits is about 0.6 GB.
@@ -313,7 +313,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     the seconds in the sample file's ``.meta.json`` sidecar) and, for a cell that needs the models'
     distributions, the teacher-forced pass that wrote the examples. Returns the efficiency record.
     """
-    from .sampling import meta_path, read_samples
+    from .sampling import read_samples
 
     out_dir, samples = Path(out_dir), Path(samples)
     arm = control_arm(positions, labels)
@@ -352,6 +352,6 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     if needs_expert(positions, labels):
         seconds["examples"] = stages.state["examples"]["seconds"]
     seconds["train"] = stages.state["train"]["seconds"]
-    record = efficiency_record(arm, seconds, counts, read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
+    record = efficiency_record(arm, seconds, counts, read_json(out_dir / ADAPTER_DIR / TRAIN_SUMMARY_FILE))
     write_json_atomic(out_dir / EFFICIENCY_FILE, record)
     return record

@@ -47,6 +47,8 @@ from .config import SettingError, check_fields, config_to_dict
 from .data import BENCHMARKS, GENERATED, check_same_problems, load_problems
 from .problems import Problem
 from .errors import LightReasonerError
+from .layout import (EVAL_KIND, RUN_FILE, SUMMARY_FILE, WORKER_CONFIG_FILE, WORKER_LOG_FILE, WORKERS_DIR,
+                     answers_file, folder_kind)
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic, write_text_atomic)
 
@@ -208,8 +210,8 @@ def answering_backend(config: EvalConfig, out_dir: Path) -> str:
     """The backend that answers: ``auto`` resolved (:func:`lightreasoner.backends.resolve_backend`), except
     in a folder that holds answers already, where ``auto`` keeps the backend that made them: an extra
     installed since must not mix two engines' answers in one folder."""
-    if config.backend == "auto" and (out_dir / "run.json").is_file():
-        recorded = read_json(out_dir / "run.json")
+    if config.backend == "auto" and (out_dir / RUN_FILE).is_file():
+        recorded = read_json(out_dir / RUN_FILE)
         if isinstance(recorded, dict) and recorded.get("backend") in set(BACKENDS) - {"auto"}:
             return recorded["backend"]
     return resolve_backend(config.backend, config.device, llamacpp_model=config.model)
@@ -331,14 +333,14 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
         raise LightReasonerError("--model: no model given")
     refuse_own_input(out_dir, {"model folder": config.model, "adapter folder": config.adapter})
     check_writable(out_dir)
-    settings = _check_run_settings(out_dir, config)
+    settings = {"kind": EVAL_KIND, **_check_run_settings(out_dir, config)}
     template = prompts.get_template(config.prompt)
     problems = {name: config.shard_of(load_problems(name, split=config.split, data_dir=config.data_dir,
                                                     limit=config.limit, sample=config.sample_size(name),
                                                     seed=config.seed)) for name in config.benchmarks}
-    done = {name: _done_records(out_dir / f"{name}.jsonl") for name in problems}
+    done = {name: _done_records(answers_file(out_dir, name)) for name in problems}
     for name, items in problems.items():
-        check_same_problems(out_dir / f"{name}.jsonl", done[name].values(), items)
+        check_same_problems(answers_file(out_dir, name), done[name].values(), items)
     # New questions, and answers cut off at a smaller budget: those are continued where they stopped.
     todo = {name: [p for p in items if p.id not in done[name] or needs_growth(done[name][p.id], config.max_new_tokens)]
             for name, items in problems.items()}
@@ -350,8 +352,8 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
         nonlocal recorded
         # run.json with the first answer (a failed start locks nothing), and at a grown budget before
         # the first answer that is longer than the old one.
-        if not recorded and (not (out_dir / "run.json").exists() or read_json(out_dir / "run.json") != settings):
-            write_json_atomic(out_dir / "run.json", settings)
+        if not recorded and (not (out_dir / RUN_FILE).exists() or read_json(out_dir / RUN_FILE) != settings):
+            write_json_atomic(out_dir / RUN_FILE, settings)
         recorded = True
         with JsonlAppender(path) as appender:
             appender.write(records)
@@ -362,7 +364,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     backend: Backend | None = None
     try:
         for name, items in problems.items():
-            path = out_dir / f"{name}.jsonl"
+            path = answers_file(out_dir, name)
             if todo[name] and config.workers > 1:
                 todo[name] = adopt_worker_answers(out_dir, path, todo[name], done[name], append,
                                                   config.max_new_tokens)
@@ -458,9 +460,6 @@ def _stop_across(tokenizer: Any, so_far: list[int], new: list[int], stop_strings
 
 # --------------------------------------------------------------------------- one process per GPU
 
-WORKERS_DIR = "workers"
-
-
 def worker_gpus(workers: int) -> list[str | None]:
     """The GPU each worker is shown: the visible ones in order (``CUDA_VISIBLE_DEVICES``, else all);
     on a machine without CUDA, none (the workers share the CPU)."""
@@ -489,10 +488,10 @@ def run_workers(config: EvalConfig, out_dir: Path) -> None:
             folder = out_dir / WORKERS_DIR / f"{index}-of-{config.workers}"
             folder.mkdir(parents=True, exist_ok=True)
             settings = config_to_dict(replace(config, workers=1, shard=f"{index}/{config.workers}"))
-            write_json_atomic(folder / "config.json", settings)  # JSON is YAML, what --config reads
+            write_json_atomic(folder / WORKER_CONFIG_FILE, settings)  # JSON is YAML, what --config reads
             env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-            with (folder / "log.txt").open("a") as log:
-                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config", str(folder / "config.json"),
+            with (folder / WORKER_LOG_FILE).open("a") as log:
+                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config", str(folder / WORKER_CONFIG_FILE),
                            "--out", str(folder), "--quiet"]
                 processes.append((folder, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
         codes = [process.wait() for _, process in processes]
@@ -503,9 +502,9 @@ def run_workers(config: EvalConfig, out_dir: Path) -> None:
                 process.wait()
     for (folder, _), code in zip(processes, codes):
         if code != 0:
-            lines = (folder / "log.txt").read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            lines = (folder / WORKER_LOG_FILE).read_text(errors="replace").strip().splitlines() or ["(no output)"]
             raise LightReasonerError(f"{folder}: evaluation worker stopped with exit code {code}: {lines[-1]} "
-                                     f"(log: {folder / 'log.txt'}); rerun to resume")
+                                     f"(log: {folder / WORKER_LOG_FILE}); rerun to resume")
 
 
 def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]],
@@ -558,7 +557,7 @@ def _write_summary_file(out_dir: Path, head: dict[str, Any], benchmarks: Sequenc
     summary.setdefault("average", 0.0)
     summary["tokens"] = sum(r["tokens"] for r in results.values())
     summary["seconds"] = round(sum(r["seconds"] for r in results.values()), 3)
-    write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(out_dir / SUMMARY_FILE, summary)
     return summary
 
 
@@ -567,8 +566,7 @@ def _write_summary_file(out_dir: Path, head: dict[str, Any], benchmarks: Sequenc
 
 def is_eval_folder(folder: str | Path) -> bool:
     """An evaluation folder: its run.json records the settings of its answers (RUN_KEYS)."""
-    path = Path(folder) / "run.json"
-    return path.is_file() and "max_new_tokens" in read_json(path)
+    return folder_kind(folder) == EVAL_KIND
 
 
 def find_eval_folders(folder: str | Path) -> list[Path]:
@@ -576,7 +574,7 @@ def find_eval_folders(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if is_eval_folder(folder):
         return [folder]
-    return sorted(path.parent for path in folder.rglob("run.json") if is_eval_folder(path.parent))
+    return sorted(path.parent for path in folder.rglob(RUN_FILE) if is_eval_folder(path.parent))
 
 
 def regrade(eval_dir: str | Path, *, data_dir: str | Path | None = None,
@@ -591,13 +589,13 @@ def regrade(eval_dir: str | Path, *, data_dir: str | Path | None = None,
     from tqdm.auto import tqdm
 
     eval_dir = Path(eval_dir)
-    if not is_eval_folder(eval_dir) or not (eval_dir / "summary.json").is_file():
+    if not is_eval_folder(eval_dir) or not (eval_dir / SUMMARY_FILE).is_file():
         raise LightReasonerError(f"{eval_dir}: no run.json and summary.json of an evaluation here")
-    summary = read_json(eval_dir / "summary.json")
+    summary = read_json(eval_dir / SUMMARY_FILE)
     settings = summary["settings"]
     results = {}
     for name in summary["benchmarks"]:
-        path = eval_dir / f"{name}.jsonl"
+        path = answers_file(eval_dir, name)
         # A growth stopped before its file was rewritten holds a question twice: the last line counts.
         lines = list({str(record["id"]): (number, record) for number, record in iter_jsonl(path)}.values())
         golds = _golds(path, lines, name, settings, data_dir)

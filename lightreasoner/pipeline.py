@@ -38,6 +38,8 @@ from .adapter_fit import adapter_fit
 from .backends import is_gguf_model, release_memory, resolve_backend
 from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
 from .errors import LightReasonerError
+from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_FILE, RUN_KIND,
+                     SAMPLES_FILE, STAGES_FILE, TRAIN_SUMMARY_FILE, meta_path)
 from .evaluation import EvalConfig, evaluate
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
@@ -160,7 +162,7 @@ def recorded_eval_backend(run_dir: Path) -> str | None:
     """The backend the run folder's evaluations answered with, if one has answered: every arm's
     answers come from one engine, since answers of different engines are never paired."""
     for folder in ARM_EVAL_DIRS.values():
-        path = run_dir / folder / "run.json"
+        path = run_dir / folder / RUN_FILE
         if path.is_file() and isinstance(recorded := read_json(path), dict) and recorded.get("backend"):
             return str(recorded["backend"])
     return None
@@ -194,7 +196,7 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
     from .data import load_problems
     from .models import chat_prompt, encode_prompt
 
-    previous = read_json(run_dir / "run.json").get("plan") if (run_dir / "run.json").exists() else None
+    previous = read_json(run_dir / RUN_FILE).get("plan") if (run_dir / RUN_FILE).exists() else None
     pair = None
     if previous and previous.get("budget_minutes") == config.time_budget:
         record = previous
@@ -230,16 +232,16 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
 def stage_started(run_dir: Path, stage: str) -> bool:
     """Whether a stage of the run folder has produced anything (then its settings bind the folder)."""
     if stage == "sample":
-        return (run_dir / "samples.jsonl").exists()  # it is written with the first trajectories
+        return (run_dir / SAMPLES_FILE).exists()  # it is written with the first trajectories
     if stage == "train":
-        return run_started(run_dir / "adapter")
+        return run_started(run_dir / ADAPTER_DIR)
     if stage == "sft":
         return arm_started(run_dir / stage)
     if stage == "adapter_fit":
-        return (run_dir / "adapter_fit.json").exists()
+        return (run_dir / ADAPTER_FIT_FILE).exists()
     if stage in CONTROL_ARMS.values():
         return control_started(run_dir / stage)
-    return (run_dir / stage / "run.json").exists()  # an evaluation writes it with its first answer
+    return (run_dir / stage / RUN_FILE).exists()  # an evaluation writes it with its first answer
 
 
 def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
@@ -264,12 +266,12 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     arms = config.arms
     settings = config_to_dict(config)
     # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
-    record = {"settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
+    record = {"kind": RUN_KIND, "settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
               "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
     if plan is not None:
         record["plan"] = plan
-    previous = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
-    started = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+    previous = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else None
+    started = read_json(run_dir / STAGES_FILE) if (run_dir / STAGES_FILE).exists() else {}
     sft_config = sft_stage_config(config, train_config, _sft_overrides(overrides, previous, started), source=source) \
         if "sft" in arms else None
     if sft_config is not None:
@@ -288,12 +290,12 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         # One command per arm is the usual way to fill a folder: it records the arms of them all.
         settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}
-    write_json_atomic(run_dir / "run.json", record)
+    write_json_atomic(run_dir / RUN_FILE, record)
     stages = Stages(run_dir, started=lambda name: stage_started(run_dir, name))
     # An evaluation done at a smaller budget runs again, to grow; saved before it starts, so that a kill
     # once its folder records the larger budget leaves it marked to finish.
     for stage in SECTION_STAGES["eval"]:
-        folder = run_dir / stage / "run.json"
+        folder = run_dir / stage / RUN_FILE
         if stages.done(stage) and folder.is_file() and read_json(folder)["max_new_tokens"] < eval_config.max_new_tokens:
             stages.state[stage]["done"] = False
             stages.save()
@@ -312,21 +314,21 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     def eval_before() -> None:
         if samples_needed and eval_on_hf:  # load the pair once for both stages
             loaded = get_pair()
-            evaluate(eval_config, run_dir / "eval_before", model=loaded.expert, tokenizer=loaded.tokenizer,
+            evaluate(eval_config, run_dir / EVAL_BEFORE_DIR, model=loaded.expert, tokenizer=loaded.tokenizer,
                      progress=progress)
         else:  # the expert alone, and only if an answer is missing
-            evaluate(eval_config, run_dir / "eval_before", progress=progress)
+            evaluate(eval_config, run_dir / EVAL_BEFORE_DIR, progress=progress)
 
     def eval_arm(folder: Path, stage: str) -> None:
-        after = replace(eval_config, adapter=str(folder / "adapter"))
-        stages.run(stage, lambda: evaluate(after, folder / "eval_after", progress=progress), say)
+        after = replace(eval_config, adapter=str(folder / ADAPTER_DIR))
+        stages.run(stage, lambda: evaluate(after, folder / EVAL_AFTER_DIR, progress=progress), say)
         stages.finish(stage)
 
     if "baseline" in arms:
-        stages.run("eval_before", eval_before, say)
-        stages.finish("eval_before")
+        stages.run(ARM_EVAL_DIRS["baseline"], eval_before, say)
+        stages.finish(ARM_EVAL_DIRS["baseline"])
     if on_samples:
-        stages.run("sample", lambda: sample(sample_config, run_dir / "samples.jsonl", progress=progress,
+        stages.run("sample", lambda: sample(sample_config, run_dir / SAMPLES_FILE, progress=progress,
                                             pair=get_pair()), say)
         stages.finish("sample")
     tokenizer = pair.tokenizer if pair is not None else None
@@ -334,32 +336,32 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     release_memory()
 
     if "lightreasoner" in arms:
-        stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / "samples.jsonl", train_config,
-                                                    run_dir / "adapter"), say)
+        stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / SAMPLES_FILE, train_config,
+                                                    run_dir / ADAPTER_DIR), say)
         stages.finish("train")
         if config.fit_trajectories:
-            stages.run("adapter_fit", lambda: write_json_atomic(run_dir / "adapter_fit.json", adapter_fit(
-                sample_config.expert, run_dir / "samples.jsonl", run_dir / "adapter",
+            stages.run("adapter_fit", lambda: write_json_atomic(run_dir / ADAPTER_FIT_FILE, adapter_fit(
+                sample_config.expert, run_dir / SAMPLES_FILE, run_dir / ADAPTER_DIR,
                 trajectories=config.fit_trajectories, seed=config.seed, progress=progress)), say)
             stages.finish("adapter_fit")
-        eval_arm(run_dir, "eval_after")
-        write_json_atomic(run_dir / "efficiency.json", efficiency(run_dir))
+        eval_arm(run_dir, ARM_EVAL_DIRS["lightreasoner"])
+        write_json_atomic(run_dir / EFFICIENCY_FILE, efficiency(run_dir))
     if sft_config is not None:
         stages.run("sft", lambda: sft(sft_config, run_dir / "sft", progress=progress,
                                       say=lambda text: say(f"[sft] {text}")), say)
         stages.finish("sft")
-        eval_arm(run_dir / "sft", "sft/eval_after")
+        eval_arm(run_dir / "sft", ARM_EVAL_DIRS["sft"])
     for (positions, labels), arm in CONTROL_ARMS.items():
         if arm not in arms:
             continue
         # Same samples, same training settings, same optimizer steps as the lightreasoner arm; its
         # cost includes that arm's sampling, which made the trajectories.
-        stages.run(arm, lambda: control(sample_config.expert, run_dir / "samples.jsonl", train_config, run_dir / arm,
+        stages.run(arm, lambda: control(sample_config.expert, run_dir / SAMPLES_FILE, train_config, run_dir / arm,
                                         positions=positions, labels=labels, progress=progress,
                                         sample_seconds=stages.state["sample"]["seconds"],
                                         say=lambda text: say(f"[{arm}] {text}")), say)
         stages.finish(arm)
-        eval_arm(run_dir / arm, f"{arm}/eval_after")
+        eval_arm(run_dir / arm, ARM_EVAL_DIRS[arm])
 
     if tokenizer is None:
         from .models import load_tokenizer
@@ -400,9 +402,9 @@ def _sft_overrides(overrides: dict[str, dict[str, Any]] | None, previous: dict[s
 def efficiency(run_dir: Path) -> dict[str, Any]:
     """The paper's cost accounting for this arm: time to build and train on the examples (sampling +
     training, not evaluation), problems sampled, tokens generated, examples kept, tokens tuned."""
-    stages = read_json(run_dir / "stages.json")
-    meta = read_json(run_dir / "samples.jsonl.meta.json")
-    trained = read_json(run_dir / "adapter" / "train_summary.json")
+    stages = read_json(run_dir / STAGES_FILE)
+    meta = read_json(meta_path(run_dir / SAMPLES_FILE))
+    trained = read_json(run_dir / ADAPTER_DIR / TRAIN_SUMMARY_FILE)
     seconds = {"sample": stages["sample"]["seconds"], "train": stages["train"]["seconds"]}
     counts = {"problems_sampled": meta["questions"], "tokens_generated": meta["tokens_generated"],
               "examples_kept": meta["kept_steps"]}

@@ -24,21 +24,21 @@ from typing import Any
 
 from .errors import LightReasonerError
 from .evaluation import is_eval_folder
+from .layout import (ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
+                     PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
+                     TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, meta_path)
 from .records import JsonlAppender, check_writable, iter_jsonl, read_json, write_json_atomic
 from .tables import ARM_EVAL_DIRS
-from .training import CHECKPOINTS
 
-SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
-               "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md",
-               "report.html"}
+SHOWN_FILES = {RUN_FILE, STAGES_FILE, EFFICIENCY_FILE, SUMMARY_FILE, TRAIN_SUMMARY_FILE, TRAIN_LOG_FILE,
+               meta_path(Path(SAMPLES_FILE)).name, ADAPTER_FIT_FILE, REPORT_MD, REPORT_HTML}
 # The answer's token ids are the model's output too, and what a restored folder continues exactly when
 # its evaluation budget grows (evaluation.answer_ids).
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "correct_strict", "tokens", "finish",
                  "seconds", "continued_from", "completion_ids")
-SAMPLES_FILE, OUTPUTS_FILE = "samples.jsonl", "samples.outputs.jsonl"
 # Files in the sample format (LightReasoner's and SFT's samples, a control's examples) and the names
 # of their published copies.
-PUBLISHED_NAMES = {SAMPLES_FILE: OUTPUTS_FILE, "examples.jsonl": "examples.outputs.jsonl"}
+PUBLISHED_NAMES = {SAMPLES_FILE: PUBLISHED_SAMPLES_FILE, EXAMPLES_FILE: PUBLISHED_EXAMPLES_FILE}
 RESTORED_NAMES = {published: name for name, published in PUBLISHED_NAMES.items()}
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.
 BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
@@ -58,7 +58,7 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Copy the shown files of ``run_dir`` into ``out_dir`` (same layout); return what was written.
     Evaluations still running are published as far as they have got."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not (run_dir / "run.json").is_file():
+    if not (run_dir / RUN_FILE).is_file():
         raise LightReasonerError(f"{run_dir}: no run.json here (not a `lightreasoner run` folder)")
     if run_dir.resolve() in (out_dir.resolve(), *out_dir.resolve().parents):
         raise LightReasonerError(f"{out_dir}: is inside the run folder {run_dir} it would publish; choose another "
@@ -67,7 +67,7 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     written = []
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir)
-        if not path.is_file() or CHECKPOINTS in relative.parts:
+        if not path.is_file() or CHECKPOINTS_DIR in relative.parts:
             continue
         target = out_dir / relative
         if path.name in PUBLISHED_NAMES:
@@ -105,9 +105,9 @@ def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | P
     ``trust_remote_code``, the caller's own choice: nothing in the published folder turns it on.
     A restore that fails removes what it wrote, so that it can be run again."""
     published_dir, run_dir = Path(published_dir), Path(run_dir)
-    if not (published_dir / "run.json").is_file():
+    if not (published_dir / RUN_FILE).is_file():
         raise LightReasonerError(f"{published_dir}: no run.json here (not a published run folder)")
-    if (run_dir / "run.json").exists():
+    if (run_dir / RUN_FILE).exists():
         raise LightReasonerError(f"{run_dir}: already holds a run; restore into a new folder")
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise LightReasonerError(f"{run_dir}: not an empty folder; restore into a new folder")
@@ -134,13 +134,13 @@ def _restore_files(published_dir: Path, run_dir: Path, data_dir: str | Path | No
         if path.name in RESTORED_NAMES:
             target = target.with_name(RESTORED_NAMES[path.name])
             _restore_samples(path, target, data_dir, trust_remote_code)
-        elif path.name == "stages.json":
+        elif path.name == STAGES_FILE:
             stages = read_json(path)
             for name in WEIGHT_STAGES:
                 if name in stages:
                     # Only the training is redone: an arm that sampled first (sft) or wrote its examples
                     # (a control; its folder bears its name) keeps those seconds, as that file is restored.
-                    arm_stages = path.parent / name / "stages.json"
+                    arm_stages = path.parent / name / STAGES_FILE
                     arm = read_json(arm_stages) if arm_stages.is_file() else {}
                     kept = sum(stage.get("seconds", 0.0) for stage_name, stage in arm.items() if stage_name != "train")
                     stages[name] = {"done": False, "seconds": round(kept, 2)}

@@ -17,8 +17,10 @@ from typing import Any, Sequence
 from .adapter_fit import fit_rows, fit_verdict
 from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
+from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, ARMS_FIGURE, GAINS_FIGURE, KL_FIGURE, LOSS_FIGURE,
+                     PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
+                     TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, answers_file, meta_path)
 from .inspection import findings_tables, inspect_samples
-from .publish import OUTPUTS_FILE, SAMPLES_FILE
 from .records import iter_jsonl, read_json
 from .stats import mcnemar_p, paired_difference, wilson_interval
 from .tables import (ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, _read_efficiency, _render, accuracy_ci,
@@ -39,7 +41,7 @@ PAIRED_NOTE = ("Paired tables: accuracy [95% Wilson CI] of both sides on the que
 
 
 def _correct_by_id(eval_dir: Path, benchmark: str, key: str = "correct") -> dict[str, bool]:
-    path = eval_dir / f"{benchmark}.jsonl"
+    path = answers_file(eval_dir, benchmark)
     return {r["id"]: bool(r[key]) for _, r in iter_jsonl(path)} if path.exists() else {}
 
 
@@ -58,7 +60,7 @@ def paired_answers(before_dir: Path, after_dir: Path,
     order); then the same over all those questions together, as :data:`POOLED`, when more than one
     benchmark has any."""
     paired, pooled_before, pooled_after = [], [], []
-    for name, b in read_json(before_dir / "summary.json")["benchmarks"].items():
+    for name, b in read_json(before_dir / SUMMARY_FILE)["benchmarks"].items():
         before, after = _correct_by_id(before_dir, name, key), _correct_by_id(after_dir, name, key)
         shared = [i for i in before if i in after]
         paired.append((name, b["n"], [before[i] for i in shared], [after[i] for i in shared]))
@@ -94,7 +96,7 @@ def accuracy_rows(before_dir: Path, after_dir: Path) -> tuple[list[list[str]], b
     the questions gained and lost and McNemar's p; then the same over all those questions together.
     While the evaluation after training is still running, n says how many of the baseline's
     questions it has answered so far; the flag says whether it has answered them all."""
-    rows, complete, results = [], True, read_json(before_dir / "summary.json")["benchmarks"]
+    rows, complete, results = [], True, read_json(before_dir / SUMMARY_FILE)["benchmarks"]
     keys = verdicts(before_dir, after_dir)
     by_verdict = {key: paired_answers(before_dir, after_dir, key) for key in keys}
     for index, (name, n, _, after) in enumerate(by_verdict["correct"]):
@@ -128,12 +130,12 @@ def accuracy_tables(run_dir: Path) -> list[tuple[str, list[str], list[list[str]]
     """Title, header and rows of the run's paired accuracy tables (:data:`PAIRS`, those with answers
     on both sides; while an arm's evaluation runs, on the questions answered so far)."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
-    if not (baseline_dir / "summary.json").exists():
+    if not (baseline_dir / SUMMARY_FILE).exists():
         return []
     tables = []
     for reference, arm in PAIRS:
         reference_dir, arm_dir = run_dir / ARM_EVAL_DIRS[reference], run_dir / ARM_EVAL_DIRS[arm]
-        if not (reference_dir / "summary.json").exists() or not any(arm_dir.glob("*.jsonl")):
+        if not (reference_dir / SUMMARY_FILE).exists() or not any(arm_dir.glob("*.jsonl")):
             continue
         rows, complete = accuracy_rows(reference_dir, arm_dir)
         title = f"Paired: {arm} against {reference}"
@@ -156,7 +158,7 @@ def headline_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
     arm's cost in hours (sampling and training)."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
     header = ["arm", "n", "gain [95% CI]", "p", "strict gain [95% CI]", "p", "hours"]
-    if not (baseline_dir / "summary.json").exists():
+    if not (baseline_dir / SUMMARY_FILE).exists():
         return header, []
     rows = []
     for arm, folder in ARM_EVAL_DIRS.items():
@@ -182,7 +184,7 @@ def accuracy_note(run_dir: Path) -> str | None:
     """An honest line under the accuracy tables when the lightreasoner arm's paired interval against
     the baseline (over all questions both answered) includes zero: that many questions cannot tell."""
     before_dir, after_dir = run_dir / ARM_EVAL_DIRS["baseline"], run_dir / ARM_EVAL_DIRS["lightreasoner"]
-    if not (before_dir / "summary.json").exists() or not any(after_dir.glob("*.jsonl")):
+    if not (before_dir / SUMMARY_FILE).exists() or not any(after_dir.glob("*.jsonl")):
         return None
     _, _, before, after = paired_answers(before_dir, after_dir)[-1]
     paired = paired_difference(before, after)
@@ -194,7 +196,7 @@ def accuracy_note(run_dir: Path) -> str | None:
 
 
 def _answered_eval_dirs(run_dir: Path) -> list[Path]:
-    return [run_dir / folder for folder in ARM_EVAL_DIRS.values() if (run_dir / folder / "summary.json").exists()]
+    return [run_dir / folder for folder in ARM_EVAL_DIRS.values() if (run_dir / folder / SUMMARY_FILE).exists()]
 
 
 FIT_TITLE = "Adapter fit: KL to the contrast's soft labels on kept steps, without (base) and with the adapter"
@@ -238,7 +240,7 @@ def paired_gains(run_dir: Path, key: str = "correct") -> dict[str, list[tuple[st
     before the strict verdict existed have none): per benchmark it has answered, then over all those
     questions, the paired difference (:func:`paired_difference`) on the questions both have."""
     baseline_dir = run_dir / ARM_EVAL_DIRS["baseline"]
-    if not (baseline_dir / "summary.json").exists():
+    if not (baseline_dir / SUMMARY_FILE).exists():
         return {}
     return {arm: [(name, paired_difference(before, after))
                   for name, _, before, after in paired_answers(baseline_dir, run_dir / folder, key) if after]
@@ -361,34 +363,34 @@ def report_tokenizer(run_dir: str | Path) -> Any:
     from .models import load_tokenizer, tokenizer_fingerprint
 
     run_dir = Path(run_dir)
-    expert = read_json(run_dir / "run.json")["settings"]["expert"]
+    expert = read_json(run_dir / RUN_FILE)["settings"]["expert"]
     if (run_dir / SAMPLES_FILE).exists():
         return load_tokenizer(expert)
-    if not (run_dir / OUTPUTS_FILE).exists():
+    if not (run_dir / PUBLISHED_SAMPLES_FILE).exists():
         return None
     try:
         tokenizer = load_tokenizer(expert)
     except LightReasonerError:
         return None
-    header = next(iter_jsonl(run_dir / OUTPUTS_FILE), (0, {}))[1]
+    header = next(iter_jsonl(run_dir / PUBLISHED_SAMPLES_FILE), (0, {}))[1]
     return tokenizer if tokenizer_fingerprint(tokenizer) == header.get("tokenizer", {}).get("fingerprint") else None
 
 
 def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html`` and the figures into ``run_dir``; return both paths."""
     run_dir = Path(run_dir)
-    run = _read_optional(run_dir / "run.json")
+    run = _read_optional(run_dir / RUN_FILE)
     if run is None:
         raise LightReasonerError(f"{run_dir}: no run.json here (not a `lightreasoner run` folder)")
-    stages = _read_optional(run_dir / "stages.json") or {}
-    sample_meta = _read_optional(run_dir / "samples.jsonl.meta.json") or {}
-    train_summary = _read_optional(run_dir / "adapter" / "train_summary.json") or {}
+    stages = _read_optional(run_dir / STAGES_FILE) or {}
+    sample_meta = _read_optional(meta_path(run_dir / SAMPLES_FILE)) or {}
+    train_summary = _read_optional(run_dir / ADAPTER_DIR / TRAIN_SUMMARY_FILE) or {}
     # A published folder (lightreasoner publish) keeps the samples' model outputs without the
     # question text: enough for the kept-step statistics and the KL figure, not for the token view.
-    samples = next((path for path in (run_dir / SAMPLES_FILE, run_dir / OUTPUTS_FILE) if path.exists()), None)
+    samples = next((path for path in (run_dir / SAMPLES_FILE, run_dir / PUBLISHED_SAMPLES_FILE) if path.exists()), None)
     records = [r for _, r in iter_jsonl(samples) if r.get("type") == "sample"] if samples else []
-    train_log = [r for _, r in iter_jsonl(run_dir / "adapter" / "train_log.jsonl")] \
-        if (run_dir / "adapter" / "train_log.jsonl").exists() else []
+    train_log = [r for _, r in iter_jsonl(run_dir / ADAPTER_DIR / TRAIN_LOG_FILE)] \
+        if (run_dir / ADAPTER_DIR / TRAIN_LOG_FILE).exists() else []
     settings = run["settings"]
 
     md = [f"# LightReasoner run: {run_dir.name}", "",
@@ -419,11 +421,11 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     if rows:
         section(HEADLINE_TITLE, header, rows)
         paragraph(HEADLINE_NOTE)
-        figure("gains.png", gains_plot(paired_gains(run_dir), paired_gains(run_dir, "correct_strict")))
+        figure(GAINS_FIGURE, gains_plot(paired_gains(run_dir), paired_gains(run_dir, "correct_strict")))
     for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
         if note:
             paragraph(note)
-    fit = _read_optional(run_dir / "adapter_fit.json")
+    fit = _read_optional(run_dir / ADAPTER_FIT_FILE)
     if fit:
         section(FIT_TITLE, FIT_HEADER, fit_rows(fit))
         paragraph(f"{FIT_NOTE} {fit_verdict(fit)}")
@@ -431,7 +433,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     arms = _compared_arms(run_dir)
     if arms:
         section(ACCURACY_TITLE, *arms_accuracy(arms))
-        figure("arms.png", arms_plot(arms))
+        figure(ARMS_FIGURE, arms_plot(arms))
         header, rows = arms_efficiency(arms)
         if rows:
             section(EFFICIENCY_TITLE, header, rows)
@@ -470,8 +472,8 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
 
     kl_values = [v for r in records for v in r.get("kl", [])]
     if kl_values:
-        figure("kl.png", kl_plot(kl_values, settings["beta"]))
-    figure("loss.png", loss_plot(train_log))
+        figure(KL_FIGURE, kl_plot(kl_values, settings["beta"]))
+    figure(LOSS_FIGURE, loss_plot(train_log))
 
     shown = [r for r in records if r["steps"] and "question" in r][:TOKEN_VIEW_TRAJECTORIES]
     if shown and tokenizer is not None:
@@ -483,7 +485,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
             md.extend([f"**{record['question']}**", "", "```", token_view_text(record, tokenizer), "```", ""])
             html_parts.append(token_view_html(record, tokenizer))
 
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
     md_path.write_text("\n".join(md), encoding="utf-8")
     html_path.write_text(_HTML.format(title=html.escape(run_dir.name), body="\n".join(html_parts)), encoding="utf-8")
     return md_path, html_path
@@ -516,12 +518,12 @@ def text_summary(run_dir: str | Path, width: int = 100) -> str:
     header, rows = headline_rows(run_dir)
     if rows:
         parts.append(f"{HEADLINE_TITLE}\n{_render(header, rows)}\n{textwrap.fill(HEADLINE_NOTE, width)}")
-        if (run_dir / "gains.png").exists():
-            parts[-1] += f"\nFigure: {run_dir / 'gains.png'}"
+        if (run_dir / GAINS_FIGURE).exists():
+            parts[-1] += f"\nFigure: {run_dir / GAINS_FIGURE}"
     for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
         if note:
             parts.append(textwrap.fill(note, width))
-    fit = _read_optional(run_dir / "adapter_fit.json")
+    fit = _read_optional(run_dir / ADAPTER_FIT_FILE)
     if fit:
         parts.append(f"{FIT_TITLE}\n{_render(FIT_HEADER, fit_rows(fit))}\n"
                      f"{textwrap.fill(FIT_NOTE + ' ' + fit_verdict(fit), width)}")

@@ -33,6 +33,7 @@ from .data import check_same_problems, load_problems
 from .problems import Problem
 from .decoding import cached_forward
 from .errors import LightReasonerError
+from .layout import STAGES_FILE, meta_path
 from .models import (chat_prompt, check_prompts_fit, check_same_vocabulary, context_length, encode_prompt, load_model,
                      load_tokenizer, model_location, real_vocab_size, resolve_device, resolve_dtype, same_model,
                      stop_token_ids, tokenizer_fingerprint)
@@ -224,10 +225,6 @@ class SampleStats:
             self.tokens_generated += len(t.completion_ids)
 
 
-def meta_path(out: Path) -> Path:
-    return out.with_name(out.name + ".meta.json")
-
-
 def _header(config: SampleConfig, pair: ModelPair) -> dict[str, Any]:
     return {"type": "header", "format": FORMAT, "version": FORMAT_VERSION, "expert": config.expert,
             "amateur": config.amateur,
@@ -344,7 +341,7 @@ def check_complete(path: str | Path) -> None:
     if header.get("format") != FORMAT:
         return
     if "control" in header:
-        stages = path.parent / "stages.json"
+        stages = path.parent / STAGES_FILE
         if stages.is_file() and read_json(stages).get("examples", {}).get("done"):
             return
         raise LightReasonerError(f"{path}: a control's examples, and no stages.json beside it says the control "

@@ -30,6 +30,8 @@ from .data import BENCHMARKS, check_same_problems, load_problems, resolve_data_d
 from .problems import Problem
 from .decoding import derived_seed
 from .errors import LightReasonerError
+from .layout import ADAPTER_DIR, EFFICIENCY_FILE, SAMPLES_FILE, TRAIN_SUMMARY_FILE
+from .layout import ARM_FILE as SETTINGS_FILE
 from .models import (chat_prompt, check_prompts_fit, context_length, encode_prompt, load_model, load_tokenizer,
                      model_location, real_vocab_size, resolve_device, resolve_dtype, resolve_model_path, same_model,
                      tokenizer_fingerprint)
@@ -40,10 +42,6 @@ from .training import SampleSet, TrainConfig, one_hot_example
 
 SFT_FORMAT = "lightreasoner-sft-samples"
 FORMAT_VERSION = 1
-SAMPLES_FILE = "samples.jsonl"
-ADAPTER_DIR = "adapter"
-SETTINGS_FILE = "arm.json"
-EFFICIENCY_FILE = "efficiency.json"
 # SFT trains on whole solutions: 4,096 completion tokens per optimizer step is about the paper's
 # 16 trajectories per step; 16 tokens (LightReasoner's 16 kept steps) would re-run each solution's
 # prefix dozens of times per epoch.
@@ -384,6 +382,6 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
     stages.finish("train")
     seconds = {name: stages.state[name]["seconds"] for name in ("sample", "train")}
     record = efficiency_record("sft", seconds, sample_counts(samples),
-                         read_json(out_dir / ADAPTER_DIR / training.SUMMARY_FILE))
+                         read_json(out_dir / ADAPTER_DIR / TRAIN_SUMMARY_FILE))
     write_json_atomic(out_dir / EFFICIENCY_FILE, record)
     return record

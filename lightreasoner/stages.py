@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .layout import STAGES_FILE
 from .records import read_json, write_json_atomic
 
 
@@ -21,7 +22,7 @@ class Stages:
     still change."""
 
     def __init__(self, run_dir: Path, heartbeat: float = 30.0, started: Callable[[str], bool] | None = None):
-        self.path = run_dir / "stages.json"
+        self.path = run_dir / STAGES_FILE
         self.heartbeat = heartbeat
         self.state: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
         self._started = started

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
+from .layout import EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_KIND, SUMMARY_FILE, folder_kind
 from .records import read_json
 
 
@@ -63,7 +64,7 @@ def results_table(summary: dict[str, Any]) -> str:
 
 
 def load_summary(result_dir: str | Path) -> dict[str, Any]:
-    path = Path(result_dir) / "summary.json"
+    path = Path(result_dir) / SUMMARY_FILE
     if not path.is_file():
         raise LightReasonerError(f"{path}: no summary.json here (not an evaluation output folder)")
     summary = read_json(path)
@@ -148,8 +149,8 @@ def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str], l
 
 # Where each arm of a `lightreasoner run` folder keeps its evaluation, in the paper's table order;
 # a trained arm's costs (efficiency.json) sit in the folder above its evaluation.
-ARM_EVAL_DIRS = {"baseline": "eval_before", "sft": "sft/eval_after", "lightreasoner": "eval_after",
-                 **{arm: f"{arm}/eval_after" for arm in CONTROL_ARMS.values()}}
+ARM_EVAL_DIRS = {"baseline": EVAL_BEFORE_DIR, "sft": f"sft/{EVAL_AFTER_DIR}", "lightreasoner": EVAL_AFTER_DIR,
+                 **{arm: f"{arm}/{EVAL_AFTER_DIR}" for arm in CONTROL_ARMS.values()}}
 
 
 @dataclass(frozen=True)
@@ -164,11 +165,11 @@ class Arm:
 
 
 def _evaluated(folder: Path) -> Path | None:
-    return folder if (folder / "summary.json").is_file() else None
+    return folder if (folder / SUMMARY_FILE).is_file() else None
 
 
 def _read_efficiency(folder: Path) -> dict[str, Any] | None:
-    path = folder / "efficiency.json"
+    path = folder / EFFICIENCY_FILE
     if not path.is_file():
         return None
     record = read_json(path)
@@ -179,9 +180,8 @@ def _read_efficiency(folder: Path) -> dict[str, Any] | None:
 
 
 def _is_run_folder(folder: Path) -> bool:
-    """A `lightreasoner run` folder (its run.json has a settings section; an eval folder's has none)."""
-    path = folder / "run.json"
-    return path.is_file() and "settings" in read_json(path)
+    """A `lightreasoner run` folder (not an evaluation folder, whose run.json is of another kind)."""
+    return folder_kind(folder) == RUN_KIND
 
 
 def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
@@ -197,7 +197,7 @@ def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
                         label == "baseline") for label, eval_dir in ARM_EVAL_DIRS.items()]
             found += [(folder, a) for a in arms if a.eval_dir is not None or a.efficiency is not None]
         elif (efficiency := _read_efficiency(folder)) is not None:
-            found.append((folder, Arm(str(efficiency["arm"]), _evaluated(folder / "eval_after"), efficiency)))
+            found.append((folder, Arm(str(efficiency["arm"]), _evaluated(folder / EVAL_AFTER_DIR), efficiency)))
         elif _evaluated(folder) is not None:
             load_summary(folder)  # a clear error for a malformed summary
             found.append((folder, Arm(folder.name, folder)))

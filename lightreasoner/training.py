@@ -45,15 +45,13 @@ from . import distributed, models
 from .config import check_fields, config_to_dict
 from .contrast import soft_label_kl
 from .errors import LightReasonerError
+from .layout import CHECKPOINTS_DIR as CHECKPOINTS, TRAIN_LOG_FILE as LOG_FILE, TRAIN_RUN_FILE as RUN_FILE
+from .layout import TRAIN_SUMMARY_FILE as SUMMARY_FILE
 from .records import JsonlAppender, check_writable, iter_jsonl, read_json, refuse_own_input, write_json_atomic
 
 REFERENCE_SYSTEM_PROMPT = "Please reason step by step."
 SAMPLE_FORMAT = "lightreasoner-samples"
 WEIGHT_TOLERANCE = 1e-3
-LOG_FILE = "train_log.jsonl"
-SUMMARY_FILE = "train_summary.json"
-RUN_FILE = "train_run.json"
-CHECKPOINTS = "checkpoints"
 TRACKERS = ("none", "tensorboard", "wandb")
 
 

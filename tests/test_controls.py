@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 
 from lightreasoner import models, training
 from lightreasoner.cli import main
-from lightreasoner.controls import (CONTROL_ARMS, EXAMPLES_FILE, control, control_arm, highest_entropy_steps,
+from lightreasoner.controls import (CONTROL_ARMS, control, control_arm, highest_entropy_steps,
                                     teacher_forced_log_probs, write_examples)
 from lightreasoner.errors import LightReasonerError
+from lightreasoner.layout import EXAMPLES_FILE
 from lightreasoner.records import iter_jsonl
 from lightreasoner.sampling import SampleConfig, sample
 from lightreasoner.training import one_hot_example

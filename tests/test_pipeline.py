@@ -43,6 +43,8 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["benchmarks"]["arith"]["n"] == 5
     assert json.loads((out / "eval_after" / "run.json").read_text())["adapter"] == str(out / "adapter")
+    assert json.loads((out / "run.json").read_text())["kind"] == "run"
+    assert all(json.loads((out / name / "run.json").read_text())["kind"] == "eval" for name in ("eval_before", "eval_after"))
     stages = json.loads((out / "stages.json").read_text())
     assert all(stages[s]["done"] for s in ("eval_before", "sample", "train", "eval_after"))
     efficiency = json.loads((out / "efficiency.json").read_text())

@@ -29,20 +29,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import LightReasonerError
     from ..evaluation import find_eval_folders, regrade
+    from ..layout import RUN_KIND, folder_kind
     from ..report import build_report, report_tokenizer, text_summary
     from ..tables import results_table
 
     folders = find_eval_folders(args.folder)
     if not folders:
-        raise LightReasonerError(f"{args.folder}: no evaluation folder here or below it (a run.json with "
-                                 "max_new_tokens beside the answer files)")
+        raise LightReasonerError(f"{args.folder}: no evaluation folder here or below it (a run.json of "
+                                 "kind eval beside the answer files)")
     summaries = {folder: regrade(folder, data_dir=args.data_dir, timeout=args.grading_timeout,
                                  progress=not args.quiet) for folder in folders}
     if folders == [args.folder]:
         print(results_table(summaries[args.folder]))
         return 0
     print(f"Regraded {len(folders)} evaluation folders: {', '.join(str(f.relative_to(args.folder)) for f in folders)}")
-    if (args.folder / "run.json").is_file():
+    if folder_kind(args.folder) == RUN_KIND:
         md_path, html_path = build_report(args.folder, tokenizer=report_tokenizer(args.folder))
         print(text_summary(args.folder))
         print(f"Report: {html_path} (and {md_path})")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import LightReasonerError
-from ..records import read_json
+from ..layout import RUN_FILE, RUN_KIND, folder_kind
 from ..report import build_report, report_tokenizer
 
 
@@ -18,9 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    record = read_json(args.run_dir / "run.json")
-    if not isinstance(record, dict) or "expert" not in record.get("settings", {}):
-        raise LightReasonerError(f"{args.run_dir / 'run.json'}: not the run.json of a `lightreasoner run` folder")
+    if folder_kind(args.run_dir) != RUN_KIND:
+        raise LightReasonerError(f"{args.run_dir / RUN_FILE}: not the run.json of a `lightreasoner run` folder")
     md_path, html_path = build_report(args.run_dir, tokenizer=report_tokenizer(args.run_dir))
     print(f"Report: {html_path} (and {md_path})")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args, values_from_args
 from ..distributed import refuse_several_processes
+from ..layout import SAMPLES_FILE
 
 # Their SFT meaning differs from `train`'s, so these get their own help text.
 SFT_OWN_HELP = ("max_steps", "epochs", "steps_per_update", "system_prompt")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     values, origins = values_from_args(args, _names(TrainConfig), section="sft", also=_names(SFTConfig))
     config = dataclasses.replace(config, train=sft_train_config(values, origins))
     record = sft(config, args.out, progress=not args.quiet, say=print)
-    counts = sample_counts(args.out / "samples.jsonl")
+    counts = sample_counts(args.out / SAMPLES_FILE)
     print(f"sampled {counts['solutions_sampled']:,} solutions to {counts['problems_sampled']:,} questions "
           f"({counts['tokens_generated']:,} tokens): {counts['solutions_correct']:,} correct, "
           f"{record['examples_kept']:,} kept; trained {record['optimizer_steps']} steps on "
