@@ -9,50 +9,45 @@
   where it stopped.
   ``correct`` is the Qwen2.5-Math toolkit's verdict, ``correct_strict`` also asks for a stated final
   answer in a completion that was not cut off (:mod:`lightreasoner.grading`).
-* ``run.json``: the settings that decide the completions (model, adapter, prompt, max tokens,
-  dtype, backend); a rerun with different ones is refused rather than mixed into old results,
-  except a larger ``max_new_tokens``: it grows the folder (see :func:`needs_growth`).
+* ``run.json``: kind "eval" and the settings that decide the completions (model, adapter, prompt,
+  max tokens, dtype, backend); a rerun with different ones is refused rather than mixed into old
+  results, except a larger ``max_new_tokens``: it grows the folder (see
+  :func:`lightreasoner.answers.needs_growth`).
 * ``summary.json``: per benchmark n, both verdicts' counts, accuracies and 95% Wilson intervals,
   the answers cut off at the token limit, tokens and seconds, plus the unweighted average over
   benchmarks (the paper's "Avg.") of both; rewritten as each benchmark ends, with the benchmarks
   still to come under ``pending``.
 
-:func:`regrade` grades a folder's answers again (e.g. a published one, whose gold answers come back
-from the data), and :func:`score` grades completions made elsewhere.
+What reads or rewrites those files without a model (summaries, growth, ``regrade``, ``score``) is
+:mod:`lightreasoner.answers`.
 
 Generation is greedy pass@1 like the Qwen2.5-Math toolkit, through a backend of
 :mod:`lightreasoner.backends` (the cached decoding loop with continuous batching, llama.cpp on the
 model's GGUF file, or one vLLM engine for the whole evaluation), stopping on every end token of
 :func:`lightreasoner.models.stop_token_ids`. Vocabulary rows past the tokenizer's real vocabulary
 are never generated. The model's own generation config (which may sample) plays no part.
-``workers`` > 1 runs one evaluation process per GPU over shards of the questions and merges them.
+``workers`` > 1 runs one evaluation process per GPU over shards of the questions and merges them
+(:mod:`lightreasoner.eval_workers`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
-
+from typing import Any, Iterator, Sequence
 
 from . import grading, prompts
+from .answers import answer_ids, done_records, graded_record, keep_last_answers, needs_growth, summarize, write_summary
 from .backends import (BACKENDS, STOP_STRING_TOKENS, Backend, HFBackend, Output, Request, Sampling, VLLMBackend,
                        resolve_backend)
 from .config import SettingError, check_fields, config_to_dict
 from .data import BENCHMARKS, GENERATED, check_same_problems, load_problems
 from .problems import Problem
 from .errors import LightReasonerError
-from .layout import (EVAL_KIND, RUN_FILE, SUMMARY_FILE, WORKER_CONFIG_FILE, WORKER_LOG_FILE, WORKERS_DIR,
-                     answers_file, folder_kind)
-from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
-                      repair_torn_tail, write_json_atomic, write_text_atomic)
-
-from .stats import wilson_interval
+from .eval_workers import adopt_worker_answers, answer_in_workers
+from .layout import EVAL_KIND, RUN_FILE, answers_file
+from .records import JsonlAppender, check_writable, read_json, refuse_own_input, write_json_atomic
 
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
 # Settings that decide the completions: a folder's answers are only resumed under the same ones. The
@@ -146,28 +141,6 @@ class Generation:
     finish: str  # "eos" (an end token), "stop" (a stop string) or "length"
 
 
-# --------------------------------------------------------------------------- summaries
-
-
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """n; the count, accuracy and 95% Wilson interval of each verdict (``correct``, ``correct_strict``);
-    the answers cut off at the token limit (``cut_off``); tokens and seconds of one benchmark's records.
-    Records graded before the strict verdict existed (no ``correct_strict``) give no strict figures."""
-    n = len(records)
-    result = {"n": n, **_verdict(records, "correct", "")}
-    if all("correct_strict" in r for r in records):
-        result.update(_verdict(records, "correct_strict", "_strict"))
-    return {**result, "cut_off": sum(r.get("finish") == "length" for r in records),
-            "tokens": sum(int(r.get("tokens", 0)) for r in records),
-            "seconds": round(sum(float(r.get("seconds", 0.0)) for r in records), 3)}
-
-
-def _verdict(records: Sequence[dict[str, Any]], key: str, suffix: str) -> dict[str, Any]:
-    n, correct = len(records), sum(bool(r[key]) for r in records)
-    return {f"correct{suffix}": correct, f"accuracy{suffix}": correct / n if n else 0.0,
-            f"ci95{suffix}": list(wilson_interval(correct, n))}
-
-
 # --------------------------------------------------------------------------- generation
 
 
@@ -250,44 +223,6 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
     return {**previous, "max_new_tokens": config.max_new_tokens}  # a grown budget is all that is ever written back
 
 
-def _done_records(path: Path) -> dict[str, dict[str, Any]]:
-    """Records already written, by question id, the last line of a question winning (a grown answer
-    replaces the one it continued); a torn last line is cut off and redone."""
-    if not path.exists():
-        return {}
-    repair_torn_tail(path)
-    return {str(record["id"]): record for _, record in iter_jsonl(path)}
-
-
-def needs_growth(record: dict[str, Any], max_new_tokens: int) -> bool:
-    """Whether an answer was cut off at a smaller budget than ``max_new_tokens``, so that it is continued.
-
-    Growing a folder's budget (a rerun with a larger ``max_new_tokens``) writes the new budget into
-    run.json before the first longer answer, then appends each continued answer as a new line for
-    its question (the last line wins), and rewrites the file with one line per question when the
-    benchmark is done (:func:`_keep_last_answers`). The test is on the answer itself, so a growth
-    killed at any point resumes with what is left: an answer that ended (eos, stop), or that reached
-    this budget, is never touched again."""
-    return record.get("finish") == "length" and int(record.get("tokens", 0)) < max_new_tokens
-
-
-def _keep_last_answers(path: Path) -> None:
-    """Rewrite ``path`` with one line per question, its last (a grown answer in place of the one it
-    continued), in the order the questions first appear; atomically, and only when a question is
-    there twice. The lines are kept as they are, so untouched answers stay byte for byte."""
-    if not path.exists():
-        return
-    lines: dict[str, str] = {}
-    count = 0
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                lines[str(json.loads(line)["id"])] = line  # a repeated id keeps its first place
-                count += 1
-    if count > len(lines):
-        write_text_atomic(path, "".join(lines.values()))
-
-
 def load_for_eval(config: EvalConfig) -> tuple[Any, Any]:
     """The model (with its adapter, if any) and tokenizer, ready for generation."""
     from .models import check_adapter, load_adapter, load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -338,7 +273,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
     problems = {name: config.shard_of(load_problems(name, split=config.split, data_dir=config.data_dir,
                                                     limit=config.limit, sample=config.sample_size(name),
                                                     seed=config.seed)) for name in config.benchmarks}
-    done = {name: _done_records(answers_file(out_dir, name)) for name in problems}
+    done = {name: done_records(answers_file(out_dir, name)) for name in problems}
     for name, items in problems.items():
         check_same_problems(answers_file(out_dir, name), done[name].values(), items)
     # New questions, and answers cut off at a smaller budget: those are continued where they stopped.
@@ -359,7 +294,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
             appender.write(records)
 
     if config.workers > 1 and any(todo.values()):
-        run_workers(config, out_dir)
+        answer_in_workers(config_to_dict(config), out_dir)
     results: dict[str, dict[str, Any]] = {}
     backend: Backend | None = None
     try:
@@ -373,7 +308,7 @@ def evaluate(config: EvalConfig, out_dir: str | Path, *, model: Any = None, toke
                 for batch in _generate(config, backend, name, todo[name], template, progress, begun[name]):
                     append(path, batch)
                     done[name].update((record["id"], record) for record in batch)
-            _keep_last_answers(path)
+            keep_last_answers(path)
             results[name] = summarize([done[name][p.id] for p in items])
             _write_summary(out_dir, config, results)
     finally:
@@ -422,7 +357,7 @@ def _generate(config: EvalConfig, backend: Backend, benchmark: str, todo: list[P
             by_text = "completion_ids" not in old or old.get("continued_from") == "text"
             result["continued_from"] = "text" if by_text else "ids"
         result["completion_ids"] = whole.token_ids
-        return _graded(result, problem.gold, benchmark, config.grading_timeout)
+        return graded_record(result, problem.gold, benchmark, config.grading_timeout)
 
     with tqdm(total=len(todo), desc=benchmark, unit="q", disable=not progress) as bar:
         if full:
@@ -431,15 +366,6 @@ def _generate(config: EvalConfig, backend: Backend, benchmark: str, todo: list[P
         for chunk in backend.generate(requests, sampling) if requests else ():
             yield [record(order[output.index], output) for output in chunk]
             bar.update(len(chunk))
-
-
-def answer_ids(tokenizer: Any, record: dict[str, Any]) -> list[int]:
-    """The token ids of a record's answer: as generated (``completion_ids``), or, for a record written
-    before they were kept, its completion text encoded again; that can split the text differently
-    than the model did (rare for byte-level BPE), and a continuation then starts from other ids."""
-    if "completion_ids" in record:
-        return [int(token) for token in record["completion_ids"]]
-    return tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
 
 
 def _stop_across(tokenizer: Any, so_far: list[int], new: list[int], stop_strings: Sequence[str]) -> int | None:
@@ -458,240 +384,6 @@ def _stop_across(tokenizer: Any, so_far: list[int], new: list[int], stop_strings
     return None
 
 
-# --------------------------------------------------------------------------- one process per GPU
-
-def worker_gpus(workers: int) -> list[str | None]:
-    """The GPU each worker is shown: the visible ones in order (``CUDA_VISIBLE_DEVICES``, else all);
-    on a machine without CUDA, none (the workers share the CPU)."""
-    import torch
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = ([gpu.strip() for gpu in visible.split(",") if gpu.strip()] if visible is not None
-            else [str(index) for index in range(torch.cuda.device_count())])
-    if not gpus:
-        return [None] * workers
-    if len(gpus) < workers:
-        raise LightReasonerError(f"--workers {workers}: only {len(gpus)} GPUs are visible here")
-    return gpus[:workers]
-
-
-def run_workers(config: EvalConfig, out_dir: Path) -> None:
-    """``config.workers`` processes of ``lightreasoner eval``, worker k on GPU k with ``--shard k/N``
-    into ``out_dir/workers/k-of-N``; returns when all have finished, raises if one failed (each
-    resumes its own folder on a rerun)."""
-    if config.device not in ("auto", "cuda", "cpu"):
-        raise LightReasonerError(f"--device {config.device}: with --workers each worker gets its own GPU; "
-                                 "use --device cuda (or auto)")
-    processes = []
-    try:
-        for index, gpu in enumerate(worker_gpus(config.workers)):
-            folder = out_dir / WORKERS_DIR / f"{index}-of-{config.workers}"
-            folder.mkdir(parents=True, exist_ok=True)
-            settings = config_to_dict(replace(config, workers=1, shard=f"{index}/{config.workers}"))
-            write_json_atomic(folder / WORKER_CONFIG_FILE, settings)  # JSON is YAML, what --config reads
-            env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-            with (folder / WORKER_LOG_FILE).open("a") as log:
-                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config", str(folder / WORKER_CONFIG_FILE),
-                           "--out", str(folder), "--quiet"]
-                processes.append((folder, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
-        codes = [process.wait() for _, process in processes]
-    finally:
-        for _, process in processes:
-            if process.poll() is None:  # interrupted: stop the others too; a rerun resumes them all
-                process.terminate()
-                process.wait()
-    for (folder, _), code in zip(processes, codes):
-        if code != 0:
-            lines = (folder / WORKER_LOG_FILE).read_text(errors="replace").strip().splitlines() or ["(no output)"]
-            raise LightReasonerError(f"{folder}: evaluation worker stopped with exit code {code}: {lines[-1]} "
-                                     f"(log: {folder / WORKER_LOG_FILE}); rerun to resume")
-
-
-def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]],
-                         append: Callable[[Path, list[dict[str, Any]]], None], max_new_tokens: int) -> list[Problem]:
-    """Append the workers' answers to ``todo`` to ``path`` (and ``done``); returns the questions left.
-    A worker grows the cut-off answers of its own folder, so an answer to grow is taken once it has."""
-    answers: dict[str, dict[str, Any]] = {}
-    for folder in sorted((out_dir / WORKERS_DIR).iterdir()):
-        if (folder / path.name).exists():
-            answers.update((key, record) for key, record in _done_records(folder / path.name).items()
-                           if not needs_growth(record, max_new_tokens))
-    adopted = [answers[p.id] for p in todo if p.id in answers]
-    if adopted:
-        append(path, adopted)
-        done.update((record["id"], record) for record in adopted)
-    left = [p for p in todo if p.id not in answers]
-    if left:
-        raise LightReasonerError(f"{out_dir / WORKERS_DIR}: the workers left {len(left)} {path.stem} questions "
-                                 f"unanswered (first: {left[0].id}); rerun to resume")
-    return left
-
-
-GRADE_FIELDS = ("pred", "source", "correct", "correct_strict")
-
-
-def _graded(record: dict[str, Any], gold: str | None, benchmark: str, timeout: float | None) -> dict[str, Any]:
-    """``record`` with its grade (GRADE_FIELDS, placed before ``tokens``) from its ``completion`` and
-    ``finish`` against ``gold``; no gold answer (None) grades wrong."""
-    result = grading.grade(record["completion"], gold or "", benchmark, finish=record.get("finish"), timeout=timeout)
-    grade = {"pred": result.pred, "source": result.source, "correct": result.correct and gold is not None,
-             "correct_strict": result.correct_strict and gold is not None}
-    rest = [(key, value) for key, value in record.items() if key not in GRADE_FIELDS]
-    at = next((i for i, (key, _) in enumerate(rest) if key == "tokens"), len(rest))
-    return dict(rest[:at] + list(grade.items()) + rest[at:])
-
-
 def _write_summary(out_dir: Path, config: EvalConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     head = {"model": config.model, "adapter": config.adapter, "settings": config_to_dict(config)}
-    return _write_summary_file(out_dir, head, config.benchmarks, results)
-
-
-def _write_summary_file(out_dir: Path, head: dict[str, Any], benchmarks: Sequence[str],
-                        results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """summary.json: ``head`` (model, adapter, settings), the results per benchmark, those still pending,
-    the average accuracy over benchmarks by each verdict, tokens and seconds."""
-    summary = {**head, "benchmarks": results, "pending": [name for name in benchmarks if name not in results]}
-    for key in ("accuracy", "accuracy_strict"):
-        if results and all(key in r for r in results.values()):
-            summary[key.replace("accuracy", "average")] = sum(r[key] for r in results.values()) / len(results)
-    summary.setdefault("average", 0.0)
-    summary["tokens"] = sum(r["tokens"] for r in results.values())
-    summary["seconds"] = round(sum(r["seconds"] for r in results.values()), 3)
-    write_json_atomic(out_dir / SUMMARY_FILE, summary)
-    return summary
-
-
-# --------------------------------------------------------------------------- grading again
-
-
-def is_eval_folder(folder: str | Path) -> bool:
-    """An evaluation folder: its run.json records the settings of its answers (RUN_KEYS)."""
-    return folder_kind(folder) == EVAL_KIND
-
-
-def find_eval_folders(folder: str | Path) -> list[Path]:
-    """``folder`` if it is an evaluation folder, else every evaluation folder under it (a run's arms)."""
-    folder = Path(folder)
-    if is_eval_folder(folder):
-        return [folder]
-    return sorted(path.parent for path in folder.rglob(RUN_FILE) if is_eval_folder(path.parent))
-
-
-def regrade(eval_dir: str | Path, *, data_dir: str | Path | None = None,
-            timeout: float | None = grading.DEFAULT_TIMEOUT, progress: bool = True) -> dict[str, Any]:
-    """Grade the answers of the evaluation folder ``eval_dir`` again with the current rules (both
-    verdicts), rewrite its answer files and summary.json, and return the summary.
-
-    A record without its gold answer (a published folder keeps none) gets it from the data, loaded
-    as the evaluation loaded it (the benchmarks, split and subset of its summary's settings) from
-    ``data_dir``, else from the folder the evaluation read. Nothing is added to a record but its grade.
-    """
-    from tqdm.auto import tqdm
-
-    eval_dir = Path(eval_dir)
-    if not is_eval_folder(eval_dir) or not (eval_dir / SUMMARY_FILE).is_file():
-        raise LightReasonerError(f"{eval_dir}: no run.json and summary.json of an evaluation here")
-    summary = read_json(eval_dir / SUMMARY_FILE)
-    settings = summary["settings"]
-    results = {}
-    for name in summary["benchmarks"]:
-        path = answers_file(eval_dir, name)
-        # A growth stopped before its file was rewritten holds a question twice: the last line counts.
-        lines = list({str(record["id"]): (number, record) for number, record in iter_jsonl(path)}.values())
-        golds = _golds(path, lines, name, settings, data_dir)
-        graded = [_graded(record, golds[str(record["id"])], name, timeout)
-                  for _, record in tqdm(lines, desc=f"regrade {name}", unit="answer", disable=not progress)]
-        _replace_jsonl(path, graded)
-        results[name] = summarize(graded)
-    head = {key: value for key, value in summary.items() if key in ("model", "adapter", "settings")}
-    return _write_summary_file(eval_dir, head, settings["benchmarks"], results)
-
-
-def _golds(path: Path, lines: list[tuple[int, dict[str, Any]]], benchmark: str, settings: dict[str, Any],
-           data_dir: str | Path | None) -> dict[str, str | None]:
-    """The gold answer of every record of ``path`` by id: its own, else the data's (loaded as ``settings`` say)."""
-    golds = {str(record["id"]): record["gold"] for _, record in lines if "gold" in record}
-    if len(golds) == len(lines):
-        return golds
-    sample = settings.get("sample")
-    problems = load_problems(benchmark, split=settings.get("split", "test"), limit=settings.get("limit"),
-                             data_dir=data_dir or settings.get("data_dir"), seed=settings.get("seed"),
-                             sample=sample.get(benchmark) if isinstance(sample, dict) else sample)
-    from_data = {p.id: p.gold for p in problems}
-    for number, record in lines:
-        if str(record["id"]) not in golds and str(record["id"]) not in from_data:
-            raise LightReasonerError(f"{path}:{number}: question {record['id']!r} is not among the {benchmark} "
-                                     "questions this evaluation's settings select from the data")
-    return {**from_data, **golds}
-
-
-def _replace_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Write ``records`` to ``path`` as a whole: the old file stays until the new one is complete."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    with JsonlAppender(temporary) as appender:
-        appender.write(records)
-    temporary.replace(path)
-
-
-# --------------------------------------------------------------------------- grading files made elsewhere
-
-
-def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_dir: str | Path | None = None,
-          split: str = "test", timeout: float | None = grading.DEFAULT_TIMEOUT,
-          progress: bool = True) -> dict[str, Any]:
-    """Grade completions made elsewhere; write each input line plus its grade (``pred``, ``source``,
-    ``correct``, ``correct_strict``).
-
-    Every line needs ``completion`` and either ``gold`` (an extracted final answer) or an ``id``
-    of the benchmark's data, whose gold answer is then parsed like ``evaluate`` does. An optional
-    ``finish`` ("length" when the completion was cut off by the token limit) informs the strict
-    verdict; without it a completion counts as finished.
-    Returns the summary (n, correct, accuracy, ci95, the strict ones, ...).
-    """
-    from tqdm.auto import tqdm
-
-    if benchmark not in BENCHMARKS:
-        raise LightReasonerError(f"--benchmark: unknown benchmark {benchmark!r} (choose from {', '.join(BENCHMARKS)})")
-    input_path, out_path = Path(input_path), Path(out_path)
-    refuse_own_input(out_path, {"--input file": input_path})
-    if out_path.is_file() and out_path.stat().st_size and not {"pred", "correct"} <= (first_record(out_path) or {}).keys():
-        raise LightReasonerError(f"{out_path}: exists and is not a graded file of `lightreasoner score` (no 'pred' "
-                                 "and 'correct' on its first line); it was left as it is: choose another --out")
-    check_writable(out_path)  # before grading, which can take long
-    lines = list(iter_jsonl(input_path))
-    if not lines:
-        raise LightReasonerError(f"{input_path}: no records in file (empty)")
-    golds: dict[str, str | None] | None = None
-    graded = []
-    for number, record in tqdm(lines, desc=f"score {benchmark}", unit="answer", disable=not progress):
-        where = f"{input_path}:{number}"
-        completion = record.get("completion")
-        if not isinstance(completion, str):
-            raise LightReasonerError(f"{where}: field 'completion' missing or not a string")
-        gold = record.get("gold")
-        if gold is None:
-            if "id" not in record:
-                raise LightReasonerError(f"{where}: needs 'gold' or an 'id' of the {benchmark} data")
-            if golds is None:
-                golds = {p.id: p.gold for p in load_problems(benchmark, split=split, data_dir=data_dir)}
-            if str(record["id"]) not in golds:
-                raise LightReasonerError(f"{where}: id {record['id']!r} is not in the {benchmark} {split} data")
-            gold = golds[str(record["id"])]
-        elif isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
-            raise LightReasonerError(f"{where}: field 'gold' must be a string or a number")
-        finish = record.get("finish")
-        if finish is not None and not isinstance(finish, str):
-            raise LightReasonerError(f"{where}: field 'finish' must be a string (\"length\" when cut off)")
-        result = grading.grade(completion, _gold_text(gold) or "", benchmark, finish=finish, timeout=timeout)
-        graded.append({**record, "pred": result.pred, "source": result.source, "correct": result.correct,
-                       "correct_strict": result.correct_strict})
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_jsonl(out_path, graded)
-    return {"benchmark": benchmark, **summarize(graded)}
-
-
-def _gold_text(gold: Any) -> str | None:
-    if isinstance(gold, float):
-        return str(int(gold)) if gold.is_integer() else repr(gold)
-    return None if gold is None else str(gold)
+    return write_summary(out_dir, head, config.benchmarks, results)

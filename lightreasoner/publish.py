@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LightReasonerError
-from .evaluation import is_eval_folder
+from .answers import is_eval_folder
 from .layout import (ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
                      PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
                      TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, meta_path)
@@ -33,7 +33,7 @@ from .tables import ARM_EVAL_DIRS
 SHOWN_FILES = {RUN_FILE, STAGES_FILE, EFFICIENCY_FILE, SUMMARY_FILE, TRAIN_SUMMARY_FILE, TRAIN_LOG_FILE,
                meta_path(Path(SAMPLES_FILE)).name, ADAPTER_FIT_FILE, REPORT_MD, REPORT_HTML}
 # The answer's token ids are the model's output too, and what a restored folder continues exactly when
-# its evaluation budget grows (evaluation.answer_ids).
+# its evaluation budget grows (answers.answer_ids).
 ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "correct_strict", "tokens", "finish",
                  "seconds", "continued_from", "completion_ids")
 # Files in the sample format (LightReasoner's and SFT's samples, a control's examples) and the names

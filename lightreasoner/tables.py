@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .answers import load_summary
 from .controls import CONTROL_ARMS
 from .errors import LightReasonerError
 from .layout import EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_KIND, SUMMARY_FILE, folder_kind
@@ -61,16 +62,6 @@ def results_table(summary: dict[str, Any]) -> str:
                  "-" if strict is None else f"{100 * strict:.1f}", str(sum(r.get("cut_off", 0) for r in results)),
                  str(summary["tokens"]), f"{summary['seconds']:.1f}"])
     return _render(["benchmark", "n", "accuracy [95% CI]", "strict [95% CI]", "cut off", "tokens", "seconds"], rows)
-
-
-def load_summary(result_dir: str | Path) -> dict[str, Any]:
-    path = Path(result_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise LightReasonerError(f"{path}: no summary.json here (not an evaluation output folder)")
-    summary = read_json(path)
-    if not isinstance(summary, dict) or not isinstance(summary.get("benchmarks"), dict):
-        raise LightReasonerError(f"{path}: not an evaluation summary (no 'benchmarks')")
-    return summary
 
 
 def engines_note(eval_dirs: Sequence[str | Path]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import backends, evaluation
+from lightreasoner import backends, eval_workers
 from lightreasoner.backends import PADDING_MASK, VOCAB_SIZE_KEY, HFBackend, Request, Sampling, VLLMBackend
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.evaluation import EvalConfig, evaluate
@@ -374,13 +374,13 @@ def test_workers_answer_shards_and_merge_into_what_one_process_writes(model_dir,
 def test_each_worker_sees_one_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    assert evaluation.worker_gpus(4) == ["0", "1", "2", "3"]
+    assert eval_workers.worker_gpus(4) == ["0", "1", "2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    assert evaluation.worker_gpus(2) == ["4", "6"]
+    assert eval_workers.worker_gpus(2) == ["4", "6"]
     with pytest.raises(LightReasonerError, match="--workers 3: only 2 GPUs are visible"):
-        evaluation.worker_gpus(3)
+        eval_workers.worker_gpus(3)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert evaluation.worker_gpus(2) == [None, None]  # no GPU: the workers share the CPU
+    assert eval_workers.worker_gpus(2) == [None, None]  # no GPU: the workers share the CPU
 
 
 def test_shard_settings_are_checked():

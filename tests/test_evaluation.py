@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import cli, evaluation, grading, models, prompts
+from lightreasoner import cli, data, evaluation, grading, models, prompts, stats
+from lightreasoner.answers import regrade, score
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.evaluation import EvalConfig, evaluate, regrade, score
+from lightreasoner.evaluation import EvalConfig, evaluate
 from lightreasoner.models import encode_prompt, load_model, load_tokenizer, real_vocab_size, stop_token_ids
 from lightreasoner.tables import compare_table, results_table
 from tiny import make_model, make_tokenizer
@@ -432,7 +433,7 @@ def test_regrade_a_published_folder_from_the_data(tmp_path, data_dir, capsys):
             k: v for k, v in old.items() if k not in grading.Grade.__dataclass_fields__}
     result = summary["benchmarks"]["gsm8k"]
     assert (result["n"], result["correct"], result["correct_strict"], result["cut_off"]) == (5, 4, 1, 2)
-    assert result["ci95_strict"] == pytest.approx(list(evaluation.wilson_interval(1, 5)))
+    assert result["ci95_strict"] == pytest.approx(list(stats.wilson_interval(1, 5)))
     assert summary["average_strict"] == pytest.approx(0.2) and summary["tokens"] == 5 + 5 + 12 + 5 + 12
     assert json.loads((folder / "summary.json").read_text()) == summary
     assert regrade(folder, progress=False) == summary  # again: nothing changes
@@ -446,7 +447,7 @@ def test_regrade_a_published_folder_from_the_data(tmp_path, data_dir, capsys):
 
 
 def test_regrade_selects_the_evaluations_subset_and_refuses_a_stranger(tmp_path, data_dir):
-    chosen = [p.id for p in evaluation.load_problems("gsm8k", data_dir=data_dir, sample=2, seed=3)]
+    chosen = [p.id for p in data.load_problems("gsm8k", data_dir=data_dir, sample=2, seed=3)]
     golds = {"0": "72", "1": "10", "2": "7", "3": "48", "4": "1"}
     answers = [(i, f"\\boxed{{{golds[i]}}}", "eos") for i in chosen]
     folder = published_eval(tmp_path / "eval", data_dir, answers, sample={"gsm8k": 2}, seed=3)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import cli, evaluation, prompts
+from lightreasoner import answers, cli, data, evaluation, prompts
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.evaluation import EvalConfig, evaluate
 from lightreasoner.models import encode_prompt, load_model, load_tokenizer, real_vocab_size, stop_token_ids
@@ -191,25 +191,25 @@ def test_a_growth_killed_midway_resumes_without_losing_or_repeating_an_answer(ex
     assert len(gsm8k) == len(before["gsm8k"]) + 1 and gsm8k[-1]["continued_from"] == "ids"
     # Meanwhile regrade counts each question once, by its last line (and writes one line each).
     stopped = shutil.copytree(out, tmp_path / "stopped")
-    regraded = evaluation.regrade(stopped, progress=False)["benchmarks"]["gsm8k"]
+    regraded = answers.regrade(stopped, progress=False)["benchmarks"]["gsm8k"]
     assert regraded["n"] == len(records(stopped, "gsm8k")) == len(before["gsm8k"])
     assert {f: records(stopped, "gsm8k")[gsm8k[-1]["id"]][f] for f in ANSWER} == {f: gsm8k[-1][f] for f in ANSWER}
     with (out / "gsm8k.jsonl").open("a") as handle:  # and a line torn by a kill mid-write
         handle.write('{"id": "4", "completion": "hal')
 
     # Stopped again once every answer has grown, before the last file is rewritten with one line per question.
-    real = evaluation._keep_last_answers
+    real = evaluation.keep_last_answers
 
     def stopped_before_the_last(path):
         if path.name == "mmlu_stem.jsonl":
             raise KeyboardInterrupt
         real(path)
 
-    monkeypatch.setattr(evaluation, "_keep_last_answers", stopped_before_the_last)
+    monkeypatch.setattr(evaluation, "keep_last_answers", stopped_before_the_last)
     with pytest.raises(KeyboardInterrupt):
         evaluate(settings(expert_dir, data_dir, LARGE), out, progress=False)
     assert len(lines(out, "mmlu_stem")) > len(before["mmlu_stem"])
-    monkeypatch.setattr(evaluation, "_keep_last_answers", real)
+    monkeypatch.setattr(evaluation, "keep_last_answers", real)
     monkeypatch.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
     evaluate(settings(expert_dir, data_dir, LARGE), out, progress=False)
     assert_equal_answers(out, fresh)
@@ -270,7 +270,7 @@ def test_a_published_folder_grows_from_its_ids_or_else_from_its_text(expert_dir,
                 continue
             assert grown["continued_from"] == "text"
             so_far = tokenizer(old[key]["completion"], add_special_tokens=False)["input_ids"]
-            question = evaluation.load_problems(benchmark, data_dir=data_dir)[int(key)]
+            question = data.load_problems(benchmark, data_dir=data_dir)[int(key)]
             prompt = prompts.build_prompt("qwen25-math-cot", prompts.toolkit_question(question.question, question.gold),
                                           tokenizer)
             expected = slow_continuation(model, tokenizer, encode_prompt(tokenizer, prompt), so_far, LARGE)

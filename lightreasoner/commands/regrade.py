@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import LightReasonerError
-    from ..evaluation import find_eval_folders, regrade
+    from ..answers import find_eval_folders, regrade
     from ..layout import RUN_KIND, folder_kind
     from ..report import build_report, report_tokenizer, text_summary
     from ..tables import results_table

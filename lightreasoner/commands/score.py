@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import LightReasonerError
-    from ..evaluation import score
+    from ..answers import score
     from ..tables import accuracy_ci
 
     if args.grading_timeout <= 0:
