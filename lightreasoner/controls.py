@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import training
+from .arms import CONTROL_ARMS, LABELS, POSITIONS, Stages, control_started, efficiency_record
 from .backends import release_memory
 from .config import config_to_dict
 from .contrast import entropy, log_probs, plausible_distribution, plausible_mask, soft_labels
@@ -45,16 +46,9 @@ from .models import check_same_vocabulary, load_model, load_tokenizer, model_loc
 from .records import (JsonlAppender, check_writable, file_sha256, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
 from .layout import ADAPTER_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, TRAIN_SUMMARY_FILE, meta_path
-from .sft import FREE_SETTINGS, _check_arm_settings, efficiency_record
-from .stages import Stages
+from .sft import FREE_SETTINGS, _check_arm_settings
 from .training import TrainConfig
 
-POSITIONS = ("kept", "random", "entropy")
-LABELS = ("one-hot", "contrast", "expert")
-# Arm name of each usable cell; the two published controls first, keeping their names.
-CONTROL_ARMS = {("kept", "one-hot"): "format-only", ("random", "one-hot"): "random-positions",
-                **{(p, l): f"{p}-{l}" for p in POSITIONS for l in LABELS
-                   if (p, l) not in (("kept", "one-hot"), ("random", "one-hot"), ("kept", "contrast"))}}
 # A control's samples are checked by content (samples_sha256), so the file may be named by another path.
 CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
 # Trajectories per teacher-forced forward: 8 x 128 steps of 151,665 float32 logits is about 0.6 GB.
@@ -78,12 +72,6 @@ def needs_expert(positions: str, labels: str) -> bool:
 
 def needs_amateur(positions: str, labels: str) -> bool:
     return labels == "contrast" and positions != "kept"
-
-
-def control_started(out_dir: Path) -> bool:
-    """Whether a control's folder holds work (examples, or a training run that got somewhere): from then
-    on its ``arm.json`` binds it (:func:`free_settings`)."""
-    return (out_dir / EXAMPLES_FILE).exists() or training.run_started(out_dir / ADAPTER_DIR)
 
 
 def free_settings(out_dir: Path, positions: str) -> set[str]:

@@ -1,21 +1,8 @@
 """``lightreasoner run``: sample -> train -> evaluate before and after -> report, in one run folder.
 
-Layout of the run folder::
-
-    run.json                 the settings (a rerun that changes a setting of a started stage is refused,
-                             except a larger eval budget: it grows every evaluation), and with a time
-                             budget the plan and the speeds it was made from
-    stages.json              per stage: done, seconds
-    samples.jsonl(.meta.json)  sampling stage (docs/FORMAT.md)
-    adapter/                 training stage: LoRA adapter, tokenizer, train_log.jsonl, train_summary.json
-    adapter_fit.json         the adapter's fit to kept steps trained on and never reached (adapter_fit.py)
-    eval_before/ eval_after/ evaluation of the expert without and with the adapter (one backend for all)
-    efficiency.json          the paper's cost accounting of this (the lightreasoner) arm
-    sft/ format-only/ random-positions/ entropy-one-hot/ ...
-                             the other arms when asked for (``--arms``): each an arm folder of
-                             :mod:`lightreasoner.sft` or :mod:`lightreasoner.controls` (adapter/,
-                             efficiency.json, ...) plus eval_after/
-    report.md report.html kl.png loss.png (arms.png gains.png)
+The run folder's layout (run.json, stages.json, samples.jsonl, adapter/, eval_before/, eval_after/, an
+arm folder per other arm asked for with ``--arms``, the report) is :mod:`lightreasoner.layout`'s; every
+evaluation answers with one backend.
 
 Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash
@@ -35,23 +22,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .adapter_fit import adapter_fit
+from .arms import ARM_EVAL_DIRS, ARMS, CONTROL_ARMS, Stages, lightreasoner_efficiency, stage_started
 from .backends import is_gguf_model, release_memory, resolve_backend
 from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
 from .errors import LightReasonerError
 from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_FILE, RUN_KIND,
-                     SAMPLES_FILE, STAGES_FILE, TRAIN_SUMMARY_FILE, meta_path)
+                     SAMPLES_FILE, STAGES_FILE)
 from .evaluation import EvalConfig, evaluate
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
-from .controls import CONTROL_ARMS, control, control_started
-from .stages import Stages
-from .sft import FREE_SETTINGS, SFTConfig, arm_started, efficiency_record, sft, sft_config_dict, sft_train_config
-from .tables import ARM_EVAL_DIRS
+from .controls import control
+from .sft import FREE_SETTINGS, SFTConfig, sft, sft_config_dict, sft_train_config
 from .models import model_location, resolve_device
-from .training import TrainConfig, run_started, train_from_file
+from .training import TrainConfig, train_from_file
 
-ARMS = ("baseline", "lightreasoner", "sft", *CONTROL_ARMS.values())
 BUDGETED_ARMS = ("baseline", "lightreasoner")
 
 # The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
@@ -229,21 +214,6 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
     return sized, record, pair
 
 
-def stage_started(run_dir: Path, stage: str) -> bool:
-    """Whether a stage of the run folder has produced anything (then its settings bind the folder)."""
-    if stage == "sample":
-        return (run_dir / SAMPLES_FILE).exists()  # it is written with the first trajectories
-    if stage == "train":
-        return run_started(run_dir / ADAPTER_DIR)
-    if stage == "sft":
-        return arm_started(run_dir / stage)
-    if stage == "adapter_fit":
-        return (run_dir / ADAPTER_FIT_FILE).exists()
-    if stage in CONTROL_ARMS.values():
-        return control_started(run_dir / stage)
-    return (run_dir / stage / RUN_FILE).exists()  # an evaluation writes it with its first answer
-
-
 def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
         progress: bool = True, say: Callable[[str], None] = print, source: str = "run config") -> Path:
     """Run (or resume) the whole method, and any other arms asked for, into ``run_dir``; returns the
@@ -345,7 +315,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
                 trajectories=config.fit_trajectories, seed=config.seed, progress=progress)), say)
             stages.finish("adapter_fit")
         eval_arm(run_dir, ARM_EVAL_DIRS["lightreasoner"])
-        write_json_atomic(run_dir / EFFICIENCY_FILE, efficiency(run_dir))
+        write_json_atomic(run_dir / EFFICIENCY_FILE, lightreasoner_efficiency(run_dir))
     if sft_config is not None:
         stages.run("sft", lambda: sft(sft_config, run_dir / "sft", progress=progress,
                                       say=lambda text: say(f"[sft] {text}")), say)
@@ -399,13 +369,3 @@ def _sft_overrides(overrides: dict[str, dict[str, Any]] | None, previous: dict[s
     return {"max_new_tokens": previous["sft"]["max_new_tokens"], **(section or {})}
 
 
-def efficiency(run_dir: Path) -> dict[str, Any]:
-    """The paper's cost accounting for this arm: time to build and train on the examples (sampling +
-    training, not evaluation), problems sampled, tokens generated, examples kept, tokens tuned."""
-    stages = read_json(run_dir / STAGES_FILE)
-    meta = read_json(meta_path(run_dir / SAMPLES_FILE))
-    trained = read_json(run_dir / ADAPTER_DIR / TRAIN_SUMMARY_FILE)
-    seconds = {"sample": stages["sample"]["seconds"], "train": stages["train"]["seconds"]}
-    counts = {"problems_sampled": meta["questions"], "tokens_generated": meta["tokens_generated"],
-              "examples_kept": meta["kept_steps"]}
-    return efficiency_record("lightreasoner", seconds, counts, trained)

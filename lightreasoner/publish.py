@@ -24,11 +24,11 @@ from typing import Any
 
 from .errors import LightReasonerError
 from .answers import is_eval_folder
+from .arms import ARM_EVAL_DIRS
 from .layout import (ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
                      PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
                      TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, meta_path)
 from .records import JsonlAppender, check_writable, iter_jsonl, read_json, write_json_atomic
-from .tables import ARM_EVAL_DIRS
 
 SHOWN_FILES = {RUN_FILE, STAGES_FILE, EFFICIENCY_FILE, SUMMARY_FILE, TRAIN_SUMMARY_FILE, TRAIN_LOG_FILE,
                meta_path(Path(SAMPLES_FILE)).name, ADAPTER_FIT_FILE, REPORT_MD, REPORT_HTML}

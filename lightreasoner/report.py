@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .adapter_fit import fit_rows, fit_verdict
-from .controls import CONTROL_ARMS
+from .arms import ARM_EVAL_DIRS, CONTROL_ARMS, find_arms, read_efficiency
 from .errors import LightReasonerError
 from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, ARMS_FIGURE, GAINS_FIGURE, KL_FIGURE, LOSS_FIGURE,
                      PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
@@ -23,9 +23,8 @@ from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, ARMS_FIGURE, GAINS_FIGURE, K
 from .inspection import findings_tables, inspect_samples
 from .records import iter_jsonl, read_json
 from .stats import mcnemar_p, paired_difference, wilson_interval
-from .tables import (ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, _read_efficiency, _render, accuracy_ci,
-                     arms_accuracy, arms_efficiency, arms_plot, arms_report, engines_note, error_bar, find_arms,
-                     savings_line)
+from .tables import (ACCURACY_TITLE, EFFICIENCY_TITLE, _render, accuracy_ci, arms_accuracy, arms_efficiency,
+                     arms_plot, arms_report, engines_note, error_bar, savings_line)
 
 TOKEN_VIEW_TRAJECTORIES = 3
 
@@ -174,7 +173,7 @@ def headline_rows(run_dir: Path) -> tuple[list[str], list[list[str]]]:
                 cells += [diff, p]
             else:  # answers graded before the strict verdict existed
                 cells += ["-", "-"]
-        efficiency = _read_efficiency(arm_dir.parent)
+        efficiency = read_efficiency(arm_dir.parent)
         cells.append(f"{efficiency['total_seconds'] / 3600:.1f}" if efficiency else "-")
         rows.append(cells)
     return header, rows

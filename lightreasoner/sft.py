@@ -6,12 +6,12 @@ model's GGUF, or vLLM); each is graded against the gold answer by the evaluation
 the finished, correct, distinct ones are kept; the expert is fine-tuned with cross-entropy on their
 completion tokens (prompt masked): :func:`training.one_hot_example` with every completion step,
 since KL to a one-hot label is cross-entropy. The control arms (:mod:`lightreasoner.controls`) share this module's
-arm-folder bookkeeping.
+arm-folder settings check; the bookkeeping every arm shares (stages, efficiency) is :mod:`lightreasoner.arms`.
 
 An arm folder is laid out like ``lightreasoner run``'s own arm: ``adapter/`` (LoRA adapter,
 tokenizer, train log and summary), ``stages.json`` (wall seconds per stage, summed over resumed
 attempts) and ``efficiency.json`` (the paper's cost accounting, see
-:func:`lightreasoner.pipeline.efficiency`). Rerunning the same call resumes. See docs/SFT.md.
+:func:`lightreasoner.arms.efficiency_record`). Rerunning the same call resumes. See docs/SFT.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from . import grading, training
+from .arms import Stages, arm_started, efficiency_record
 from .backends import BACKENDS, Backend, HFBackend, Request, Sampling, VLLMBackend, resolve_backend
 from .config import build_config, check_fields, check_same_settings, config_to_dict
 from .data import BENCHMARKS, check_same_problems, load_problems, resolve_data_dir
@@ -37,7 +38,6 @@ from .models import (chat_prompt, check_prompts_fit, context_length, encode_prom
                      tokenizer_fingerprint)
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
-from .stages import Stages
 from .training import SampleSet, TrainConfig, one_hot_example
 
 SFT_FORMAT = "lightreasoner-sft-samples"
@@ -330,11 +330,6 @@ def sft_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) ->
 # Arm folders
 
 
-def arm_started(out_dir: Path) -> bool:
-    """Whether an arm folder holds work (samples, or a training run that got somewhere)."""
-    return (out_dir / SAMPLES_FILE).exists() or training.run_started(out_dir / ADAPTER_DIR)
-
-
 def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] = FREE_SETTINGS,
                         started: Callable[[Path], bool] = arm_started) -> None:
     """``arm.json`` records what the folder was made with; once it holds work (``started``), a rerun with
@@ -343,16 +338,6 @@ def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] 
     if path.exists() and started(out_dir):
         check_same_settings(path, read_json(path), settings, free)
     write_json_atomic(path, settings)
-
-
-def efficiency_record(arm: str, seconds: dict[str, float], counts: dict[str, Any],
-                      summary: dict[str, Any]) -> dict[str, Any]:
-    """An arm's efficiency.json: seconds to build and train on its examples, problems sampled, tokens
-    generated, examples kept, tokens tuned, optimizer steps (the paper's cost accounting)."""
-    return {"arm": arm, "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
-            "problems_sampled": counts["problems_sampled"], "tokens_generated": counts["tokens_generated"],
-            "examples_kept": counts["examples_kept"], "tokens_tuned": summary["tokens_tuned"],
-            "optimizer_steps": summary["optimizer_steps"]}
 
 
 def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,

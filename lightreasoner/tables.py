@@ -13,15 +13,12 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .answers import load_summary
-from .controls import CONTROL_ARMS
+from .arms import Arm, folder_labels
 from .errors import LightReasonerError
-from .layout import EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_KIND, SUMMARY_FILE, folder_kind
-from .records import read_json
 
 
 def _render(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
@@ -79,7 +76,7 @@ def compare_table(result_dirs: Sequence[str | Path]) -> str:
     difference to the first, by both verdicts (see :func:`_accuracy_rows`)."""
     if not result_dirs:
         raise LightReasonerError("compare: give at least one evaluation output folder")
-    header, rows = _accuracy_rows([load_summary(d) for d in result_dirs], _labels(result_dirs), "folder", "diff")
+    header, rows = _accuracy_rows([load_summary(d) for d in result_dirs], folder_labels(result_dirs), "folder", "diff")
     return _render(header, rows, left=2)
 
 
@@ -137,69 +134,6 @@ def _accuracy_rows(summaries: Sequence[dict[str, Any]], labels: Sequence[str], l
 
 # ----------------------------------------------------------------------------------------------
 # Arms: the paper's two tables (accuracy with the gain over the baseline; efficiency)
-
-# Where each arm of a `lightreasoner run` folder keeps its evaluation, in the paper's table order;
-# a trained arm's costs (efficiency.json) sit in the folder above its evaluation.
-ARM_EVAL_DIRS = {"baseline": EVAL_BEFORE_DIR, "sft": f"sft/{EVAL_AFTER_DIR}", "lightreasoner": EVAL_AFTER_DIR,
-                 **{arm: f"{arm}/{EVAL_AFTER_DIR}" for arm in CONTROL_ARMS.values()}}
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One compared arm: its evaluation folder (if evaluated) and, for a trained arm, its costs
-    (the ``efficiency.json`` contract of :func:`lightreasoner.pipeline.efficiency`)."""
-
-    label: str
-    eval_dir: Path | None
-    efficiency: dict[str, Any] | None = None
-    baseline: bool = False
-
-
-def _evaluated(folder: Path) -> Path | None:
-    return folder if (folder / SUMMARY_FILE).is_file() else None
-
-
-def _read_efficiency(folder: Path) -> dict[str, Any] | None:
-    path = folder / EFFICIENCY_FILE
-    if not path.is_file():
-        return None
-    record = read_json(path)
-    missing = [k for k in ("arm", "total_seconds", "problems_sampled", "tokens_tuned") if k not in record]
-    if missing:
-        raise LightReasonerError(f"{path}: not an efficiency record (no {missing[0]!r})")
-    return record
-
-
-def _is_run_folder(folder: Path) -> bool:
-    """A `lightreasoner run` folder (not an evaluation folder, whose run.json is of another kind)."""
-    return folder_kind(folder) == RUN_KIND
-
-
-def find_arms(folders: Sequence[str | Path]) -> list[Arm]:
-    """The arms in run folders (baseline = eval_before, lightreasoner, and sft/ and the controls'
-    folders when present), arm folders (``lightreasoner sft``/``control`` output, with
-    eval_after/ once evaluated) and plain evaluation folders; labels get the folder name in front
-    where two would be equal."""
-    found: list[tuple[Path, Arm]] = []
-    for folder in map(Path, folders):
-        if _is_run_folder(folder):
-            arms = [Arm(label, _evaluated(folder / eval_dir),
-                        None if label == "baseline" else _read_efficiency((folder / eval_dir).parent),
-                        label == "baseline") for label, eval_dir in ARM_EVAL_DIRS.items()]
-            found += [(folder, a) for a in arms if a.eval_dir is not None or a.efficiency is not None]
-        elif (efficiency := _read_efficiency(folder)) is not None:
-            found.append((folder, Arm(str(efficiency["arm"]), _evaluated(folder / EVAL_AFTER_DIR), efficiency)))
-        elif _evaluated(folder) is not None:
-            load_summary(folder)  # a clear error for a malformed summary
-            found.append((folder, Arm(folder.name, folder)))
-        else:
-            raise LightReasonerError(f"{folder}: neither a `lightreasoner run` folder, an arm folder "
-                                     "(efficiency.json) nor an evaluation folder (summary.json)")
-    labels = [arm.label for _, arm in found]
-    names = dict(zip(map(Path, folders), _labels(folders)))
-    return [Arm(f"{names[folder]}/{arm.label}" if labels.count(arm.label) > 1 else arm.label,
-                arm.eval_dir, arm.efficiency, arm.baseline) for folder, arm in found]
-
 
 def _reference(arms: Sequence[Arm]) -> Arm | None:
     """The arm gains are measured from: the first baseline, else the first evaluated arm."""
@@ -337,8 +271,3 @@ def arms_plot(arms: Sequence[Arm]) -> bytes:
     return buffer.getvalue()
 
 
-def _labels(result_dirs: Sequence[str | Path]) -> list[str]:
-    """Folder names, or parent/name where two folders share a name (runs/a/eval vs runs/b/eval)."""
-    paths = [Path(d).resolve() for d in result_dirs]
-    names = [p.name for p in paths]
-    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from lightreasoner import models, training
+from lightreasoner.arms import CONTROL_ARMS
 from lightreasoner.cli import main
-from lightreasoner.controls import (CONTROL_ARMS, control, control_arm, highest_entropy_steps,
-                                    teacher_forced_log_probs, write_examples)
+from lightreasoner.controls import control, control_arm, highest_entropy_steps, teacher_forced_log_probs, write_examples
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.layout import EXAMPLES_FILE
 from lightreasoner.records import iter_jsonl

@@ -13,7 +13,7 @@ import pytest
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, run
-from lightreasoner.stages import Stages
+from lightreasoner.arms import Stages
 from lightreasoner.publish import restore
 from lightreasoner.inspection import kept_step_statistics
 from lightreasoner.report import settings_rows
@@ -171,7 +171,7 @@ def test_run_resumes_after_a_crash_in_training(tmp_path, monkeypatch):
 
 def test_a_killed_stage_keeps_the_seconds_it_ran(tmp_path):
     # A session's end kills the process (no finally runs); the stage's time so far must stay on disk.
-    script = ("import sys, time; from pathlib import Path; from lightreasoner.stages import Stages; "
+    script = ("import sys, time; from pathlib import Path; from lightreasoner.arms import Stages; "
               "Stages(Path(sys.argv[1]), heartbeat=0.05).run('sample', lambda: time.sleep(60), say=print)")
     process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)])
     path = tmp_path / "stages.json"

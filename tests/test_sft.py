@@ -18,6 +18,7 @@ import lightreasoner.controls as controls
 import lightreasoner.pipeline as pipeline
 import lightreasoner.sft as sft_module
 from lightreasoner import models, training
+from lightreasoner.arms import ARM_EVAL_DIRS, find_arms
 from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
@@ -25,7 +26,7 @@ from lightreasoner.pipeline import RunConfig, run, stage_configs
 from lightreasoner.sampling import SampleConfig, sample
 from lightreasoner.sft import (Completion, SFTConfig, generate_samples, read_sft_samples, sample_solutions, sft,
                                sft_examples, sft_train_config)
-from lightreasoner.tables import ACCURACY_TITLE, ARM_EVAL_DIRS, EFFICIENCY_TITLE, arms_report, find_arms, format_seconds
+from lightreasoner.tables import ACCURACY_TITLE, EFFICIENCY_TITLE, arms_report, format_seconds
 
 from tiny import save_pair
 

@@ -10,7 +10,7 @@ from ..distributed import refuse_several_processes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..controls import LABELS, POSITIONS
+    from ..arms import LABELS, POSITIONS
     from ..training import TrainConfig
 
     parser = subparsers.add_parser(
