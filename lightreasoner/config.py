@@ -215,9 +215,6 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-# A YAML file may hold a run's settings: headline settings at the top level, any stage's own in its
-# section. Commands of one stage read their section (or the top level when there is none).
-SECTIONS = ("sample", "train", "eval", "sft")
 # Settings that name a model: compared by the place they resolve to (models.same_model).
 MODEL_SETTINGS = ("expert", "amateur", "model")
 # Settings no file may turn on: only the option typed on the command that needs it.
@@ -241,56 +238,6 @@ def refuse_unknown(values: dict[str, Any], known: typing.Iterable[str], where: s
             raise _unknown(key, known, where)
         if name in COMMAND_LINE_ONLY and value:
             raise LightReasonerError(f"{where}: {key}: {COMMAND_LINE_ONLY[name]}")
-
-
-def all_setting_names() -> set[str]:
-    """Every setting any command reads from a YAML file's top level, and the section names."""
-    from .evaluation import EvalConfig
-    from .pipeline import RunConfig
-    from .sampling import SampleConfig
-    from .sft import SFTConfig
-    from .training import TrainConfig
-
-    classes = (RunConfig, SampleConfig, TrainConfig, EvalConfig, SFTConfig)
-    return {f.name for cls in classes for f in dataclasses.fields(cls)} | set(SECTIONS)
-
-
-def yaml_sections(data: dict[str, Any], path: str | Path, known: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
-    """The stage sections of a YAML file's top level. For a command whose own settings (``known``)
-    include ``sample`` (evaluation's seeded subset sizes: a number or a mapping of benchmark names), a
-    top-level ``sample`` is the sampling stage's section only when it is a mapping holding a sampling
-    setting; for the others it is always the section."""
-    from .sampling import SampleConfig
-
-    sampling = {f.name for f in dataclasses.fields(SampleConfig)}
-    sections = {}
-    for name in SECTIONS:
-        if name not in data:
-            continue
-        value = data[name]
-        if name in known and not (isinstance(value, dict) and any(k.replace("-", "_") in sampling for k in value)):
-            continue
-        if not isinstance(value, dict):
-            raise LightReasonerError(f"{path}: section {name!r} must be a mapping of option: value")
-        sections[name] = value
-    return sections
-
-
-def yaml_values(path: Path, section: str | None, known: set[str], also: typing.Iterable[str] = ()
-                ) -> tuple[dict[str, Any], str]:
-    """The settings of ``section`` (or the top level) of the YAML file ``path`` that ``known`` holds, and
-    where they came from for messages. Every key of the file must be a setting of some command; in the
-    section, one of ``known`` or ``also`` (what the command's other configs read there)."""
-    data = load_yaml(path)
-    sections = yaml_sections(data, path, known)
-    top = {k: v for k, v in data.items() if k not in sections}
-    refuse_unknown(top, all_setting_names(), str(path))
-    if section is not None and section in data:
-        refuse_unknown(data[section], known | set(also), f"{path}: {section}")
-        values, where = data[section], f"{path}: {section}"
-    else:
-        values, where = top, str(path)
-    return {k.replace("-", "_"): v for k, v in values.items() if k.replace("-", "_") in known}, where
 
 
 def build_config(config_cls: type[C], values: dict[str, Any], *, source: str = "config",
@@ -319,31 +266,6 @@ def build_config(config_cls: type[C], values: dict[str, Any], *, source: str = "
         raise LightReasonerError(f"{where}: {exc.name}: {exc.problem}") from None
     except (TypeError, ValueError) as exc:
         raise LightReasonerError(f"{source}: {exc}") from None
-
-
-def values_from_args(args: argparse.Namespace, known: set[str], *, section: str | None = None,
-                     also: typing.Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
-    """The settings in ``known`` given by ``--config`` (its ``section``, or its top level) and on the
-    command line (which wins), and where each came from."""
-    values: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    if getattr(args, "config", None):
-        values, where = yaml_values(args.config, section, known, also)
-        origins = dict.fromkeys(values, where)
-    typed = {name: getattr(args, name) for name in known if hasattr(args, name)}
-    values.update(typed)
-    origins.update(dict.fromkeys(typed, "command line"))
-    return values, origins
-
-
-def config_from_args(config_cls: type[C], args: argparse.Namespace, *, section: str | None = None,
-                     also: typing.Iterable[str] = ()) -> C:
-    """Merge dataclass defaults < YAML (``--config``, its ``section`` if it has one) < command line.
-    ``also``: settings of the section that another config of the command reads."""
-    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
-    values, origins = values_from_args(args, names, section=section, also=also)
-    return build_config(config_cls, values, source=str(getattr(args, "config", None) or "command line"),
-                        origins=origins)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -414,7 +414,8 @@ def test_micro_pipeline_on_the_real_embedded_pair(tmp_path):
 def test_shipped_configs_parse(path):
     import argparse
 
-    from lightreasoner.config import config_from_args, load_yaml
+    from lightreasoner.commands._settings import config_from_args
+    from lightreasoner.config import load_yaml
     from lightreasoner.pipeline import stage_configs
 
     config = config_from_args(RunConfig, argparse.Namespace(config=path))

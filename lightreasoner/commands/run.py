@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..config import add_config_arguments, config_from_args, load_yaml, refuse_unknown, yaml_sections
+from ..config import add_config_arguments, load_yaml, refuse_unknown
 from ..distributed import refuse_several_processes
 from ..errors import LightReasonerError
 from ..pipeline import BUDGETED_ARMS, RunConfig, run
 from ..report import text_summary
+from ._settings import config_from_args, yaml_sections
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import add_config_arguments, config_from_args
+from ..config import add_config_arguments
 from ..distributed import refuse_several_processes
 from ..sampling import SampleConfig, sample, summary
+from ._settings import config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

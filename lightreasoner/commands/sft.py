@@ -6,9 +6,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..config import add_config_arguments, config_from_args, values_from_args
+from ..config import add_config_arguments
 from ..distributed import refuse_several_processes
 from ..layout import SAMPLES_FILE
+from ._settings import config_from_args, values_from_args
 
 # Their SFT meaning differs from `train`'s, so these get their own help text.
 SFT_OWN_HELP = ("max_steps", "epochs", "steps_per_update", "system_prompt")

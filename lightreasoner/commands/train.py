@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import add_config_arguments, config_from_args
+from ..config import add_config_arguments
+from ._settings import config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
