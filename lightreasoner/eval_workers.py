@@ -53,8 +53,8 @@ def answer_in_workers(settings: dict[str, Any], out_dir: Path) -> None:
             write_json_atomic(folder / WORKER_CONFIG_FILE, {**settings, "workers": 1, "shard": f"{index}/{workers}"})
             env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
             with (folder / WORKER_LOG_FILE).open("a") as log:
-                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config", str(folder / WORKER_CONFIG_FILE),
-                           "--out", str(folder), "--quiet"]
+                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config",
+                           str(folder / WORKER_CONFIG_FILE), "--out", str(folder), "--quiet"]
                 processes.append((folder, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
         codes = [process.wait() for _, process in processes]
     finally:

@@ -2,7 +2,8 @@
 
 Kept apart from the evaluation loop so that other stages can add their own tables next to these:
 the arms comparison (baseline, sft, lightreasoner and the controls) prints the paper's two tables,
-accuracy with the gain over the baseline and the efficiency table, from run and arm folders.
+accuracy with the gain over the baseline and the efficiency table, from the arms
+:func:`lightreasoner.arms.find_arms` finds in run and arm folders.
 Every accuracy is given by both verdicts (:mod:`lightreasoner.grading`): the toolkit's and the
 strict one. Tables stay within about 100 columns: several folders are listed one under the other
 per benchmark, not side by side.
@@ -10,8 +11,6 @@ per benchmark, not side by side.
 
 from __future__ import annotations
 
-import io
-import math
 import textwrap
 from pathlib import Path
 from typing import Any, Sequence
@@ -213,61 +212,5 @@ def arms_report(arms: Sequence[Arm]) -> str:
         if line:
             parts.append(textwrap.fill(line, 100))
     return "\n".join(parts)
-
-
-def error_bar(estimate: float, low: float, high: float) -> tuple[float, float]:
-    """An interval as matplotlib's error bar: (below, above) the estimate, in points. Never negative:
-    matplotlib refuses that, and an end may pass the estimate (by rounding at 0% or 100%, or because
-    a bootstrap percentile interval need not contain its estimate)."""
-    return max(0.0, 100 * (estimate - low)), max(0.0, 100 * (high - estimate))
-
-
-def _error_bar(result: dict[str, Any] | None, suffix: str = "") -> tuple[float, float]:
-    """A benchmark result's 95% interval by one verdict; NaN draws no bar (a benchmark the arm lacks,
-    or the average, which has no interval of its own)."""
-    if result is None or f"accuracy{suffix}" not in result:
-        return math.nan, math.nan
-    return error_bar(result[f"accuracy{suffix}"], *result[f"ci95{suffix}"])
-
-
-def arms_plot(arms: Sequence[Arm]) -> bytes:
-    """Grouped bar charts (PNG bytes), one per verdict (the strict one when every arm has it):
-    accuracy per benchmark, with its 95% interval, and on average, one bar per evaluated arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    evaluated = [a for a in arms if a.eval_dir is not None]
-    if not evaluated:
-        raise LightReasonerError("compare: none of the arms has been evaluated (no eval_after/summary.json)")
-    summaries = [load_summary(a.eval_dir) for a in evaluated]
-    labels = [a.label for a in evaluated]
-    groups = list(dict.fromkeys(name for s in summaries for name in s["benchmarks"]))
-    common = _common_benchmarks(summaries)
-    strict = all("accuracy_strict" in r for s in summaries for r in s["benchmarks"].values())
-    verdicts = {"": "toolkit's verdict", "_strict": "strict verdict"} if strict else {"": "toolkit's verdict"}
-    shown = groups + ([f"average ({len(common)})"] if len(groups) > 1 and common else [])
-    figure, axes = plt.subplots(len(verdicts), 1, squeeze=False, sharex=True,
-                                figsize=(max(6.0, 1.2 * len(shown) * max(1, len(labels)) / 2), 3.2 * len(verdicts)))
-    width = 0.8 / len(labels)
-    for axis, (suffix, verdict) in zip(axes[:, 0], verdicts.items()):
-        for index, (label, summary) in enumerate(zip(labels, summaries)):
-            results = [summary["benchmarks"].get(g) for g in groups]
-            values = [100 * r[f"accuracy{suffix}"] if r else 0.0 for r in results]
-            errors = [_error_bar(r, suffix) for r in results]
-            if len(shown) > len(groups):
-                values.append(100 * (_average(summary, common, suffix) or 0.0))
-                errors.append(_error_bar(None))
-            offsets = [g + (index - (len(labels) - 1) / 2) * width for g in range(len(shown))]
-            axis.bar(offsets, values, width, label=label, color=f"C{index}", yerr=list(zip(*errors)), capsize=2,
-                     error_kw={"linewidth": 0.8})
-        axis.set(ylabel="accuracy (%)", title=f"accuracy per arm, {verdict} (95% intervals)", ylim=(0, 100))
-    axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    axes[-1, 0].set_xticks(range(len(shown)), shown, rotation=20 if len(shown) > 5 else 0)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
 
 

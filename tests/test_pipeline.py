@@ -254,7 +254,7 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
 
 
 def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(tmp_path):
-    from lightreasoner.report import accuracy_tables
+    from lightreasoner.paired import accuracy_tables
 
     before = [True, False, True, True, False, True]
     after = [True, True, False, True]  # answered 4 of 6 so far, in another order
@@ -320,7 +320,8 @@ def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(
 
 
 def test_the_gains_figure_pairs_each_arm_with_the_baseline_question_by_question(tmp_path):
-    from lightreasoner.report import gains_plot, paired_gains
+    from lightreasoner.figures import gains_plot
+    from lightreasoner.paired import paired_gains
 
     answers = {"eval_before": {"arith": [True, False, True, False], "words": [False, False]},
                "sft/eval_after": {"arith": [True, True, False, True], "words": [True, False]},

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from lightreasoner.cli import main
-from lightreasoner.report import HEADLINE_TITLE, gains_plot, headline_rows, paired_gains, text_summary
+from lightreasoner.figures import gains_plot
+from lightreasoner.paired import HEADLINE_TITLE, headline_rows, paired_gains
+from lightreasoner.report import text_summary
 from lightreasoner.stats import paired_difference
 
 GOLDS = ["72", "10", "7", "48", "1"]

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..arms import find_arms
-    from ..tables import arms_plot, arms_report, compare_table, engines_note
+    from ..figures import arms_plot
+    from ..tables import arms_report, compare_table, engines_note
 
     arms = find_arms(args.result_dirs)
     plain = all(arm.efficiency is None and not arm.baseline for arm in arms)
