@@ -71,7 +71,7 @@ class Stages:
         with self._lock:
             write_json_atomic(self.path, self.state)
 
-    def run(self, name: str, work: Callable[[], Any], say: Callable[[str], None]) -> Any:
+    def timed(self, name: str, work: Callable[[], Any], say: Callable[[str], None]) -> Any:
         if self.done(name):
             say(f"[{name}] already done, skipping")
             return None

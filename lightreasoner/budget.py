@@ -87,12 +87,12 @@ def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, 
 
     prompts = [prompt[:MEASURE_TOKENS]] * batch
     with LlamaCppModel(gguf, adapter=adapter) as model:
-        def run(tokens: int) -> float:
+        def decode_seconds(tokens: int) -> float:
             return _seconds(lambda: list(model.decode(prompts, slots=batch, max_new_tokens=tokens, stop_ids=[],
                                                       vocab_size=vocab_size)))
 
-        run(1)  # warm-up
-        return max(run(1 + steps) - run(1), 0.0) / steps
+        decode_seconds(1)  # warm-up
+        return max(decode_seconds(1 + steps) - decode_seconds(1), 0.0) / steps
 
 
 @dataclass(frozen=True)

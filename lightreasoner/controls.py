@@ -318,7 +318,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     examples = out_dir / EXAMPLES_FILE
     if not examples.exists():
         stages.state.pop("examples", None)  # e.g. a restored arm folder: write them again
-    stages.run("examples", lambda: write_examples(samples, examples, model=model, positions=positions, labels=labels,
+    stages.timed("examples", lambda: write_examples(samples, examples, model=model, positions=positions, labels=labels,
                                                   seed=config.seed, amateur=amateur,
                                                   trust_remote_code=config.trust_remote_code, progress=progress), say)
     stages.finish("examples")
@@ -328,7 +328,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
         data = replace(training.read_samples(examples, tokenizer, max_length=config.max_length), format=arm)
         training.train(model, data, config, out_dir / ADAPTER_DIR, samples=str(examples))
 
-    stages.run("train", fine_tune, say)
+    stages.timed("train", fine_tune, say)
     stages.finish("train")
     _, records = read_samples(samples)
     if sample_seconds is None:

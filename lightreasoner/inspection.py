@@ -249,7 +249,8 @@ def cached_entropies(samples: Path, records: Sequence[dict[str, Any]]) -> tuple[
     """The expert's per-step entropies of ``records`` from a control's examples in the sample file's
     folder (``*/examples.jsonl``, or ``*/examples.outputs.jsonl`` in a published folder), when one
     holds every trajectory (same id and tokens); with a description of where they came from."""
-    for path in sorted([*samples.parent.glob(f"*/{EXAMPLES_FILE}"), *samples.parent.glob(f"*/{PUBLISHED_EXAMPLES_FILE}")]):
+    examples = [*samples.parent.glob(f"*/{EXAMPLES_FILE}"), *samples.parent.glob(f"*/{PUBLISHED_EXAMPLES_FILE}")]
+    for path in sorted(examples):
         lines = iter_jsonl(path)
         _, header = next(lines, (0, {}))
         teacher = header.get("control", {}).get("teacher_forced")

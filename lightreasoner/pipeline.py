@@ -26,9 +26,9 @@ from .arms import ARM_EVAL_DIRS, ARMS, CONTROL_ARMS, Stages, lightreasoner_effic
 from .backends import is_gguf_model, release_memory, resolve_backend
 from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
 from .errors import LightReasonerError
-from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_FILE, RUN_KIND,
-                     SAMPLES_FILE, STAGES_FILE)
 from .evaluation import EvalConfig, evaluate
+from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_FILE,
+                     RUN_KIND, SAMPLES_FILE, STAGES_FILE)
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
@@ -214,7 +214,7 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
     return sized, record, pair
 
 
-def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
+def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
         progress: bool = True, say: Callable[[str], None] = print, source: str = "run config") -> Path:
     """Run (or resume) the whole method, and any other arms asked for, into ``run_dir``; returns the
     path of report.html. Every arm trains on the same questions and is evaluated on the same ones.
@@ -236,8 +236,9 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     arms = config.arms
     settings = config_to_dict(config)
     # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
-    record = {"kind": RUN_KIND, "settings": settings, "overrides": overrides or {}, "sample": config_to_dict(sample_config),
-              "train": config_to_dict(train_config), "eval": config_to_dict(eval_config)}
+    record = {"kind": RUN_KIND, "settings": settings, "overrides": overrides or {},
+              "sample": config_to_dict(sample_config), "train": config_to_dict(train_config),
+              "eval": config_to_dict(eval_config)}
     if plan is not None:
         record["plan"] = plan
     previous = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else None
@@ -291,14 +292,14 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
 
     def eval_arm(folder: Path, stage: str) -> None:
         after = replace(eval_config, adapter=str(folder / ADAPTER_DIR))
-        stages.run(stage, lambda: evaluate(after, folder / EVAL_AFTER_DIR, progress=progress), say)
+        stages.timed(stage, lambda: evaluate(after, folder / EVAL_AFTER_DIR, progress=progress), say)
         stages.finish(stage)
 
     if "baseline" in arms:
-        stages.run(ARM_EVAL_DIRS["baseline"], eval_before, say)
+        stages.timed(ARM_EVAL_DIRS["baseline"], eval_before, say)
         stages.finish(ARM_EVAL_DIRS["baseline"])
     if on_samples:
-        stages.run("sample", lambda: sample(sample_config, run_dir / SAMPLES_FILE, progress=progress,
+        stages.timed("sample", lambda: sample(sample_config, run_dir / SAMPLES_FILE, progress=progress,
                                             pair=get_pair()), say)
         stages.finish("sample")
     tokenizer = pair.tokenizer if pair is not None else None
@@ -306,18 +307,18 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
     release_memory()
 
     if "lightreasoner" in arms:
-        stages.run("train", lambda: train_from_file(sample_config.expert, run_dir / SAMPLES_FILE, train_config,
+        stages.timed("train", lambda: train_from_file(sample_config.expert, run_dir / SAMPLES_FILE, train_config,
                                                     run_dir / ADAPTER_DIR), say)
         stages.finish("train")
         if config.fit_trajectories:
-            stages.run("adapter_fit", lambda: write_json_atomic(run_dir / ADAPTER_FIT_FILE, adapter_fit(
+            stages.timed("adapter_fit", lambda: write_json_atomic(run_dir / ADAPTER_FIT_FILE, adapter_fit(
                 sample_config.expert, run_dir / SAMPLES_FILE, run_dir / ADAPTER_DIR,
                 trajectories=config.fit_trajectories, seed=config.seed, progress=progress)), say)
             stages.finish("adapter_fit")
         eval_arm(run_dir, ARM_EVAL_DIRS["lightreasoner"])
         write_json_atomic(run_dir / EFFICIENCY_FILE, lightreasoner_efficiency(run_dir))
     if sft_config is not None:
-        stages.run("sft", lambda: sft(sft_config, run_dir / "sft", progress=progress,
+        stages.timed("sft", lambda: sft(sft_config, run_dir / "sft", progress=progress,
                                       say=lambda text: say(f"[sft] {text}")), say)
         stages.finish("sft")
         eval_arm(run_dir / "sft", ARM_EVAL_DIRS["sft"])
@@ -326,7 +327,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
             continue
         # Same samples, same training settings, same optimizer steps as the lightreasoner arm; its
         # cost includes that arm's sampling, which made the trajectories.
-        stages.run(arm, lambda: control(sample_config.expert, run_dir / SAMPLES_FILE, train_config, run_dir / arm,
+        stages.timed(arm, lambda: control(sample_config.expert, run_dir / SAMPLES_FILE, train_config, run_dir / arm,
                                         positions=positions, labels=labels, progress=progress,
                                         sample_seconds=stages.state["sample"]["seconds"],
                                         say=lambda text: say(f"[{arm}] {text}")), say)
@@ -337,7 +338,7 @@ def run(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str
         from .models import load_tokenizer
 
         tokenizer = load_tokenizer(sample_config.expert)
-    _, html_path = stages.run("report", lambda: build_report(run_dir, tokenizer=tokenizer), say)
+    _, html_path = stages.timed("report", lambda: build_report(run_dir, tokenizer=tokenizer), say)
     stages.finish("report")
     stages.state.pop("report", None)  # the report is redrawn on every run; it is not a stage to skip
     stages.save()

@@ -355,7 +355,7 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
     _check_arm_settings(out_dir, {"arm": "sft", **sft_config_dict(config)})
     stages = Stages(out_dir)
     samples = out_dir / SAMPLES_FILE
-    stages.run("sample", lambda: sample_solutions(config, samples, progress=progress), say)
+    stages.timed("sample", lambda: sample_solutions(config, samples, progress=progress), say)
     stages.finish("sample")
 
     def fine_tune() -> None:
@@ -363,7 +363,7 @@ def sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True,
         data = sft_examples(samples, tokenizer, max_length=config.train.max_length)
         training.train(config.model, data, config.train, out_dir / ADAPTER_DIR, samples=str(samples))
 
-    stages.run("train", fine_tune, say)
+    stages.timed("train", fine_tune, say)
     stages.finish("train")
     seconds = {name: stages.state[name]["seconds"] for name in ("sample", "train")}
     record = efficiency_record("sft", seconds, sample_counts(samples),

@@ -318,7 +318,7 @@ def test_run_frees_its_models_before_each_vllm_engine_starts(tmp_path, standin_v
 
     from transformers import PreTrainedModel
 
-    from lightreasoner.pipeline import RunConfig, run
+    from lightreasoner.pipeline import RunConfig, run_pipeline
     from tiny import save_pair
 
     pair = save_pair(tmp_path / "pair")
@@ -335,7 +335,7 @@ def test_run_frees_its_models_before_each_vllm_engine_starts(tmp_path, standin_v
     standin_vllm.ON_START.append(count_our_models)
     config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), questions=4, max_new_tokens=8, max_steps=2,
                        eval_limit=2, eval_max_new_tokens=6, batch_size=4, dtype="float32", device="auto")
-    run(config, tmp_path / "run", overrides={"eval": {"backend": "vllm"}}, progress=False, say=lambda _: None)
+    run_pipeline(config, tmp_path / "run", overrides={"eval": {"backend": "vllm"}}, progress=False, say=lambda _: None)
     assert len(at_start) == 2  # eval_before and eval_after, one engine each
     assert [alive for alive, _ in at_start] == [0, 0]
     assert 0 < at_start[0][1] < at_start[1][1]  # memory released before each start

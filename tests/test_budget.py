@@ -8,7 +8,7 @@ import pytest
 
 from lightreasoner import budget
 from lightreasoner.cli import main
-from lightreasoner.pipeline import RunConfig, run
+from lightreasoner.pipeline import RunConfig, run_pipeline
 from tiny import save_pair
 
 SHAPE = dict(prompt_tokens=60, trajectory_tokens=128, answer_tokens=192, benchmarks=1)
@@ -57,7 +57,7 @@ def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monk
         measure(model, prompt, batch)) or (0.5, 0.002))
     said: list[str] = []
     out = tmp_path / "run"
-    run(config, out, progress=False, say=said.append)
+    run_pipeline(config, out, progress=False, say=said.append)
     record = json.loads((out / "run.json").read_text())
     plan = record["plan"]
     assert len(measured) == 1 and all(seconds > 0 for seconds in measured[0])
@@ -71,7 +71,7 @@ def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monk
         plan["eval_limit"]
     # A rerun keeps the recorded plan: nothing is measured again (no model is even loaded).
     monkeypatch.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("measured again"))
-    run(config, out, progress=False, say=lambda _: None)
+    run_pipeline(config, out, progress=False, say=lambda _: None)
     assert json.loads((out / "run.json").read_text())["plan"] == plan
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import RunConfig, run
+from lightreasoner.pipeline import RunConfig, run_pipeline
 from lightreasoner.arms import Stages
 from lightreasoner.publish import restore
 from lightreasoner.inspection import kept_step_statistics
@@ -34,7 +34,7 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     pair = save_pair(tmp_path / "pair")
     config = tiny_config(pair, max_steps=11)  # a run checkpoints every 10 steps: one checkpoint to leave unpublished
     out = tmp_path / "run"
-    run(config, out, progress=False, say=lambda _: None)
+    run_pipeline(config, out, progress=False, say=lambda _: None)
 
     header, records = read_samples(out / "samples.jsonl")
     assert len(records) == 6 and header["settings"]["max_new_tokens"] == 10
@@ -44,7 +44,8 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
         assert summary["benchmarks"]["arith"]["n"] == 5
     assert json.loads((out / "eval_after" / "run.json").read_text())["adapter"] == str(out / "adapter")
     assert json.loads((out / "run.json").read_text())["kind"] == "run"
-    assert all(json.loads((out / name / "run.json").read_text())["kind"] == "eval" for name in ("eval_before", "eval_after"))
+    for name in ("eval_before", "eval_after"):
+        assert json.loads((out / name / "run.json").read_text())["kind"] == "eval"
     stages = json.loads((out / "stages.json").read_text())
     assert all(stages[s]["done"] for s in ("eval_before", "sample", "train", "eval_after"))
     efficiency = json.loads((out / "efficiency.json").read_text())
@@ -101,7 +102,7 @@ def test_run_writes_every_artefact_and_resumes_by_stage(tmp_path, monkeypatch):
     for name in ("load_pair", "sample", "train_from_file", "evaluate"):
         monkeypatch.setattr(pipeline, name, refuse)
     (out / "report.md").unlink()
-    run(config, out, progress=False, say=lambda _: None)
+    run_pipeline(config, out, progress=False, say=lambda _: None)
     assert (out / "report.md").read_text() == report
 
 
@@ -111,7 +112,7 @@ def test_a_published_run_restores_from_the_data_and_continues_elsewhere(tmp_path
     pair = save_pair(tmp_path / "pair")
     config = tiny_config(pair)
     out = tmp_path / "run"
-    run(config, out, progress=False, say=lambda _: None)
+    run_pipeline(config, out, progress=False, say=lambda _: None)
     published = tmp_path / "published"
     assert main(["publish", str(out), str(published)]) == 0
     _, originals = read_samples(out / "samples.jsonl")
@@ -132,7 +133,7 @@ def test_a_published_run_restores_from_the_data_and_continues_elsewhere(tmp_path
 
     monkeypatch.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampling ran again"))
     monkeypatch.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
-    run(config, restored, progress=False, say=lambda _: None)  # the rebuilt adapter is the very same here
+    run_pipeline(config, restored, progress=False, say=lambda _: None)  # the rebuilt adapter is the very same here
     for name in ("eval_before", "eval_after"):
         assert json.loads((restored / name / "summary.json").read_text())["benchmarks"] == \
             json.loads((out / name / "summary.json").read_text())["benchmarks"]
@@ -157,14 +158,14 @@ def test_run_resumes_after_a_crash_in_training(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "train_from_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "run", progress=False, say=lambda _: None)
+        run_pipeline(config, tmp_path / "run", progress=False, say=lambda _: None)
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert stages["sample"]["done"] and not stages["train"]["done"]
     samples = (tmp_path / "run" / "samples.jsonl").read_bytes()
 
     monkeypatch.setattr(pipeline, "train_from_file", real_train)
     monkeypatch.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampling ran again"))
-    run(config, tmp_path / "run", progress=False, say=lambda _: None)
+    run_pipeline(config, tmp_path / "run", progress=False, say=lambda _: None)
     assert (tmp_path / "run" / "samples.jsonl").read_bytes() == samples
     assert json.loads((tmp_path / "run" / "stages.json").read_text())["train"]["done"]
 
@@ -172,7 +173,7 @@ def test_run_resumes_after_a_crash_in_training(tmp_path, monkeypatch):
 def test_a_killed_stage_keeps_the_seconds_it_ran(tmp_path):
     # A session's end kills the process (no finally runs); the stage's time so far must stay on disk.
     script = ("import sys, time; from pathlib import Path; from lightreasoner.arms import Stages; "
-              "Stages(Path(sys.argv[1]), heartbeat=0.05).run('sample', lambda: time.sleep(60), say=print)")
+              "Stages(Path(sys.argv[1]), heartbeat=0.05).timed('sample', lambda: time.sleep(60), say=print)")
     process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)])
     path = tmp_path / "stages.json"
     try:
@@ -187,7 +188,7 @@ def test_a_killed_stage_keeps_the_seconds_it_ran(tmp_path):
     assert not killed["done"] and killed["seconds"] >= 0.5
 
     stages = Stages(tmp_path)  # the resumed attempt adds its own time to the killed one's
-    stages.run("sample", lambda: time.sleep(0.2), say=lambda _: None)
+    stages.timed("sample", lambda: time.sleep(0.2), say=lambda _: None)
     stages.finish("sample")
     resumed = json.loads(path.read_text())["sample"]
     assert resumed["done"] and resumed["seconds"] >= killed["seconds"] + 0.2
@@ -232,25 +233,26 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as patched:  # the baseline alone needs no amateur
         patched.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("the pair was loaded"))
-        run(tiny_config(pair, arms=["baseline"], data_dir=str(tmp_path)), out, progress=False, say=lambda _: None)
+        run_pipeline(tiny_config(pair, arms=["baseline"], data_dir=str(tmp_path)), out, progress=False,
+                     say=lambda _: None)
     baseline = json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]
     report = (out / "report.md").read_text()  # the baseline's accuracy, and no cost table of stages not run
     assert f"| arith (5) | baseline | {100 * baseline['accuracy']:.1f} [" in report and "## Efficiency" not in report
     assert "## Sampling and training" not in report and "## Each arm" not in report
     # Training has not started in this folder, so its settings are still free; evaluation has. Where
     # the data is read from is not a setting of any stage (the stages' files check their questions).
-    run(tiny_config(pair, arms=["lightreasoner"], data_dir=str(tmp_path / "moved")), out,
+    run_pipeline(tiny_config(pair, arms=["lightreasoner"], data_dir=str(tmp_path / "moved")), out,
         overrides={"train": {"lora_r": 4}}, progress=False, say=lambda _: None)
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
     assert json.loads((out / "run.json").read_text())["settings"]["arms"] == ["baseline", "lightreasoner"]
     with pytest.raises(Exception, match="train.lora_r=4, now 8"):
-        run(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, progress=False, say=lambda _: None)
+        run_pipeline(tiny_config(pair, arms=["baseline", "lightreasoner"]), out, progress=False, say=lambda _: None)
     with pytest.raises(Exception, match="eval.max_new_tokens=8; a budget can grow, not shrink"):
-        run(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=7), out, overrides={"train": {"lora_r": 4}},
-            progress=False, say=lambda _: None)
+        run_pipeline(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=7), out,
+                     overrides={"train": {"lora_r": 4}}, progress=False, say=lambda _: None)
     with pytest.raises(Exception, match="eval.prompt='qwen25-math-cot', now 'plain'"):
-        run(tiny_config(pair, arms=["baseline"]), out, overrides={"train": {"lora_r": 4}, "eval": {"prompt": "plain"}},
-            progress=False, say=lambda _: None)
+        run_pipeline(tiny_config(pair, arms=["baseline"]), out,
+                     overrides={"train": {"lora_r": 4}, "eval": {"prompt": "plain"}}, progress=False, say=lambda _: None)
 
 
 def test_the_accuracy_tables_pair_each_arm_with_the_baseline_also_while_it_runs(tmp_path):
@@ -398,7 +400,7 @@ def test_micro_pipeline_on_the_real_embedded_pair(tmp_path):
     config = RunConfig(questions=2, max_new_tokens=24, beta=beta, max_steps=1, eval_limit=2, eval_max_new_tokens=40,
                        batch_size=2)
     out = tmp_path / "run"
-    run(config, out, progress=False, say=lambda _: None)
+    run_pipeline(config, out, progress=False, say=lambda _: None)
     header, records = read_samples(out / "samples.jsonl")
     assert header["tokenizer"]["vocab_size"] == 151665  # Qwen2.5's real vocabulary, padding rows excluded
     assert sum(len(r["steps"]) for r in records) > 0

@@ -22,7 +22,7 @@ from lightreasoner.arms import ARM_EVAL_DIRS, find_arms
 from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import RunConfig, run, stage_configs
+from lightreasoner.pipeline import RunConfig, run_pipeline, stage_configs
 from lightreasoner.sampling import SampleConfig, sample
 from lightreasoner.sft import (Completion, SFTConfig, generate_samples, read_sft_samples, sample_solutions, sft,
                                sft_examples, sft_train_config)
@@ -322,7 +322,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
                              "kept-expert"],
                        sft_samples_per_question=K)
     out = tmp_path / "run"
-    run(config, out, progress=False, say=lambda _: None)
+    run_pipeline(config, out, progress=False, say=lambda _: None)
 
     lr = json.loads((out / "efficiency.json").read_text())
     arm_names = ("sft", "format-only", "random-positions", "entropy-one-hot", "kept-expert")
@@ -379,7 +379,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
         patched.setattr(pipeline, "sample", lambda *a, **k: pytest.fail("sampled again"))
         patched.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
         patched.setattr(controls, "teacher_forced_log_probs", lambda *a, **k: pytest.fail("examples written again"))
-        run(config, restored, progress=False, say=lambda _: None)
+        run_pipeline(config, restored, progress=False, say=lambda _: None)
     for name in arm_names:
         assert (restored / name / "adapter" / "adapter_model.safetensors").is_file()
         assert json.loads((restored / name / "eval_after" / "summary.json").read_text())["benchmarks"] == \
@@ -388,13 +388,13 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     # Every arm is a finished stage now: a rerun loads and trains nothing.
     for name in ("load_pair", "sample", "train_from_file", "evaluate", "sft", "control"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
-    run(config, out, progress=False, say=lambda _: None)
+    run_pipeline(config, out, progress=False, say=lambda _: None)
     assert (out / "report.md").read_text() == report
     # How the work is done may change in a started folder (the micro-batching is a memory knob to
     # raise after running out of memory); what it computes may not.
-    run(config, out, overrides={"sft": {"gradient_accumulation_steps": 3}}, progress=False, say=lambda _: None)
+    run_pipeline(config, out, overrides={"sft": {"gradient_accumulation_steps": 3}}, progress=False, say=lambda _: None)
     with pytest.raises(LightReasonerError, match=r"made with sft\.train\.lora_r=8, now 4"):
-        run(config, out, overrides={"sft": {"lora_r": 4}}, progress=False, say=lambda _: None)
+        run_pipeline(config, out, overrides={"sft": {"lora_r": 4}}, progress=False, say=lambda _: None)
 
     # A larger evaluation budget grows every arm's evaluation, to what a fresh one at that budget gives,
     # and runs nothing else again (the sft solutions keep the length they were sampled at).
@@ -402,7 +402,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
     for name in ("load_pair", "sample", "train_from_file", "sft", "control"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
     grown = replace(config, eval_max_new_tokens=10)
-    run(grown, out, progress=False, say=lambda _: None)
+    run_pipeline(grown, out, progress=False, say=lambda _: None)
     recorded = json.loads((out / "run.json").read_text())
     assert recorded["eval"]["max_new_tokens"] == 10 and recorded["sft"]["max_new_tokens"] == 6
     for arm, folder in ARM_EVAL_DIRS.items():
@@ -419,7 +419,7 @@ def test_run_with_all_arms_end_to_end(tmp_path, tokenizer, monkeypatch):
             [json.loads(line)["completion_ids"] for line in answers[1]]
         assert any(json.loads(line)["tokens"] > 6 for line in answers[0])  # grown past the old budget
     with pytest.raises(LightReasonerError, match="made with eval.max_new_tokens=10; a budget can grow, not shrink"):
-        run(config, out, progress=False, say=lambda _: None)
+        run_pipeline(config, out, progress=False, say=lambda _: None)
 
 
 def test_sft_and_control_commands(pair, tokenizer, tmp_path, monkeypatch, capsys):

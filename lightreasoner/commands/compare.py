@@ -17,10 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folders written by `eval`, `run`, `sft` or `control`")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                         help="also write a bar chart of accuracy per arm (run/arm folders)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..arms import find_arms
     from ..figures import arms_plot
     from ..tables import arms_report, compare_table, engines_note

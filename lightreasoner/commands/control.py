@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="amateur for contrast labels away from the kept steps (default: the sample file's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser, TrainConfig, exclude=("resume",))
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..controls import control
     from ..sampling import check_complete
     from ..tables import format_seconds

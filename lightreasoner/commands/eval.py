@@ -23,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="earlier evaluation folders to show side by side with this one")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser, EvalConfig)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..evaluation import EvalConfig, evaluate
     from ..tables import compare_table, results_table
 

@@ -23,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="reference: tokenizer to decode with (default: the expert named in the sample file)")
     parser.add_argument("--with-text", action="store_true",
                         help="parquet: include the questions, gold answers and prompts (the benchmark's text)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     if args.format == "parquet":
         count = export_parquet(args.samples, args.out, with_text=args.with_text)
         print(f"Wrote {count:,} trajectories as Parquet to {args.out}")

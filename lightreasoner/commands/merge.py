@@ -15,10 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output model folder")
     parser.add_argument("--dtype", default="auto", help="dtype of the merged weights: auto (bf16), float32, ...")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..training import merge
 
     out = merge(args.model, args.adapter, args.out, dtype=args.dtype, trust_remote_code=args.trust_remote_code)

@@ -23,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--grading-timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds allowed to grade one answer (default: {DEFAULT_TIMEOUT})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..errors import LightReasonerError
     from ..answers import find_eval_folders, regrade
     from ..layout import RUN_KIND, folder_kind

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import add_config_arguments, load_yaml, refuse_unknown
 from ..distributed import refuse_several_processes
 from ..errors import LightReasonerError
-from ..pipeline import BUDGETED_ARMS, RunConfig, run
+from ..pipeline import BUDGETED_ARMS, RunConfig, run_pipeline
 from ..report import text_summary
 from ._settings import config_from_args, yaml_sections
 
@@ -48,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
         refuse_unknown({k: v for k, v in data.items() if k not in overrides},
                        {f.name for f in dataclasses.fields(RunConfig)}, str(args.config))
     out = args.out or Path("runs") / "-".join(Path(x).stem for x in (config.expert, config.amateur, config.data))
-    html_path = run(config, out, overrides=overrides, progress=not args.quiet, source=str(args.config or "run config"))
+    html_path = run_pipeline(config, out, overrides=overrides, progress=not args.quiet,
+                             source=str(args.config or "run config"))
     table = text_summary(out)
     if table:
         print(table)

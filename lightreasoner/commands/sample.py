@@ -17,10 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="sample file to write (JSONL); resumes if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(parser, SampleConfig)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     refuse_several_processes("run it without accelerate launch or torchrun")
     config = config_from_args(SampleConfig, args, section="sample")
     stats = sample(config, args.out, progress=not args.quiet)

@@ -25,10 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--grading-timeout", type=finite_float, default=DEFAULT_TIMEOUT,
                         help=f"seconds allowed to grade one answer (default: {DEFAULT_TIMEOUT})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..errors import LightReasonerError
     from ..answers import score
     from ..tables import accuracy_ci

@@ -39,14 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="train exactly this many optimizer steps instead of one epoch")
     group.add_argument("--steps-per-update", type=int, default=argparse.SUPPRESS,
                        help=f"completion tokens per optimizer step (default: {SFT_TOKENS_PER_UPDATE})")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
 def _names(config_cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(config_cls)}
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..sft import SFTConfig, sample_counts, sft, sft_train_config
     from ..tables import format_seconds
     from ..training import TrainConfig

@@ -23,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="train on a sample file whose sampling run did not finish (refused otherwise)")
     add_config_arguments(parser, TrainConfig)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..sampling import check_complete
     from ..training import TrainConfig, train_from_file
 
