@@ -86,7 +86,7 @@ def test_lightreasoner_run_with_nothing_given_is_the_15_minute_run(tmp_path, mon
     import lightreasoner.commands.run as command
 
     seen = []
-    monkeypatch.setattr(command, "run", lambda config, out, **kwargs: seen.append(config) or out / "report.html")
+    monkeypatch.setattr(command, "run_pipeline", lambda config, out, **kwargs: seen.append(config) or out / "report.html")
     monkeypatch.setattr(command, "text_summary", lambda out: "")
     assert main(["run", "--out", str(tmp_path / "a"), "--quiet"]) == 0
     assert main(["run", "--out", str(tmp_path / "b"), "--eval-limit", "4", "--quiet"]) == 0
