@@ -29,7 +29,7 @@ the last bits from the decode-time ones that chose the tokens (other kernels, ot
 from __future__ import annotations
 
 import random
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -42,9 +42,10 @@ from .config import config_to_dict
 from .contrast import entropy, log_probs, plausible_distribution, plausible_mask, soft_labels
 from .errors import LightReasonerError
 from .models import check_same_vocabulary, load_model, load_tokenizer, model_location, resolve_device
-from .records import (JsonlAppender, check_writable, file_sha256, iter_jsonl, read_json, refuse_own_input,
+from .records import (JsonlAppender, check_writable, file_sha256, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
-from .sft import ADAPTER_DIR, EFFICIENCY_FILE, FREE_SETTINGS, _check_arm_settings, efficiency_record
+from .resume import setting_names
+from .sft import ADAPTER_DIR, EFFICIENCY_FILE, _check_arm_settings, efficiency_record
 from .stages import Stages
 from .training import TrainConfig
 
@@ -55,8 +56,10 @@ CONTROL_ARMS = {("kept", "one-hot"): "format-only", ("random", "one-hot"): "rand
                 **{(p, l): f"{p}-{l}" for p in POSITIONS for l in LABELS
                    if (p, l) not in (("kept", "one-hot"), ("random", "one-hot"), ("kept", "contrast"))}}
 EXAMPLES_FILE = "examples.jsonl"
-# A control's samples are checked by content (samples_sha256), so the file may be named by another path.
-CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
+# What a control's arm.json binds once the folder holds work (:func:`resume_settings`): its cell, its models,
+# the samples by content (samples_sha256, so the file may be named by another path) and every training setting
+# but how the work is run (resume.RUNTIME_SETTINGS).
+RESUME_SETTINGS = ("arm", "model", "amateur", "samples_sha256", *setting_names(TrainConfig, "train."))
 # Trajectories per teacher-forced forward: 8 x 128 steps of 151,665 float32 logits is about 0.6 GB.
 PASS_BATCH_SIZE = 8
 
@@ -82,17 +85,18 @@ def needs_amateur(positions: str, labels: str) -> bool:
 
 def control_started(out_dir: Path) -> bool:
     """Whether a control's folder holds work (examples, or a training run that got somewhere): from then
-    on its ``arm.json`` binds it (:func:`free_settings`)."""
+    on its ``arm.json`` binds it (:func:`resume_settings`)."""
     return (out_dir / EXAMPLES_FILE).exists() or training.run_started(out_dir / ADAPTER_DIR)
 
 
-def free_settings(out_dir: Path, positions: str) -> set[str]:
-    """The settings a rerun may change in a control's folder: until its training got somewhere, every
-    training setting the examples do not depend on (all but the seed that drew random positions), so
-    a training start that failed locks only what its examples were made with."""
+def resume_settings(out_dir: Path, positions: str) -> tuple[str, ...]:
+    """The settings a rerun must keep in a control's folder: until its training got somewhere, only those its
+    examples depend on (no training setting but the seed that drew random positions), so a training start
+    that failed locks only what its examples were made with."""
     if training.run_started(out_dir / ADAPTER_DIR):
-        return CONTROL_FREE_SETTINGS
-    return CONTROL_FREE_SETTINGS | {f.name for f in fields(TrainConfig) if f.name != "seed" or positions != "random"}
+        return RESUME_SETTINGS
+    return tuple(name for name in RESUME_SETTINGS
+                 if not name.startswith("train.") or (name == "train.seed" and positions == "random"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,15 +198,16 @@ def _resume_examples(out: Path, header: dict[str, Any], records: Sequence[dict[s
     the same company, to the last bit); it must have been made from the same samples and settings."""
     if not out.exists() or out.stat().st_size == 0:
         return 0
+    from .sampling import iter_samples
+
     repair_torn_tail(out)
-    lines = iter_jsonl(out)
-    _, previous = next(lines)
-    if previous != header:
+    _, previous, lines = iter_samples(out)
+    if previous != header:  # its header is the samples' header and the control's settings: all of it must match
         raise LightReasonerError(f"{out}: written from other samples or with other settings; remove it to redo it")
     done = 0
-    for (number, written), record in zip(lines, records):
+    for (where, written), record in zip(lines, records):
         if written.get("id") != record.get("id"):
-            raise LightReasonerError(f"{out}:{number}: trajectory {written.get('id')!r} is not the samples' "
+            raise LightReasonerError(f"{where}: trajectory {written.get('id')!r} is not the samples' "
                                      f"{record.get('id')!r}; remove the file to redo it")
         done += 1
     done -= done % batch_size
@@ -230,7 +235,7 @@ def write_examples(samples: str | Path, out: str | Path, *, model: str, position
 
     samples, out = Path(samples), Path(out)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    training.read_samples(samples, tokenizer)  # header, tokenizer and step checks, before any model loads
+    training.sample_examples(samples, tokenizer)  # header, tokenizer and step checks, before any model loads
     samples_header, records = read_samples(samples)
     amateur = (amateur or samples_header.get("amateur")) if needs_amateur(positions, labels) else None
     header = examples_header(samples_header, samples, model=model, positions=positions, labels=labels, seed=seed,
@@ -325,7 +330,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
                 "samples_sha256": file_sha256(samples), "train": config_to_dict(config)}
     if needs_amateur(positions, labels):
         settings["amateur"] = model_location(amateur or read_samples(samples)[0].get("amateur"))
-    _check_arm_settings(out_dir, settings, free_settings(out_dir, positions), started=control_started)
+    _check_arm_settings(out_dir, settings, resume_settings(out_dir, positions), started=control_started)
     stages = Stages(out_dir)
     examples = out_dir / EXAMPLES_FILE
     if not examples.exists():
@@ -337,7 +342,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
 
     def fine_tune() -> None:
         tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
-        data = replace(training.read_samples(examples, tokenizer, max_length=config.max_length), format=arm)
+        data = replace(training.sample_examples(examples, tokenizer, max_length=config.max_length), format=arm)
         training.train(model, data, config, out_dir / ADAPTER_DIR, samples=str(examples))
 
     stages.run("train", fine_tune, say)

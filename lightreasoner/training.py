@@ -8,10 +8,10 @@ all labelled positions in it (counted globally, across processes and accumulatio
 
 Loaders turn files into examples:
 
-* :func:`read_samples` - our sample file (``docs/FORMAT.md``): one example per trajectory with
+* :func:`sample_examples` - our sample file (``docs/FORMAT.md``): one example per trajectory with
   all its kept steps, so one forward pass over prompt + trajectory trains every kept step
   (causal attention makes this equal to one forward per step);
-* :func:`read_reference_samples` - the authors' per-step JSONL (``prompt_id``, ``prefix``,
+* :func:`reference_examples` - the authors' per-step JSONL (``prompt_id``, ``prefix``,
   ``token_ids``, ``weights``); each line is tokenised as their trainer does it, and lines whose
   token sequences nest are packed into one example;
 * :func:`one_hot_example` - one-hot labels (weight 1) on given tokens. KL to a one-hot label is
@@ -46,9 +46,9 @@ from .config import check_fields, config_to_dict
 from .contrast import soft_label_kl
 from .errors import LightReasonerError
 from .records import JsonlAppender, check_writable, iter_jsonl, read_json, refuse_own_input, write_json_atomic
+from .resume import check_same_settings, setting_names
 
 REFERENCE_SYSTEM_PROMPT = "Please reason step by step."
-SAMPLE_FORMAT = "lightreasoner-samples"
 WEIGHT_TOLERANCE = 1e-3
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -100,11 +100,9 @@ class TrainConfig:
         check_fields(self)
 
 
-# Settings that may change between a run and its resumption: they do not change the maths. (The
-# micro-batching is a memory knob to raise after running out of memory; with LoRA dropout, a resume
-# with another value draws other masks, so it is not bit-identical to an uninterrupted run.)
-RESUMABLE_CHANGES = {"resume", "save_steps", "save_total_limit", "gradient_accumulation_steps", "report_to",
-                     "trust_remote_code"}
+# What a resumed run must share with the run in --out: the model, the samples (by their counts) and every
+# setting but how the work is run (resume.RUNTIME_SETTINGS).
+RESUME_SETTINGS = ("model", "examples", "kept_steps", "vocab_size", *setting_names(TrainConfig, "config."))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,30 +219,13 @@ def make_sample_set(examples: list[PackedExample], vocab_size: int, fmt: str, pa
     return SampleSet(trimmed, vocab_size, fmt, dropped)
 
 
-def _sample_lines(path: Path) -> tuple[str, dict[str, Any], Iterator[tuple[str, dict[str, Any]]]]:
-    """Where the header is, the header, and ``(where, record)`` of each trajectory: JSONL lines, or
-    the rows of a Parquet export (header in its schema metadata)."""
-    if path.suffix == ".parquet":
-        from .parquet import read_parquet
+def sample_examples(path: str | Path, tokenizer, *, max_length: int = 2048) -> SampleSet:
+    """Our sample file (JSONL, or its Parquet export) as examples: one per trajectory with kept steps, every
+    label checked; refused if it was made with a different tokenizer."""
+    from .sampling import iter_samples
 
-        header, records = read_parquet(path)
-        return f"{path} (schema metadata)", header, ((f"{path} row {i}", r) for i, r in enumerate(records, start=1))
-    lines = iter_jsonl(path)
-    first = next(lines, None)
-    if first is None:
-        raise LightReasonerError(f"{path}: empty sample file")
-    number, header = first
-    return f"{path}:{number}", header, ((f"{path}:{n}", record) for n, record in lines)
-
-
-def read_samples(path: str | Path, tokenizer, *, max_length: int = 2048) -> SampleSet:
-    """Read our sample file (JSONL, or its Parquet export); refuse it if it was made with a different tokenizer."""
     path = Path(path)
-    origin, header, lines = _sample_lines(path)
-    if header.get("type") != "header" or header.get("format") != SAMPLE_FORMAT:
-        raise LightReasonerError(f"{origin}: expected a '{SAMPLE_FORMAT}' header line")
-    if header.get("version") != 1:
-        raise LightReasonerError(f"{origin}: unsupported sample format version {header.get('version')!r}")
+    origin, header, lines = iter_samples(path)
     info = header.get("tokenizer") or {}
     fingerprint, vocab_size = info.get("fingerprint"), info.get("vocab_size")
     if fingerprint != models.tokenizer_fingerprint(tokenizer):
@@ -253,33 +234,35 @@ def read_samples(path: str | Path, tokenizer, *, max_length: int = 2048) -> Samp
     limit = len(tokenizer)  # any token id the tokenizer knows may appear in a sequence
     if not isinstance(vocab_size, int) or not 0 < vocab_size <= limit:
         raise LightReasonerError(f"{origin}: header tokenizer.vocab_size {vocab_size!r} is not in [1, {limit}]")
-    examples = []
-    for where, record in lines:
-        if record.get("type") != "sample":
-            raise LightReasonerError(f"{where}: expected a line with \"type\": \"sample\"")
-        prompt = _check_int_list(record.get("prompt_ids"), where, "prompt_ids", limit)
-        completion = _check_int_list(record.get("completion_ids"), where, "completion_ids", limit, allow_empty=True)
-        steps = record.get("steps")
-        if not isinstance(steps, list):
-            raise LightReasonerError(f"{where}: 'steps' must be a list")
-        if not steps:
-            continue
-        positions, label_ids, label_weights = [], [], []
-        previous = -1
-        for step in steps:
-            t = step.get("step") if isinstance(step, dict) else None
-            if not isinstance(t, int) or isinstance(t, bool) or not previous < t < len(completion):
-                raise LightReasonerError(f"{where}: step {t!r} is not an ascending index into completion_ids")
-            previous = t
-            ids, weights = _check_label(step.get("ids"), step.get("weights"), f"{where} (step {t})", vocab_size)
-            positions.append(len(prompt) + t - 1)
-            label_ids.append(ids)
-            label_weights.append(weights)
-        examples.append(PackedExample(prompt + completion[:previous], positions, label_ids, label_weights, where))
+    examples = [example for where, record in lines
+                if (example := _trajectory_example(record, where, limit, vocab_size)) is not None]
     return make_sample_set(examples, vocab_size, "lightreasoner", path, max_length)
 
 
-def read_reference_samples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_SYSTEM_PROMPT,
+def _trajectory_example(record: dict[str, Any], where: str, limit: int, vocab_size: int) -> PackedExample | None:
+    """One trajectory's kept steps as one example (None when it has none)."""
+    prompt = _check_int_list(record.get("prompt_ids"), where, "prompt_ids", limit)
+    completion = _check_int_list(record.get("completion_ids"), where, "completion_ids", limit, allow_empty=True)
+    kept = record.get("steps")
+    if not isinstance(kept, list):
+        raise LightReasonerError(f"{where}: 'steps' must be a list")
+    if not kept:
+        return None
+    positions, label_ids, label_weights = [], [], []
+    previous = -1
+    for entry in kept:
+        t = entry.get("step") if isinstance(entry, dict) else None
+        if not isinstance(t, int) or isinstance(t, bool) or not previous < t < len(completion):
+            raise LightReasonerError(f"{where}: step {t!r} is not an ascending index into completion_ids")
+        previous = t
+        ids, weights = _check_label(entry.get("ids"), entry.get("weights"), f"{where} (step {t})", vocab_size)
+        positions.append(len(prompt) + t - 1)
+        label_ids.append(ids)
+        label_weights.append(weights)
+    return PackedExample(prompt + completion[:previous], positions, label_ids, label_weights, where)
+
+
+def reference_examples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_SYSTEM_PROMPT,
                            max_length: int = 2048) -> SampleSet:
     """Read the authors' per-step JSONL.
 
@@ -328,15 +311,15 @@ def load_samples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_
     Parquet export."""
     path = Path(path)
     if path.suffix == ".parquet":
-        return read_samples(path, tokenizer, max_length=max_length)
+        return sample_examples(path, tokenizer, max_length=max_length)
     first = next(iter_jsonl(path), None)
     if first is None:
         raise LightReasonerError(f"{path}: empty sample file")
     number, record = first
     if record.get("type") == "header":
-        return read_samples(path, tokenizer, max_length=max_length)
+        return sample_examples(path, tokenizer, max_length=max_length)
     if {"prompt_id", "prefix", "token_ids", "weights"} <= record.keys():
-        return read_reference_samples(path, tokenizer, system_prompt=system_prompt, max_length=max_length)
+        return reference_examples(path, tokenizer, system_prompt=system_prompt, max_length=max_length)
     raise LightReasonerError(f"{path}:{number}: neither a lightreasoner sample header nor a reference-format line "
                              "(prompt_id, prefix, token_ids, weights)")
 
@@ -642,21 +625,6 @@ def run_started(out_dir: Path) -> bool:
                                                or (log_file.is_file() and log_file.stat().st_size))
 
 
-def _check_resumable(out_dir: Path, run: dict[str, Any]) -> None:
-    previous = read_json(out_dir / RUN_FILE)
-    if not models.same_model(previous.get("model"), run["model"]):
-        raise LightReasonerError(f"{out_dir / RUN_FILE}: --resume with another model ({previous.get('model')!r}, "
-                                 f"now {run['model']!r})")
-    for key in ("examples", "kept_steps", "vocab_size"):
-        if previous.get(key) != run[key]:
-            raise LightReasonerError(f"{out_dir / RUN_FILE}: --resume with different samples ({key} was "
-                                     f"{previous.get(key)}, now {run[key]})")
-    for key, value in run["config"].items():
-        if key not in RESUMABLE_CHANGES and previous["config"].get(key) != value:
-            raise LightReasonerError(f"--resume: setting {key} was {previous['config'].get(key)!r} in the run in "
-                                     f"{out_dir}, now {value!r}")
-
-
 def _trim_log(path: Path, step: int) -> None:
     """Drop log lines after the checkpoint we resume from (they will be redone)."""
     if not path.exists():
@@ -779,7 +747,9 @@ def train(model_spec: str | Path, data: SampleSet, config: TrainConfig, out_dir:
         raise LightReasonerError(f"{out_dir}: holds a training run already; pass --resume to continue it "
                                  "or choose another --out")
     if started:
-        _check_resumable(out_dir, run)
+        check_same_settings(out_dir / RUN_FILE, read_json(out_dir / RUN_FILE), run, RESUME_SETTINGS,
+                            hint=f"--resume continues the run in {out_dir} with its samples and settings: use those, "
+                                 "or another --out")
         if (out_dir / SUMMARY_FILE).exists():
             accelerator.print(f"{out_dir}: training is already complete")
             return read_json(out_dir / SUMMARY_FILE)

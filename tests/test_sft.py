@@ -92,7 +92,7 @@ def test_rejection_sampling_keeps_exactly_the_graded_correct(pair, tokenizer, tm
 
     header, lines = read_sft_samples(out / "samples.jsonl")
     assert header["settings"]["samples_per_question"] == K and len(lines) == len(SCRIPT)
-    assert [n for n, _ in lines] == [2, 3, 4]  # line numbers after the header
+    assert [where for where, _ in lines] == [f"{out / 'samples.jsonl'}:{n}" for n in (2, 3, 4)]  # lines after the header
     for (_, line), (question, gold, completions) in zip(lines, SCRIPT):
         assert line["question"] == question and line["gold"] == gold
         assert [s["kept"] for s in line["samples"]] == [kept for _, _, kept in completions]
