@@ -38,9 +38,11 @@ from tqdm.auto import tqdm
 
 from . import training
 from .backends import release_memory
+from .batching import logits_only_at
 from .config import config_to_dict
 from .contrast import entropy, log_probs, plausible_distribution, plausible_mask, soft_labels
 from .errors import LightReasonerError
+from .examples import sample_examples
 from .models import check_same_vocabulary, load_model, load_tokenizer, model_location, resolve_device
 from .records import (JsonlAppender, check_writable, file_sha256, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
@@ -110,7 +112,7 @@ def teacher_forced_log_probs(model: Any, trajectories: Sequence[tuple[list[int],
     ``(prompt_ids, completion_ids)``: a ``[len(completion_ids), vocab_size]`` tensor each, from one
     forward of the batch. Rows are padded on the right, so real tokens never attend to padding, and
     the output layer runs only at the positions that predict a completion token (the training loop's
-    hook, :func:`training.logits_only_at`)."""
+    hook, :func:`batching.logits_only_at`)."""
     device = next(model.parameters()).device
     inputs = [list(prompt) + list(completion[:-1]) for prompt, completion in trajectories]
     width = max(map(len, inputs))
@@ -123,7 +125,7 @@ def teacher_forced_log_probs(model: Any, trajectories: Sequence[tuple[list[int],
         keep[row, len(prompt) - 1:len(prompt) - 1 + len(completion)] = True  # position of s_t predicts y_t
     if not keep.any():
         return [torch.zeros((0, vocab_size)) for _ in trajectories]
-    with training.logits_only_at(model, keep.to(device)):
+    with logits_only_at(model, keep.to(device)):
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                        position_ids=torch.arange(width).expand(len(inputs), width).to(device), use_cache=False).logits
     return list(log_probs(logits, vocab_size).split([len(c) for _, c in trajectories]))
@@ -235,7 +237,7 @@ def write_examples(samples: str | Path, out: str | Path, *, model: str, position
 
     samples, out = Path(samples), Path(out)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    training.sample_examples(samples, tokenizer)  # header, tokenizer and step checks, before any model loads
+    sample_examples(samples, tokenizer)  # header, tokenizer and step checks, before any model loads
     samples_header, records = read_samples(samples)
     amateur = (amateur or samples_header.get("amateur")) if needs_amateur(positions, labels) else None
     header = examples_header(samples_header, samples, model=model, positions=positions, labels=labels, seed=seed,
@@ -342,7 +344,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
 
     def fine_tune() -> None:
         tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
-        data = replace(training.sample_examples(examples, tokenizer, max_length=config.max_length), format=arm)
+        data = replace(sample_examples(examples, tokenizer, max_length=config.max_length), format=arm)
         training.train(model, data, config, out_dir / ADAPTER_DIR, samples=str(examples))
 
     stages.run("train", fine_tune, say)

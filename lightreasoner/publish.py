@@ -26,7 +26,7 @@ from .errors import LightReasonerError
 from .evaluation import is_eval_folder
 from .records import JsonlAppender, check_writable, iter_jsonl, read_json, write_json_atomic
 from .tables import ARM_EVAL_DIRS
-from .training import CHECKPOINTS
+from .checkpoints import CHECKPOINTS
 
 SHOWN_FILES = {"run.json", "stages.json", "efficiency.json", "summary.json", "train_summary.json",
                "train_log.jsonl", "samples.jsonl.meta.json", "adapter_fit.json", "report.md",

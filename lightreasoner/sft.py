@@ -4,7 +4,7 @@ The expert samples K solutions per training question (seeded temperature samplin
 of :mod:`lightreasoner.backends`: the cached decoding loop with continuous batching, llama.cpp on the
 model's GGUF, or vLLM); each is graded against the gold answer by the evaluation harness's grader;
 the finished, correct, distinct ones are kept; the expert is fine-tuned with cross-entropy on their
-completion tokens (prompt masked): :func:`training.one_hot_example` with every completion step,
+completion tokens (prompt masked): :func:`examples.one_hot_example` with every completion token,
 since KL to a one-hot label is cross-entropy. The control arms (:mod:`lightreasoner.controls`) share this module's
 arm-folder bookkeeping.
 
@@ -37,7 +37,8 @@ from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, r
                       repair_torn_tail, write_json_atomic)
 from .resume import RUNTIME_SETTINGS, check_same_settings, read_header, setting_names
 from .stages import Stages
-from .training import SampleSet, TrainConfig, one_hot_example
+from .examples import SampleSet, make_sample_set, one_hot_example
+from .training import TrainConfig
 
 SFT_FORMAT = "lightreasoner-sft-samples"
 FORMAT_VERSION = 1
@@ -311,7 +312,7 @@ def sft_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) ->
         raise LightReasonerError(f"{path}: no sampled solution was graded correct, so there is nothing to fine-tune "
                                  "on; sample more questions, more --samples-per-question or a larger --max-new-tokens")
     # training's own loader tail: drop labels past max_length (with a warning) as for every other format
-    return training.make_sample_set(examples, info["vocab_size"], "sft", path, max_length)
+    return make_sample_set(examples, info["vocab_size"], "sft", path, max_length)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import torch
 import lightreasoner.controls as controls
 import lightreasoner.pipeline as pipeline
 import lightreasoner.sft as sft_module
-from lightreasoner import models, training
+from lightreasoner import models
+from lightreasoner.batching import Piece, collate, packed_kl
 from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
@@ -133,8 +134,8 @@ def test_rejection_sampling_keeps_exactly_the_graded_correct(pair, tokenizer, tm
     # The trained loss is the completion-only cross-entropy of a plain full forward (slow reference).
     model = models.load_model(pair[0]).float()
     vocab = models.real_vocab_size(tokenizer)
-    pieces = [training.Piece(i, 0, e.num_labels) for i, e in enumerate(examples)]
-    packed = training.packed_kl(model, training.collate(pieces, examples, tokenizer.pad_token_id), vocab)
+    pieces = [Piece(i, 0, e.num_labels) for i, e in enumerate(examples)]
+    packed = packed_kl(model, collate(pieces, examples, tokenizer.pad_token_id), vocab)
     reference = []
     for example in examples:
         full = example.input_ids + [example.label_ids[-1][0]]

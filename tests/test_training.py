@@ -16,9 +16,9 @@ from transformers import Qwen2ForCausalLM
 from lightreasoner import models
 from lightreasoner.cli import main as cli_main
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.training import (REFERENCE_SYSTEM_PROMPT, Piece, TrainConfig, assign_slots, collate,
-                                    iter_updates, learning_rate, load_samples, micro_batches, one_hot_example,
-                                    packed_kl, sample_examples, train, train_from_file)
+from lightreasoner.batching import Piece, assign_slots, collate, iter_updates, micro_batches, packed_kl
+from lightreasoner.examples import REFERENCE_SYSTEM_PROMPT, load_samples, one_hot_example, sample_examples
+from lightreasoner.training import TrainConfig, learning_rate, train, train_from_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
@@ -127,7 +127,7 @@ def test_packed_loss_does_not_rely_on_a_boolean_logits_to_keep(tmp_path, tokeniz
     assert packed.item() == pytest.approx(dense_reference_loss(model, lines, data.vocab_size).item(), abs=1e-5)
     # The output layer ran once, on the labelled positions only: no [B, L, V] logits.
     hidden, vocab = model.config.hidden_size, model.config.vocab_size
-    assert shapes == [((data.kept_steps, hidden), (data.kept_steps, vocab))]
+    assert shapes == [((data.num_labels, hidden), (data.num_labels, vocab))]
     assert strict(input_ids=batch.input_ids[:1]).logits.shape == (1, batch.input_ids.shape[1], vocab)  # hook gone
 
 
@@ -275,7 +275,7 @@ def test_long_contexts_drop_their_steps_with_a_warning(tmp_path, tokenizer):
     limit = sorted(p for e in full.examples for p in e.positions)[len(full.examples)]  # cut some, keep some
     with pytest.warns(UserWarning, match="dropped"):
         cut = sample_examples(path, tokenizer, max_length=limit)
-    assert cut.kept_steps + cut.dropped_too_long == full.kept_steps and cut.dropped_too_long > 0
+    assert cut.num_labels + cut.dropped_too_long == full.num_labels and cut.dropped_too_long > 0
     assert all(len(e.input_ids) <= limit and max(e.positions) < limit for e in cut.examples)
 
 
@@ -291,7 +291,7 @@ def test_training_lowers_the_loss_changes_only_lora_and_merge_matches(tmp_path, 
     config = fast_config(max_steps=40, save_steps=20, learning_rate=3e-2, lora_r=16, lora_alpha=32)
     summary = train(pair[0], data, config, out, samples=str(samples))
     assert summary["optimizer_steps"] == 40 and summary["tokens_tuned"] == 40 * 8
-    assert summary["kept_steps"] == data.kept_steps and summary["seconds"] > 0
+    assert summary["kept_steps"] == data.num_labels and summary["seconds"] > 0
     log = losses(out)
     assert sum(log[-5:]) / 5 < 0.8 * sum(log[:5]) / 5
 
