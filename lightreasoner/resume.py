@@ -5,8 +5,8 @@ A stage that resumes reads what its file or folder was made with: the header lin
 compares the settings that decide what the file holds with this run's (:func:`check_same_settings`).
 Each stage declares those as one module-level tuple, ``RESUME_SETTINGS``, of dotted names
 (``train.seed`` is the ``seed`` inside ``train``); the first one that differs is named in a one-line
-error. Every other setting may change between a run and its resumption: it says how the work is done,
-not what it computes (checkpoint frequency, micro-batches, where the data is read from).
+error. A setting not listed may change between a run and its resumption (checkpoint frequency,
+micro-batches, where the data is read from): it changes how the work is done, not what it computes.
 """
 
 from __future__ import annotations
