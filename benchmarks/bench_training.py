@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from lightreasoner import models
-from lightreasoner.training import (REFERENCE_SYSTEM_PROMPT, PackedExample, SampleSet, TrainConfig,
-                                    one_hot_example, train)
+from lightreasoner.examples import REFERENCE_SYSTEM_PROMPT, PackedExample, SampleSet, one_hot_example
+from lightreasoner.training import TrainConfig, train
 
 
 
@@ -104,7 +104,7 @@ def main() -> None:
         for name, data in (("packed", packed), ("per-step", per_step(packed))):
             summary = train(model, data, config, root / name)
             results[name] = summary
-            print(f"{name:9s} sequences {len(data.examples):5d}  kept steps {data.kept_steps:5d}  optimizer steps "
+            print(f"{name:9s} sequences {len(data.examples):5d}  kept steps {data.num_labels:5d}  optimizer steps "
                   f"{summary['optimizer_steps']:4d}  forward tokens {summary['forward_tokens']:8d}  "
                   f"seconds {summary['seconds']:8.1f}", flush=True)
     a, b = results["packed"], results["per-step"]

@@ -5,7 +5,7 @@ is a target the adapter was trained towards. This measures the training objectiv
 KL(v_t || pi(.|s_t)) (mean per kept step), of the expert without and with the adapter, on kept steps
 training used and on kept steps it never reached: training that stops before one epoch leaves the
 last trajectories of its seeded shuffle unseen, and replaying the training plan
-(:func:`lightreasoner.training.iter_updates`) says which those are. The difference adapted - base is
+(:func:`lightreasoner.batching.iter_updates`) says which those are. The difference adapted - base is
 paired per trajectory, with a bootstrap 95% interval over trajectories. Lower on the never-seen
 steps means the adapter moved the expert towards the contrast's labels in general, not only on the
 steps it was fitted to. Written by ``lightreasoner run`` as ``adapter_fit.json``.
@@ -26,7 +26,7 @@ GROUPS = ("trained on", "never seen")
 
 def seen_labels(label_counts: list[int], steps_per_update: int, seed: int, tokens_tuned: int) -> list[int]:
     """How many labels of each trajectory the optimizer saw: the training plan, replayed."""
-    from .training import iter_updates
+    from .batching import iter_updates
 
     seen = [0] * len(label_counts)
     if tokens_tuned:
@@ -72,7 +72,8 @@ def adapter_fit(model_spec: str, samples: str | Path, adapter: str | Path, *, tr
     from tqdm.auto import tqdm
 
     from . import models
-    from .training import Piece, collate, load_samples, packed_kl
+    from .batching import Piece, collate, packed_kl
+    from .examples import load_samples
 
     adapter = Path(adapter)
     summary = read_json(adapter / TRAIN_SUMMARY_FILE)

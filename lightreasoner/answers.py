@@ -149,7 +149,8 @@ def graded_record(record: dict[str, Any], gold: str | None, benchmark: str, time
 
 
 def is_eval_folder(folder: str | Path) -> bool:
-    """An evaluation folder: its run.json records the settings of its answers (RUN_KEYS)."""
+    """An evaluation folder: its run.json records the settings of its answers
+    (:data:`lightreasoner.evaluation.RESUME_SETTINGS`)."""
     return folder_kind(folder) == EVAL_KIND
 
 

@@ -118,7 +118,7 @@ def arm_started(out_dir: Path) -> bool:
 
 def control_started(out_dir: Path) -> bool:
     """Whether a control's folder holds work (examples, or a training run that got somewhere): from then
-    on its ``arm.json`` binds it (:func:`lightreasoner.controls.free_settings`)."""
+    on its ``arm.json`` binds it (:func:`lightreasoner.controls.resume_settings`)."""
     return (out_dir / EXAMPLES_FILE).exists() or run_started(out_dir / ADAPTER_DIR)
 
 

@@ -215,8 +215,6 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-# Settings that name a model: compared by the place they resolve to (models.same_model).
-MODEL_SETTINGS = ("expert", "amateur", "model")
 # Settings no file may turn on: only the option typed on the command that needs it.
 COMMAND_LINE_ONLY = {"trust_remote_code": "runs Python code shipped with the model, so only the "
                                           "--trust-remote-code option of the command turns it on"}
@@ -279,31 +277,3 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
-
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"sft": {"train": {"lora_r": 8}}} -> {"sft.train.lora_r": 8}."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_same_settings(path: str | Path, previous: dict[str, Any], current: dict[str, Any],
-                        free: set[str] | frozenset[str] = frozenset()) -> None:
-    """Refuse ``current`` where it differs from ``previous``, the settings ``path`` was made with,
-    naming the first differing setting by its dotted name; settings named in ``free`` (at any depth)
-    may change. A model given by another path to the same folder is the same model."""
-    from .models import same_model
-
-    before, now = _flat(previous), _flat(current)
-    for key in sorted(before.keys() | now.keys()):
-        name = key.rsplit(".", 1)[-1]
-        if name in free or before.get(key) == now.get(key):
-            continue
-        if name in MODEL_SETTINGS and same_model(before.get(key), now.get(key)):
-            continue
-        raise LightReasonerError(f"{path}: made with {key}={before.get(key)!r}, now {now.get(key)!r}; "
-                                 "use another --out")

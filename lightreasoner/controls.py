@@ -29,7 +29,7 @@ the last bits from the decode-time ones that chose the tokens (other kernels, ot
 from __future__ import annotations
 
 import random
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,18 +39,23 @@ from tqdm.auto import tqdm
 from . import training
 from .arms import CONTROL_ARMS, LABELS, POSITIONS, Stages, control_started, efficiency_record
 from .backends import release_memory
+from .batching import logits_only_at
 from .config import config_to_dict
 from .contrast import entropy, log_probs, plausible_distribution, plausible_mask, soft_labels
 from .errors import LightReasonerError
+from .examples import sample_examples
 from .models import check_same_vocabulary, load_model, load_tokenizer, model_location, resolve_device
-from .records import (JsonlAppender, check_writable, file_sha256, iter_jsonl, read_json, refuse_own_input,
+from .records import (JsonlAppender, check_writable, file_sha256, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
 from .layout import ADAPTER_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, TRAIN_SUMMARY_FILE, meta_path
-from .sft import FREE_SETTINGS, _check_arm_settings
+from .resume import setting_names
+from .sft import _check_arm_settings
 from .training import TrainConfig
 
-# A control's samples are checked by content (samples_sha256), so the file may be named by another path.
-CONTROL_FREE_SETTINGS = FREE_SETTINGS | {"samples"}
+# What a control's arm.json binds once the folder holds work (:func:`resume_settings`): its cell, its models,
+# the samples by content (samples_sha256, so the file may be named by another path) and every training setting
+# but how the work is run (resume.RUNTIME_SETTINGS).
+RESUME_SETTINGS = ("arm", "model", "amateur", "samples_sha256", *setting_names(TrainConfig, "train."))
 # Trajectories per teacher-forced forward: 8 x 128 steps of 151,665 float32 logits is about 0.6 GB.
 PASS_BATCH_SIZE = 8
 
@@ -74,13 +79,14 @@ def needs_amateur(positions: str, labels: str) -> bool:
     return labels == "contrast" and positions != "kept"
 
 
-def free_settings(out_dir: Path, positions: str) -> set[str]:
-    """The settings a rerun may change in a control's folder: until its training got somewhere, every
-    training setting the examples do not depend on (all but the seed that drew random positions), so
-    a training start that failed locks only what its examples were made with."""
+def resume_settings(out_dir: Path, positions: str) -> tuple[str, ...]:
+    """The settings a rerun must keep in a control's folder: until its training got somewhere, only those its
+    examples depend on (no training setting but the seed that drew random positions), so a training start
+    that failed locks only what its examples were made with."""
     if training.run_started(out_dir / ADAPTER_DIR):
-        return CONTROL_FREE_SETTINGS
-    return CONTROL_FREE_SETTINGS | {f.name for f in fields(TrainConfig) if f.name != "seed" or positions != "random"}
+        return RESUME_SETTINGS
+    return tuple(name for name in RESUME_SETTINGS
+                 if not name.startswith("train.") or (name == "train.seed" and positions == "random"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +100,7 @@ def teacher_forced_log_probs(model: Any, trajectories: Sequence[tuple[list[int],
     ``(prompt_ids, completion_ids)``: a ``[len(completion_ids), vocab_size]`` tensor each, from one
     forward of the batch. Rows are padded on the right, so real tokens never attend to padding, and
     the output layer runs only at the positions that predict a completion token (the training loop's
-    hook, :func:`training.logits_only_at`)."""
+    hook, :func:`batching.logits_only_at`)."""
     device = next(model.parameters()).device
     inputs = [list(prompt) + list(completion[:-1]) for prompt, completion in trajectories]
     width = max(map(len, inputs))
@@ -107,7 +113,7 @@ def teacher_forced_log_probs(model: Any, trajectories: Sequence[tuple[list[int],
         keep[row, len(prompt) - 1:len(prompt) - 1 + len(completion)] = True  # position of s_t predicts y_t
     if not keep.any():
         return [torch.zeros((0, vocab_size)) for _ in trajectories]
-    with training.logits_only_at(model, keep.to(device)):
+    with logits_only_at(model, keep.to(device)):
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                        position_ids=torch.arange(width).expand(len(inputs), width).to(device), use_cache=False).logits
     return list(log_probs(logits, vocab_size).split([len(c) for _, c in trajectories]))
@@ -182,15 +188,16 @@ def _resume_examples(out: Path, header: dict[str, Any], records: Sequence[dict[s
     the same company, to the last bit); it must have been made from the same samples and settings."""
     if not out.exists() or out.stat().st_size == 0:
         return 0
+    from .sampling import iter_samples
+
     repair_torn_tail(out)
-    lines = iter_jsonl(out)
-    _, previous = next(lines)
-    if previous != header:
+    _, previous, lines = iter_samples(out)
+    if previous != header:  # its header is the samples' header and the control's settings: all of it must match
         raise LightReasonerError(f"{out}: written from other samples or with other settings; remove it to redo it")
     done = 0
-    for (number, written), record in zip(lines, records):
+    for (where, written), record in zip(lines, records):
         if written.get("id") != record.get("id"):
-            raise LightReasonerError(f"{out}:{number}: trajectory {written.get('id')!r} is not the samples' "
+            raise LightReasonerError(f"{where}: trajectory {written.get('id')!r} is not the samples' "
                                      f"{record.get('id')!r}; remove the file to redo it")
         done += 1
     done -= done % batch_size
@@ -218,7 +225,7 @@ def write_examples(samples: str | Path, out: str | Path, *, model: str, position
 
     samples, out = Path(samples), Path(out)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    training.read_samples(samples, tokenizer)  # header, tokenizer and step checks, before any model loads
+    sample_examples(samples, tokenizer)  # header, tokenizer and step checks, before any model loads
     samples_header, records = read_samples(samples)
     amateur = (amateur or samples_header.get("amateur")) if needs_amateur(positions, labels) else None
     header = examples_header(samples_header, samples, model=model, positions=positions, labels=labels, seed=seed,
@@ -313,7 +320,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
                 "samples_sha256": file_sha256(samples), "train": config_to_dict(config)}
     if needs_amateur(positions, labels):
         settings["amateur"] = model_location(amateur or read_samples(samples)[0].get("amateur"))
-    _check_arm_settings(out_dir, settings, free_settings(out_dir, positions), started=control_started)
+    _check_arm_settings(out_dir, settings, resume_settings(out_dir, positions), started=control_started)
     stages = Stages(out_dir)
     examples = out_dir / EXAMPLES_FILE
     if not examples.exists():
@@ -325,7 +332,7 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
 
     def fine_tune() -> None:
         tokenizer = load_tokenizer(model, trust_remote_code=config.trust_remote_code)
-        data = replace(training.read_samples(examples, tokenizer, max_length=config.max_length), format=arm)
+        data = replace(sample_examples(examples, tokenizer, max_length=config.max_length), format=arm)
         training.train(model, data, config, out_dir / ADAPTER_DIR, samples=str(examples))
 
     stages.timed("train", fine_tune, say)

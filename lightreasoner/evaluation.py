@@ -50,9 +50,10 @@ from .layout import EVAL_KIND, RUN_FILE, answers_file
 from .records import JsonlAppender, check_writable, read_json, refuse_own_input, write_json_atomic
 
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
-# Settings that decide the completions: a folder's answers are only resumed under the same ones. The
-# adapter counts by its content, not its path, so answers resume wherever the same adapter is rebuilt.
-RUN_KEYS = ("model", "adapter_sha256", "prompt", "max_new_tokens", "dtype", "backend", "split")
+# Settings that decide the completions, recorded in run.json: a folder's answers are only resumed under the
+# same ones, but for max_new_tokens, a budget that may grow (the cut-off answers are continued). The adapter
+# counts by its content, not its path, so answers resume wherever the same adapter is rebuilt.
+RESUME_SETTINGS = ("model", "adapter_sha256", "prompt", "max_new_tokens", "dtype", "backend", "split")
 
 
 @dataclass
@@ -194,27 +195,24 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
     """The run.json settings of this evaluation, refused if ``out_dir`` holds answers made otherwise (a
     smaller ``max_new_tokens`` too; a larger one grows the folder), or files that are not a lightreasoner
     evaluation's (before anything touches them)."""
-    from .models import adapter_fingerprint, check_adapter, same_model
+    from .models import adapter_fingerprint, check_adapter
+    from .resume import check_same_settings
 
-    settings = {key: getattr(config, key) for key in RUN_KEYS if key != "adapter_sha256"}
+    settings = {key: getattr(config, key) for key in RESUME_SETTINGS if key != "adapter_sha256"}
     settings["adapter_sha256"] = adapter_fingerprint(check_adapter(config.adapter)) if config.adapter else None
-    path = out_dir / "run.json"
+    path = out_dir / RUN_FILE
     if not path.exists():
-        found = [name for name in config.benchmarks if (out_dir / f"{name}.jsonl").exists()]
+        found = [name for name in config.benchmarks if answers_file(out_dir, name).exists()]
         if found:
-            raise LightReasonerError(f"{out_dir / found[0]}.jsonl: exists without the run.json of a lightreasoner "
-                                     "evaluation beside it, so it was left as it is; choose another --out")
+            raise LightReasonerError(f"{answers_file(out_dir, found[0])}: exists without the run.json of a "
+                                     "lightreasoner evaluation beside it, so it was left as it is; choose another --out")
         return {**settings, "adapter": config.adapter}
     previous = read_json(path)
     if not isinstance(previous, dict) or not isinstance(previous.get("max_new_tokens"), int):
         raise LightReasonerError(f"{path}: not the run.json of a lightreasoner evaluation; choose another --out")
-    changed = [key for key in RUN_KEYS if key != "max_new_tokens" and previous.get(key) != settings[key]
-               and not (key == "model" and same_model(previous.get(key), settings[key]))]
-    if changed:
-        key = changed[0]
-        raise LightReasonerError(
-            f"{path}: this folder holds results for {key}={previous.get(key)!r}, not {settings[key]!r}; "
-            f"use another --out folder, or delete {out_dir} to answer again")
+    check_same_settings(path, previous, settings, [key for key in RESUME_SETTINGS if key != "max_new_tokens"],
+                        hint=f"its answers were made otherwise: use another --out folder, or delete {out_dir} to "
+                             "answer again")
     budget = previous["max_new_tokens"]
     if config.max_new_tokens < budget:
         raise LightReasonerError(

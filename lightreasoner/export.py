@@ -1,11 +1,14 @@
-"""Write our sample files in other tools' formats: the authors' per-step JSONL, and Parquet."""
+"""Hand results to other tools: our sample files in the authors' per-step JSONL and in Parquet, and a
+trained LoRA adapter merged into a standalone model (:func:`merge`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from . import models
 from .errors import LightReasonerError
 from .records import JsonlAppender, check_writable, first_record, refuse_own_input
 from .sampling import read_samples
@@ -65,3 +68,22 @@ def export_parquet(samples: str | Path, out: str | Path, *, with_text: bool = Fa
     header, records = read_samples(samples)
     write_parquet(header, records, out, with_text=with_text)
     return len(records)
+
+
+def merge(model_spec: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto",
+          trust_remote_code: bool = False) -> Path:
+    """Fold a LoRA adapter into the base weights; save a standalone safetensors model + tokenizer."""
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    refuse_own_input(out_dir, {"model folder": model_spec, "adapter folder": adapter_dir})
+    models.check_adapter(adapter_dir)
+    check_writable(out_dir)
+    torch_dtype = models.resolve_dtype(dtype, torch.device("cpu"))
+    base = models.load_model(model_spec, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    merged = models.load_adapter(base, adapter_dir).merge_and_unload()
+    if (adapter_dir / "tokenizer_config.json").is_file():  # train saves the tokenizer beside the adapter
+        tokenizer = models.tokenizer_from(str(adapter_dir), trust_remote_code=trust_remote_code)
+    else:
+        tokenizer = models.load_tokenizer(model_spec, trust_remote_code=trust_remote_code)
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -20,7 +20,6 @@ import numpy as np
 from .controls import highest_entropy_steps
 from .errors import LightReasonerError
 from .layout import EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE
-from .records import iter_jsonl
 from .tables import _render
 
 TOKEN_CLASSES = ("digits/operators", "words", "markup/whitespace")
@@ -249,10 +248,11 @@ def cached_entropies(samples: Path, records: Sequence[dict[str, Any]]) -> tuple[
     """The expert's per-step entropies of ``records`` from a control's examples in the sample file's
     folder (``*/examples.jsonl``, or ``*/examples.outputs.jsonl`` in a published folder), when one
     holds every trajectory (same id and tokens); with a description of where they came from."""
+    from .sampling import iter_samples
+
     examples = [*samples.parent.glob(f"*/{EXAMPLES_FILE}"), *samples.parent.glob(f"*/{PUBLISHED_EXAMPLES_FILE}")]
     for path in sorted(examples):
-        lines = iter_jsonl(path)
-        _, header = next(lines, (0, {}))
+        _, header, lines = iter_samples(path)
         teacher = header.get("control", {}).get("teacher_forced")
         if not teacher:
             continue

@@ -24,16 +24,17 @@ from typing import Any, Callable
 from .adapter_fit import adapter_fit
 from .arms import ARM_EVAL_DIRS, ARMS, CONTROL_ARMS, Stages, lightreasoner_efficiency, stage_started
 from .backends import is_gguf_model, release_memory, resolve_backend
-from .config import SettingError, build_config, check_fields, check_same_settings, config_to_dict, refuse_unknown
+from .config import SettingError, build_config, check_fields, config_to_dict, refuse_unknown
 from .errors import LightReasonerError
 from .evaluation import EvalConfig, evaluate
 from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_FILE,
                      RUN_KIND, SAMPLES_FILE, STAGES_FILE)
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
+from .resume import check_same_settings, setting_names
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
 from .controls import control
-from .sft import FREE_SETTINGS, SFTConfig, sft, sft_config_dict, sft_train_config
+from .sft import ARM_RESUME_SETTINGS, SFTConfig, sft, sft_config_dict, sft_train_config
 from .models import model_location, resolve_device
 from .training import TrainConfig, train_from_file
 
@@ -42,6 +43,10 @@ BUDGETED_ARMS = ("baseline", "lightreasoner")
 # The stages that read each config section (the sft arm shares the LoRA/optimizer settings).
 SECTION_STAGES = {"sample": ("sample",), "train": ("train", "sft", *CONTROL_ARMS.values()), "sft": ("sft",),
                   "eval": tuple(ARM_EVAL_DIRS.values())}
+# What run.json binds, section by section, once a stage that reads the section has started: every setting but
+# how the work is run (resume.RUNTIME_SETTINGS); a larger evaluation budget grows the evaluations instead.
+RESUME_SETTINGS = (*setting_names(SampleConfig, "sample."), *setting_names(TrainConfig, "train."),
+                   *setting_names(EvalConfig, "eval."), *(f"sft.{name}" for name in ARM_RESUME_SETTINGS if name != "arm"))
 
 
 @dataclass
@@ -256,8 +261,9 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
                 continue
             before = previous.get(section, {})
             if section == "eval":
-                before = grown_eval_budget(run_dir / "run.json", before, record["eval"])
-            check_same_settings(run_dir / "run.json", {section: before}, {section: record[section]}, FREE_SETTINGS)
+                before = grown_eval_budget(run_dir / RUN_FILE, before, record["eval"])
+            check_same_settings(run_dir / RUN_FILE, {section: before}, {section: record[section]},
+                                [name for name in RESUME_SETTINGS if name.startswith(f"{section}.")])
         # One command per arm is the usual way to fill a folder: it records the arms of them all.
         settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
         record = {**previous, **record}

@@ -22,9 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import LightReasonerError
 from .answers import is_eval_folder
 from .arms import ARM_EVAL_DIRS
+from .errors import LightReasonerError
 from .layout import (ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
                      PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
                      TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, meta_path)

@@ -19,7 +19,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import transformers
@@ -35,17 +35,17 @@ from .decoding import cached_forward
 from .errors import LightReasonerError
 from .layout import STAGES_FILE, meta_path
 from .models import (chat_prompt, check_prompts_fit, check_same_vocabulary, context_length, encode_prompt, load_model,
-                     load_tokenizer, model_location, real_vocab_size, resolve_device, resolve_dtype, same_model,
+                     load_tokenizer, model_location, real_vocab_size, resolve_device, resolve_dtype,
                      stop_token_ids, tokenizer_fingerprint)
-from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, repair_torn_tail,
-                      write_json_atomic)
+from .records import JsonlAppender, check_writable, first_record, read_json, repair_torn_tail, write_json_atomic
+from .resume import check_header, check_same_settings, read_header
 
 log = logging.getLogger(__name__)
 
 FORMAT = "lightreasoner-samples"
 FORMAT_VERSION = 1
 # Settings that change what a record contains: a resumed run must use the same ones.
-RESULT_SETTINGS = ("expert", "amateur", "data", "split", "max_new_tokens", "alpha", "beta", "system_prompt", "dtype",
+RESUME_SETTINGS = ("expert", "amateur", "data", "split", "max_new_tokens", "alpha", "beta", "system_prompt", "dtype",
                    "batch_size")
 
 
@@ -232,25 +232,32 @@ def _header(config: SampleConfig, pair: ModelPair) -> dict[str, Any]:
             "settings": config_to_dict(config)}
 
 
-def read_samples(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The header and the sample records of a sample file, JSONL or Parquet (``export --format
-    parquet``); a torn last line is an error here."""
+def iter_samples(path: str | Path) -> tuple[str, dict[str, Any], Iterator[tuple[str, dict[str, Any]]]]:
+    """The one reader of the sample file (docs/FORMAT.md), JSONL or its Parquet export (``export --format
+    parquet``): where its header is, the header (format and version checked), and ``(where, record)`` of
+    each trajectory, read lazily; a line that is not a trajectory, or a torn last line, is an error here."""
     path = Path(path)
     if path.suffix == ".parquet":
         from .parquet import read_parquet
 
         header, records = read_parquet(path)
-        lines = iter(enumerate(records, start=1))
+        origin = f"{path} (schema metadata)"
+        check_header(header, origin, FORMAT, FORMAT_VERSION, "lightreasoner sample file")
+        lines: Iterator[tuple[str, dict[str, Any]]] = ((f"{path} row {i}", r) for i, r in enumerate(records, start=1))
     else:
-        lines = iter_jsonl(path)
-        try:
-            _, header = next(lines)
-        except StopIteration:
-            raise LightReasonerError(f"{path}: empty sample file") from None
-    if header.get("format") != FORMAT:
-        raise LightReasonerError(f"{path}:1: not a lightreasoner sample file (no '{FORMAT}' header)")
-    if header.get("version") != FORMAT_VERSION:
-        raise LightReasonerError(f"{path}:1: sample format version {header.get('version')} is not supported")
+        origin, header, lines = read_header(path, FORMAT, FORMAT_VERSION, "lightreasoner sample file")
+    return origin, header, (_trajectory(where, record) for where, record in lines)
+
+
+def _trajectory(where: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if record.get("type") != "sample":
+        raise LightReasonerError(f"{where}: expected a line with \"type\": \"sample\"")
+    return where, record
+
+
+def read_samples(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and the trajectories of a sample file (:func:`iter_samples`)."""
+    _, header, lines = iter_samples(path)
     return header, [record for _, record in lines]
 
 
@@ -266,14 +273,8 @@ def _resume_state(out: Path, config: SampleConfig, problems: list[Problem]) -> t
     if removed:
         log.warning("%s: removed a torn last line (%d bytes) left by an interrupted run; redoing it", out, removed)
     header, records = read_samples(out)
-    previous = header.get("settings", {})
-    current = config_to_dict(config)
-    for key in RESULT_SETTINGS:
-        if previous.get(key) != current[key] and not (key in ("expert", "amateur") and
-                                                       same_model(previous.get(key), current[key])):
-            raise LightReasonerError(
-                f"{out}: made with {key}={previous.get(key)!r}, this run has {key}={current[key]!r}; "
-                "use another --out to start a new file")
+    check_same_settings(out, header.get("settings", {}), config_to_dict(config), RESUME_SETTINGS,
+                        hint="use another --out to start a new file")
     check_same_problems(out, records, problems)
     stats = SampleStats(**read_json(meta_path(out))) if meta_path(out).exists() else SampleStats()
     # The records are the truth; the sidecar may be one batch behind after a crash.

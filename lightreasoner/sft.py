@@ -4,7 +4,7 @@ The expert samples K solutions per training question (seeded temperature samplin
 of :mod:`lightreasoner.backends`: the cached decoding loop with continuous batching, llama.cpp on the
 model's GGUF, or vLLM); each is graded against the gold answer by the evaluation harness's grader;
 the finished, correct, distinct ones are kept; the expert is fine-tuned with cross-entropy on their
-completion tokens (prompt masked): :func:`training.one_hot_example` with every completion step,
+completion tokens (prompt masked): :func:`examples.one_hot_example` with every completion token,
 since KL to a one-hot label is cross-entropy. The control arms (:mod:`lightreasoner.controls`) share this module's
 arm-folder settings check; the bookkeeping every arm shares (stages, efficiency) is :mod:`lightreasoner.arms`.
 
@@ -26,19 +26,20 @@ from tqdm.auto import tqdm
 from . import grading, training
 from .arms import Stages, arm_started, efficiency_record
 from .backends import BACKENDS, Backend, HFBackend, Request, Sampling, VLLMBackend, resolve_backend
-from .config import build_config, check_fields, check_same_settings, config_to_dict
+from .config import build_config, check_fields, config_to_dict
 from .data import BENCHMARKS, check_same_problems, load_problems, resolve_data_dir
 from .problems import Problem
 from .decoding import derived_seed
 from .errors import LightReasonerError
-from .layout import ADAPTER_DIR, EFFICIENCY_FILE, SAMPLES_FILE, TRAIN_SUMMARY_FILE
-from .layout import ARM_FILE as SETTINGS_FILE
+from .layout import ADAPTER_DIR, ARM_FILE, EFFICIENCY_FILE, SAMPLES_FILE, TRAIN_SUMMARY_FILE
 from .models import (chat_prompt, check_prompts_fit, context_length, encode_prompt, load_model, load_tokenizer,
-                     model_location, real_vocab_size, resolve_device, resolve_dtype, resolve_model_path, same_model,
+                     model_location, real_vocab_size, resolve_device, resolve_dtype, resolve_model_path,
                      tokenizer_fingerprint)
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
                       repair_torn_tail, write_json_atomic)
-from .training import SampleSet, TrainConfig, one_hot_example
+from .examples import SampleSet, make_sample_set, one_hot_example
+from .resume import RUNTIME_SETTINGS, check_same_settings, read_header, setting_names
+from .training import TrainConfig
 
 SFT_FORMAT = "lightreasoner-sft-samples"
 FORMAT_VERSION = 1
@@ -50,17 +51,10 @@ SFT_TOKENS_PER_UPDATE = 4096
 # full-vocabulary logits for ~2,600 tokens at once outgrew 23 GB of RAM.
 SFT_MICRO_BATCHES = 8
 # Settings that decide what the sample file holds: a resumed run must use the same ones.
-RESULT_SETTINGS = ("model", "data", "split", "samples_per_question", "temperature", "top_p", "max_new_tokens",
-                   "batch_size", "benchmark", "backend")
+RESUME_SETTINGS = ("model", "data", "split", "samples_per_question", "temperature", "top_p", "max_new_tokens",
+                   "batch_size", "benchmark", "backend", "train.system_prompt", "train.dtype", "train.seed")
 # What a sample file written before a setting existed was made with.
-RESULT_SETTING_DEFAULTS = {"backend": "hf"}
-RESULT_TRAIN_SETTINGS = ("system_prompt", "dtype", "seed")
-# Settings that may change in an arm's or a run's folder at any time: how the work is done, not what
-# it computes (data_dir is where the data is read from; each stage's file checks the questions it holds).
-# So may the backend (a sample file and an evaluation folder refuse another backend's answers on their
-# own) and the number of evaluation workers.
-FREE_SETTINGS = training.RESUMABLE_CHANGES | {"data_dir", "backend", "workers"}
-
+RESUME_DEFAULTS = {"backend": "hf"}
 
 def sft_train_config(values: dict[str, Any] | None = None, origins: dict[str, str] | None = None) -> TrainConfig:
     """A :class:`TrainConfig` with SFT's defaults: one pass over every kept completion token (unless
@@ -114,6 +108,12 @@ class SFTConfig:
 
 def sft_config_dict(config: SFTConfig) -> dict[str, Any]:
     return {**config_to_dict(config), "train": config_to_dict(config.train)}
+
+
+# What an SFT arm folder's arm.json binds once the folder holds work: every setting but how the work is run
+# (resume.RUNTIME_SETTINGS; the sample file refuses another backend's samples on its own).
+ARM_RESUME_SETTINGS = ("arm", *setting_names(SFTConfig, but=RUNTIME_SETTINGS | {"train"}),
+                       *setting_names(TrainConfig, "train."))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,16 +205,9 @@ def _header(config: SFTConfig, tokenizer: Any) -> dict[str, Any]:
             "settings": sft_config_dict(config)}
 
 
-def read_sft_samples(path: str | Path) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
-    """The header and the ``(line number, record)`` pairs of an SFT sample file."""
-    path = Path(path)
-    lines = iter_jsonl(path)
-    first = next(lines, None)
-    if first is None:
-        raise LightReasonerError(f"{path}: empty SFT sample file")
-    number, header = first
-    if header.get("format") != SFT_FORMAT or header.get("version") != FORMAT_VERSION:
-        raise LightReasonerError(f"{path}:{number}: expected a '{SFT_FORMAT}' version {FORMAT_VERSION} header line")
+def read_sft_samples(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The header and the ``(file:line, record)`` pairs of an SFT sample file."""
+    _, header, lines = read_header(path, SFT_FORMAT, FORMAT_VERSION, "SFT sample file")
     return header, list(lines)
 
 
@@ -227,15 +220,8 @@ def _check_resumable(path: Path, config: SFTConfig, problems: list[Problem]) -> 
                                  "left as it is: choose another --out")
     repair_torn_tail(path)
     header, records = read_sft_samples(path)
-    previous, current = header.get("settings", {}), sft_config_dict(config)
-    for key in RESULT_SETTINGS:
-        before = previous.get(key, RESULT_SETTING_DEFAULTS.get(key))
-        if before != current[key] and not (key == "model" and same_model(before, current[key])):
-            raise LightReasonerError(f"{path}: sampled with {key}={before!r}, now {current[key]!r}; use another --out")
-    for key in RESULT_TRAIN_SETTINGS:
-        if previous.get("train", {}).get(key) != current["train"][key]:
-            raise LightReasonerError(f"{path}: sampled with {key}={previous.get('train', {}).get(key)!r}, now "
-                                     f"{current['train'][key]!r}; use another --out")
+    check_same_settings(path, header.get("settings", {}), sft_config_dict(config), RESUME_SETTINGS,
+                        defaults=RESUME_DEFAULTS)
     check_same_problems(path, (record for _, record in records), problems)
     return {str(record["id"]) for _, record in records}
 
@@ -317,26 +303,27 @@ def sft_examples(path: str | Path, tokenizer: Any, *, max_length: int = 2048) ->
     info = header.get("tokenizer") or {}
     if info.get("fingerprint") != tokenizer_fingerprint(tokenizer):
         raise LightReasonerError(f"{path}:1: sampled with a different tokenizer than the model being trained")
-    examples = [one_hot_example(record["prompt_ids"], sample["completion_ids"], source=f"{path}:{number}")
-                for number, record in records for sample in record["samples"] if sample["kept"]]
+    examples = [one_hot_example(record["prompt_ids"], sample["completion_ids"], source=where)
+                for where, record in records for sample in record["samples"] if sample["kept"]]
     if not examples:
         raise LightReasonerError(f"{path}: no sampled solution was graded correct, so there is nothing to fine-tune "
                                  "on; sample more questions, more --samples-per-question or a larger --max-new-tokens")
     # training's own loader tail: drop labels past max_length (with a warning) as for every other format
-    return training.make_sample_set(examples, info["vocab_size"], "sft", path, max_length)
+    return make_sample_set(examples, info["vocab_size"], "sft", path, max_length)
 
 
 # ----------------------------------------------------------------------------------------------
 # Arm folders
 
 
-def _check_arm_settings(out_dir: Path, settings: dict[str, Any], free: set[str] = FREE_SETTINGS,
+def _check_arm_settings(out_dir: Path, settings: dict[str, Any], compared: tuple[str, ...] = ARM_RESUME_SETTINGS,
                         started: Callable[[Path], bool] = arm_started) -> None:
-    """``arm.json`` records what the folder was made with; once it holds work (``started``), a rerun with
-    other settings is refused (before that, as after a start that failed, the new settings replace the old)."""
-    path = out_dir / SETTINGS_FILE
+    """``arm.json`` records what the folder was made with; once it holds work (``started``), a rerun whose
+    ``compared`` settings differ is refused (before that, as after a start that failed, the new settings
+    replace the old)."""
+    path = out_dir / ARM_FILE
     if path.exists() and started(out_dir):
-        check_same_settings(path, read_json(path), settings, free)
+        check_same_settings(path, read_json(path), settings, compared)
     write_json_atomic(path, settings)
 
 

@@ -12,7 +12,8 @@ import torch
 
 from lightreasoner import models
 from lightreasoner.adapter_fit import adapter_fit, fit_rows, fit_verdict, paired_fit, seen_labels, split_trajectories
-from lightreasoner.training import load_samples, train
+from lightreasoner.examples import load_samples
+from lightreasoner.training import train
 from test_training import fast_config, sample_lines, write_jsonl
 
 

@@ -307,7 +307,7 @@ def test_sft_sampling_through_vllm_is_seeded_per_request_and_resumes_identically
     sample_solutions(config, tmp_path / "resumed.jsonl", progress=False)
     assert standin_vllm.ENGINES[-1].calls == [4]  # only the two questions left
     assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
-    with pytest.raises(LightReasonerError, match="sampled with backend='vllm', now 'hf'"):
+    with pytest.raises(LightReasonerError, match="made with backend='vllm', now 'hf'"):
         sample_solutions(replace(config, backend="hf"), tmp_path / "resumed.jsonl", progress=False)
 
 

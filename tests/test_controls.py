@@ -24,7 +24,7 @@ from lightreasoner.errors import LightReasonerError
 from lightreasoner.layout import EXAMPLES_FILE
 from lightreasoner.records import iter_jsonl
 from lightreasoner.sampling import SampleConfig, sample
-from lightreasoner.training import one_hot_example
+from lightreasoner.examples import SampleSet, make_sample_set, one_hot_example, sample_examples
 
 import tiny
 
@@ -57,7 +57,7 @@ def records_of(path: Path) -> list[dict]:
 
 def published_control_examples(path, tokenizer, *, positions="kept", seed=0, max_length=2048):
     """lightreasoner.sft.control_examples as it produced the published format-only and random-positions arms."""
-    soft = training.read_samples(path, tokenizer, max_length=max_length)
+    soft = sample_examples(path, tokenizer, max_length=max_length)
     rng = random.Random(seed)
     lines = iter_jsonl(path)
     next(lines)
@@ -69,15 +69,15 @@ def published_control_examples(path, tokenizer, *, positions="kept", seed=0, max
         if steps:
             examples.append(one_hot_example(record["prompt_ids"], record["completion_ids"], steps,
                                             source=f"{path}:{number}"))
-    return training.make_sample_set(examples, soft.vocab_size, positions, path, max_length)
+    return make_sample_set(examples, soft.vocab_size, positions, path, max_length)
 
 
 def trained_examples(pair, samples, out, tokenizer, **cell):
     write_examples(samples, out, model=str(pair[0]), progress=False, **cell)
-    return training.read_samples(out, tokenizer)
+    return sample_examples(out, tokenizer)
 
 
-def content(data: training.SampleSet) -> list[tuple]:
+def content(data: SampleSet) -> list[tuple]:
     return [(e.input_ids, e.positions, e.label_ids, e.label_weights) for e in data.examples]
 
 
@@ -99,7 +99,7 @@ def slow_entropy(logp: torch.Tensor) -> float:
 def test_published_controls_train_byte_identical_examples(pair, tokenizer, samples, tmp_path):
     hard = trained_examples(pair, samples, tmp_path / "kept.jsonl", tokenizer, positions="kept", labels="one-hot")
     assert content(hard) == content(published_control_examples(samples, tokenizer))
-    soft = training.read_samples(samples, tokenizer)  # the lightreasoner arm: same sequences and positions
+    soft = sample_examples(samples, tokenizer)  # the lightreasoner arm: same sequences and positions
     assert [(e.input_ids, e.positions) for e in hard.examples] == [(e.input_ids, e.positions) for e in soft.examples]
     assert all(w == [1.0] for e in hard.examples for w in e.label_weights)
     draws = set()

@@ -16,7 +16,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 import tiny
-from lightreasoner import distributed, models, training
+from lightreasoner import checkpoints, distributed, models, training
 from lightreasoner.cli import main as cli_main
 from lightreasoner.errors import LightReasonerError
 from test_training import fast_config, losses, sample_lines, write_jsonl
@@ -187,10 +187,10 @@ def test_every_process_makes_the_folder_it_writes_and_a_resume_needs_a_shared_di
     model = get_peft_model(tiny.make_model(3, layers=1), LoraConfig(r=2, target_modules=["q_proj"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     node = tmp_path / "second-machine"
-    training._save_checkpoint(SecondMachine(4), model, optimizer, node, 4, {"step": 4}, limit=2)
+    checkpoints.save_checkpoint(SecondMachine(4), model, optimizer, node, 4, {"step": 4}, limit=2)
     assert [p.name for p in (node / "checkpoints" / "step-000004.tmp").iterdir()] == ["rng-1.pt"]
     with pytest.raises(LightReasonerError, match=r"see different checkpoints \(steps \[0, 4\]\).* share"):
-        training._last_checkpoint(SecondMachine(4), node)
+        checkpoints.last_checkpoint(SecondMachine(4), node)
 
 
 # --- commands that must run once ---------------------------------------------------------------

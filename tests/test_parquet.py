@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lightreasoner import models, training
+from lightreasoner import models
+from lightreasoner.examples import load_samples, sample_examples
 from lightreasoner.cli import main
 from lightreasoner.controls import write_examples
 from lightreasoner.sampling import SampleConfig, read_samples, sample
@@ -46,7 +47,7 @@ def test_parquet_round_trip_through_datasets_and_train(pair, samples, tmp_path, 
     assert json.loads(pq.read_schema(out).metadata[b"lightreasoner"]) == header
 
     tokenizer = models.load_tokenizer(pair[0])
-    from_jsonl, from_parquet = training.read_samples(samples, tokenizer), training.load_samples(out, tokenizer)
+    from_jsonl, from_parquet = sample_examples(samples, tokenizer), load_samples(out, tokenizer)
     assert from_parquet.vocab_size == from_jsonl.vocab_size and from_parquet.examples
     assert [(e.input_ids, e.positions, e.label_ids, e.label_weights) for e in from_parquet.examples] == \
         [(e.input_ids, e.positions, e.label_ids, e.label_weights) for e in from_jsonl.examples]

@@ -17,8 +17,9 @@ import torch
 import lightreasoner.controls as controls
 import lightreasoner.pipeline as pipeline
 import lightreasoner.sft as sft_module
-from lightreasoner import models, training
+from lightreasoner import models
 from lightreasoner.arms import ARM_EVAL_DIRS, find_arms
+from lightreasoner.batching import Piece, collate, packed_kl
 from lightreasoner.backends import HFBackend
 from lightreasoner.cli import main
 from lightreasoner.errors import LightReasonerError
@@ -93,7 +94,7 @@ def test_rejection_sampling_keeps_exactly_the_graded_correct(pair, tokenizer, tm
 
     header, lines = read_sft_samples(out / "samples.jsonl")
     assert header["settings"]["samples_per_question"] == K and len(lines) == len(SCRIPT)
-    assert [n for n, _ in lines] == [2, 3, 4]  # line numbers after the header
+    assert [where for where, _ in lines] == [f"{out / 'samples.jsonl'}:{n}" for n in (2, 3, 4)]  # lines after the header
     for (_, line), (question, gold, completions) in zip(lines, SCRIPT):
         assert line["question"] == question and line["gold"] == gold
         assert [s["kept"] for s in line["samples"]] == [kept for _, _, kept in completions]
@@ -134,8 +135,8 @@ def test_rejection_sampling_keeps_exactly_the_graded_correct(pair, tokenizer, tm
     # The trained loss is the completion-only cross-entropy of a plain full forward (slow reference).
     model = models.load_model(pair[0]).float()
     vocab = models.real_vocab_size(tokenizer)
-    pieces = [training.Piece(i, 0, e.num_labels) for i, e in enumerate(examples)]
-    packed = training.packed_kl(model, training.collate(pieces, examples, tokenizer.pad_token_id), vocab)
+    pieces = [Piece(i, 0, e.num_labels) for i, e in enumerate(examples)]
+    packed = packed_kl(model, collate(pieces, examples, tokenizer.pad_token_id), vocab)
     reference = []
     for example in examples:
         full = example.input_ids + [example.label_ids[-1][0]]

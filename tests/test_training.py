@@ -16,9 +16,9 @@ from transformers import Qwen2ForCausalLM
 from lightreasoner import models
 from lightreasoner.cli import main as cli_main
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.training import (REFERENCE_SYSTEM_PROMPT, Piece, TrainConfig, assign_slots, collate,
-                                    iter_updates, learning_rate, load_samples, micro_batches, one_hot_example,
-                                    packed_kl, read_samples, train, train_from_file)
+from lightreasoner.batching import Piece, assign_slots, collate, iter_updates, micro_batches, packed_kl
+from lightreasoner.examples import REFERENCE_SYSTEM_PROMPT, load_samples, one_hot_example, sample_examples
+from lightreasoner.training import TrainConfig, learning_rate, train, train_from_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
@@ -82,7 +82,7 @@ def dense_reference_loss(model, lines: list[dict], vocab: int) -> torch.Tensor:
 
 def test_packed_sparse_loss_equals_dense_per_step_reference(tmp_path, tokenizer):
     lines = sample_lines(tokenizer)
-    data = read_samples(write_jsonl(tmp_path / "s.jsonl", lines), tokenizer)
+    data = sample_examples(write_jsonl(tmp_path / "s.jsonl", lines), tokenizer)
     lengths = {len(e.input_ids) for e in data.examples}
     assert len(lengths) > 3, "the batch must mix unequal lengths"
     model = tiny.make_model(5, layers=2).float()
@@ -114,7 +114,7 @@ class IntOnlyLogitsToKeep(Qwen2ForCausalLM):
 
 def test_packed_loss_does_not_rely_on_a_boolean_logits_to_keep(tmp_path, tokenizer):
     lines = sample_lines(tokenizer, seed=2)
-    data = read_samples(write_jsonl(tmp_path / "s.jsonl", lines), tokenizer)
+    data = sample_examples(write_jsonl(tmp_path / "s.jsonl", lines), tokenizer)
     model = tiny.make_model(7, layers=2).float()
     strict = IntOnlyLogitsToKeep(model.config).eval()
     strict.load_state_dict(model.state_dict())
@@ -127,7 +127,7 @@ def test_packed_loss_does_not_rely_on_a_boolean_logits_to_keep(tmp_path, tokeniz
     assert packed.item() == pytest.approx(dense_reference_loss(model, lines, data.vocab_size).item(), abs=1e-5)
     # The output layer ran once, on the labelled positions only: no [B, L, V] logits.
     hidden, vocab = model.config.hidden_size, model.config.vocab_size
-    assert shapes == [((data.kept_steps, hidden), (data.kept_steps, vocab))]
+    assert shapes == [((data.num_labels, hidden), (data.num_labels, vocab))]
     assert strict(input_ids=batch.input_ids[:1]).logits.shape == (1, batch.input_ids.shape[1], vocab)  # hook gone
 
 
@@ -161,7 +161,7 @@ def test_updates_hold_a_fixed_number_of_kept_steps_and_cover_an_epoch():
 
 
 def test_slots_balance_tokens_and_lose_no_piece(tmp_path, tokenizer):
-    data = read_samples(write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer)), tokenizer)
+    data = sample_examples(write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer)), tokenizer)
     pieces = [Piece(i, 0, e.num_labels) for i, e in enumerate(data.examples)]
     slots = assign_slots(pieces, data.examples, 4)
     assert sorted(p for s in slots for p in s) == sorted(pieces)
@@ -170,7 +170,7 @@ def test_slots_balance_tokens_and_lose_no_piece(tmp_path, tokenizer):
 
 
 def test_micro_batches_are_as_many_on_every_process_and_as_few_as_the_pieces_need(tmp_path, tokenizer):
-    data = read_samples(write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer)), tokenizer)
+    data = sample_examples(write_jsonl(tmp_path / "s.jsonl", sample_lines(tokenizer)), tokenizer)
     pieces = [Piece(i, 0, e.num_labels) for i, e in enumerate(data.examples)][:3]
     for world, accumulate, expected in [(1, 2, 2), (1, 8, 3), (2, 2, 2), (4, 2, 1), (8, 2, 1)]:
         per_process = micro_batches(pieces, data.examples, world, accumulate)
@@ -271,11 +271,11 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, pair, capsys):
 def test_long_contexts_drop_their_steps_with_a_warning(tmp_path, tokenizer):
     lines = sample_lines(tokenizer)
     path = write_jsonl(tmp_path / "s.jsonl", lines)
-    full = read_samples(path, tokenizer)
+    full = sample_examples(path, tokenizer)
     limit = sorted(p for e in full.examples for p in e.positions)[len(full.examples)]  # cut some, keep some
     with pytest.warns(UserWarning, match="dropped"):
-        cut = read_samples(path, tokenizer, max_length=limit)
-    assert cut.kept_steps + cut.dropped_too_long == full.kept_steps and cut.dropped_too_long > 0
+        cut = sample_examples(path, tokenizer, max_length=limit)
+    assert cut.num_labels + cut.dropped_too_long == full.num_labels and cut.dropped_too_long > 0
     assert all(len(e.input_ids) <= limit and max(e.positions) < limit for e in cut.examples)
 
 
@@ -291,7 +291,7 @@ def test_training_lowers_the_loss_changes_only_lora_and_merge_matches(tmp_path, 
     config = fast_config(max_steps=40, save_steps=20, learning_rate=3e-2, lora_r=16, lora_alpha=32)
     summary = train(pair[0], data, config, out, samples=str(samples))
     assert summary["optimizer_steps"] == 40 and summary["tokens_tuned"] == 40 * 8
-    assert summary["kept_steps"] == data.kept_steps and summary["seconds"] > 0
+    assert summary["kept_steps"] == data.num_labels and summary["seconds"] > 0
     log = losses(out)
     assert sum(log[-5:]) / 5 < 0.8 * sum(log[:5]) / 5
 
@@ -338,7 +338,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, pair, tokenizer):
         train_from_file(pair[0], samples, config, tmp_path / "killed", callback=kill_at_5)
     with pytest.raises(LightReasonerError, match="--resume"):
         train_from_file(pair[0], samples, config, tmp_path / "killed")
-    with pytest.raises(LightReasonerError, match="setting lora_r"):
+    with pytest.raises(LightReasonerError, match="made with config.lora_r=8, now 4"):
         train_from_file(pair[0], samples, fast_config(max_steps=7, save_steps=3, lora_r=4, resume=True),
                         tmp_path / "killed")
     seen = []

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..training import merge
+    from ..export import merge
 
     out = merge(args.model, args.adapter, args.out, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     print(f"merged model -> {out}")

@@ -17,7 +17,8 @@ SFT_OWN_HELP = ("max_steps", "epochs", "steps_per_update", "system_prompt")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..sft import SFT_TOKENS_PER_UPDATE, SFTConfig
-    from ..training import REFERENCE_SYSTEM_PROMPT, TrainConfig
+    from ..examples import REFERENCE_SYSTEM_PROMPT
+    from ..training import TrainConfig
 
     parser = subparsers.add_parser(
         "sft", help="rejection-sampled SFT baseline: sample, grade against gold answers, fine-tune on the correct",
