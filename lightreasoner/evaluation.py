@@ -205,7 +205,8 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
         found = [name for name in config.benchmarks if answers_file(out_dir, name).exists()]
         if found:
             raise LightReasonerError(f"{answers_file(out_dir, found[0])}: exists without the run.json of a "
-                                     "lightreasoner evaluation beside it, so it was left as it is; choose another --out")
+                                     "lightreasoner evaluation beside it, so it was left as it is; "
+                                     "choose another --out")
         return {**settings, "adapter": config.adapter}
     previous = read_json(path)
     if not isinstance(previous, dict) or not isinstance(previous.get("max_new_tokens"), int):
