@@ -139,9 +139,11 @@ def _run_record(config: TrainConfig, data: SampleSet, model_spec: str, samples: 
 def run_started(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds a training run that got somewhere (a logged step, a checkpoint, its end).
     Its settings alone, left by a start that failed, are no run: a corrected rerun starts afresh."""
+    if not (out_dir / TRAIN_RUN_FILE).exists():
+        return False
     log_file = out_dir / TRAIN_LOG_FILE
-    return (out_dir / TRAIN_RUN_FILE).exists() and bool(checkpoint_dirs(out_dir) or (out_dir / TRAIN_SUMMARY_FILE).exists()
-                                                     or (log_file.is_file() and log_file.stat().st_size))
+    return bool(checkpoint_dirs(out_dir) or (out_dir / TRAIN_SUMMARY_FILE).exists()
+                or (log_file.is_file() and log_file.stat().st_size))
 
 
 def _make_accelerator(config: TrainConfig, dtype: torch.dtype, out_dir: Path):
