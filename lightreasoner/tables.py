@@ -160,6 +160,12 @@ def format_seconds(seconds: float) -> str:
 EFFICIENCY_TITLE = "Efficiency (time: sampling + training; tuned: tokens carrying loss; gain: on average, points)"
 
 
+def kept_cell(efficiency: dict[str, Any]) -> str:
+    """The examples an arm kept, with what they are: SFT keeps whole solutions, the others kept steps."""
+    unit = "solutions" if efficiency.get("arm") == "sft" else "steps"
+    return f"{efficiency.get('examples_kept', 0):,} {unit}"
+
+
 def arms_efficiency(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
     """The paper's efficiency table for every trained arm: time (sampling + training), sampled
     problems, tokens generated, examples kept, tuned tokens (tokens carrying loss), optimizer
@@ -180,7 +186,7 @@ def arms_efficiency(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
                              _average(summaries[reference.label], common, suffix), signed=True)
                      for suffix in ("", "_strict")]
         rows.append([arm.label, format_seconds(float(e["total_seconds"])), f"{e['problems_sampled']:,}",
-                     f"{e.get('tokens_generated', 0):,}", f"{e.get('examples_kept', 0):,}", f"{e['tokens_tuned']:,}",
+                     f"{e.get('tokens_generated', 0):,}", kept_cell(e), f"{e['tokens_tuned']:,}",
                      f"{e.get('optimizer_steps', 0):,}", *gains])
     return header, rows
 
