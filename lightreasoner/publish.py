@@ -28,7 +28,10 @@ from .errors import LightReasonerError
 from .layout import (ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
                      PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
                      TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, meta_path)
-from .records import JsonlAppender, check_writable, iter_jsonl, read_json, write_json_atomic
+from .records import JsonlAppender, check_writable, first_record, iter_jsonl, read_json, write_json_atomic
+from .resume import read_header
+from .sampling import FORMAT as SAMPLES_FORMAT, FORMAT_VERSION as SAMPLES_VERSION
+from .sft import FORMAT_VERSION as SFT_VERSION, SFT_FORMAT
 
 SHOWN_FILES = {RUN_FILE, STAGES_FILE, EFFICIENCY_FILE, SUMMARY_FILE, TRAIN_SUMMARY_FILE, TRAIN_LOG_FILE,
                meta_path(Path(SAMPLES_FILE)).name, ADAPTER_FIT_FILE, REPORT_MD, REPORT_HTML}
@@ -40,6 +43,9 @@ ANSWER_FIELDS = ("id", "benchmark", "completion", "pred", "source", "correct", "
 # of their published copies.
 PUBLISHED_NAMES = {SAMPLES_FILE: PUBLISHED_SAMPLES_FILE, EXAMPLES_FILE: PUBLISHED_EXAMPLES_FILE}
 RESTORED_NAMES = {published: name for name, published in PUBLISHED_NAMES.items()}
+# Their formats (a control's examples are in the LightReasoner sample format): version, and what to call one.
+SAMPLE_FORMATS = {SAMPLES_FORMAT: (SAMPLES_VERSION, "lightreasoner sample file"),
+                  SFT_FORMAT: (SFT_VERSION, "SFT sample file")}
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.
 BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
 # Stages whose product (an adapter) is never published: a restored run does them again. The
@@ -159,23 +165,23 @@ def _restore_samples(path: Path, target: Path, data_dir: str | Path | None, trus
     from .data import load_problems
     from .models import chat_prompt, encode_prompt, load_tokenizer, tokenizer_fingerprint
 
-    lines = iter_jsonl(path)
-    number, header = next(lines, (0, None))
-    if header is None or header.get("type") != "header":
-        raise LightReasonerError(f"{path}:1: expected a sample file header")
+    fmt = (first_record(path) or {}).get("format")
+    if fmt not in SAMPLE_FORMATS:
+        raise LightReasonerError(f"{path}:1: expected a sample file header (format {' or '.join(SAMPLE_FORMATS)})")
+    where, header, lines = read_header(path, fmt, *SAMPLE_FORMATS[fmt])
     settings = header.get("settings", {})
     train = settings.get("train", settings)  # an SFT header nests its training settings
     model = header.get("expert") or header.get("model")
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)  # never the header's own setting
     if tokenizer_fingerprint(tokenizer) != header.get("tokenizer", {}).get("fingerprint"):
-        raise LightReasonerError(f"{path}:{number}: made with another tokenizer than {model}'s")
+        raise LightReasonerError(f"{where}: made with another tokenizer than {model}'s")
     problems = {p.id: p for p in load_problems(settings["data"], split=settings["split"], limit=settings.get("limit"),
                                                data_dir=data_dir, seed=train.get("seed"))}
     records = [header]
-    for number, record in lines:
+    for where, record in lines:
         problem = problems.get(str(record.get("id")))
         if problem is None:
-            raise LightReasonerError(f"{path}:{number}: question {record.get('id')!r} is not in the data "
+            raise LightReasonerError(f"{where}: question {record.get('id')!r} is not in the data "
                                      f"({settings['data']}, split {settings['split']})")
         prompt = chat_prompt(tokenizer, problem.question, train["system_prompt"])
         text = {"question": problem.question, "gold": problem.gold, "prompt": prompt,

@@ -26,6 +26,7 @@ from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, ARMS_FIGURE, GAINS_FIGURE, K
 from .paired import (HEADLINE_NOTE, HEADLINE_TITLE, PAIRED_NOTE, accuracy_note, accuracy_tables, headline_rows,
                      paired_gains)
 from .records import iter_jsonl, read_json
+from .sampling import iter_samples
 from .tables import (ACCURACY_TITLE, EFFICIENCY_TITLE, _render, arms_accuracy, arms_efficiency, arms_report,
                      engines_note, savings_line)
 
@@ -111,7 +112,7 @@ def report_tokenizer(run_dir: str | Path) -> Any:
         tokenizer = load_tokenizer(expert)
     except LightReasonerError:
         return None
-    header = next(iter_jsonl(run_dir / PUBLISHED_SAMPLES_FILE), (0, {}))[1]
+    _, header, _ = iter_samples(run_dir / PUBLISHED_SAMPLES_FILE)
     return tokenizer if tokenizer_fingerprint(tokenizer) == header.get("tokenizer", {}).get("fingerprint") else None
 
 
@@ -127,7 +128,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
     # A published folder (lightreasoner publish) keeps the samples' model outputs without the
     # question text: enough for the kept-step statistics and the KL figure, not for the token view.
     samples = next((path for path in (run_dir / SAMPLES_FILE, run_dir / PUBLISHED_SAMPLES_FILE) if path.exists()), None)
-    records = [r for _, r in iter_jsonl(samples) if r.get("type") == "sample"] if samples else []
+    records = [r for _, r in iter_samples(samples)[2]] if samples else []
     train_log = [r for _, r in iter_jsonl(run_dir / ADAPTER_DIR / TRAIN_LOG_FILE)] \
         if (run_dir / ADAPTER_DIR / TRAIN_LOG_FILE).exists() else []
     settings = run["settings"]
