@@ -28,7 +28,7 @@ from .paired import (HEADLINE_NOTE, HEADLINE_TITLE, PAIRED_NOTE, accuracy_note, 
 from .records import iter_jsonl, read_json
 from .sampling import iter_samples
 from .tables import (ACCURACY_TITLE, EFFICIENCY_TITLE, _render, arms_accuracy, arms_efficiency, arms_report,
-                     engines_note, savings_line)
+                     mixed_answers_note, savings_line)
 
 TOKEN_VIEW_TRAJECTORIES = 3
 
@@ -162,7 +162,7 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         section(HEADLINE_TITLE, header, rows)
         paragraph(HEADLINE_NOTE)
         figure(GAINS_FIGURE, gains_plot(paired_gains(run_dir), paired_gains(run_dir, "correct_strict")))
-    for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
+    for note in (mixed_answers_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
         if note:
             paragraph(note)
     fit = _read_optional(run_dir / ADAPTER_FIT_FILE)
@@ -260,7 +260,7 @@ def text_summary(run_dir: str | Path, width: int = 100) -> str:
         parts.append(f"{HEADLINE_TITLE}\n{_render(header, rows)}\n{textwrap.fill(HEADLINE_NOTE, width)}")
         if (run_dir / GAINS_FIGURE).exists():
             parts[-1] += f"\nFigure: {run_dir / GAINS_FIGURE}"
-    for note in (engines_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
+    for note in (mixed_answers_note(_answered_eval_dirs(run_dir)), accuracy_note(run_dir)):
         if note:
             parts.append(textwrap.fill(note, width))
     fit = _read_optional(run_dir / ADAPTER_FIT_FILE)

@@ -60,14 +60,24 @@ def results_table(summary: dict[str, Any]) -> str:
     return _render(["benchmark", "n", "accuracy [95% CI]", "strict [95% CI]", "cut off", "tokens", "seconds"], rows)
 
 
-def engines_note(eval_dirs: Sequence[str | Path]) -> str:
-    """A warning when the folders were answered by different backends: a quantized llama.cpp model and
-    torch can resolve near-ties differently, so their difference is not the arms' alone."""
-    backends = sorted({load_summary(d).get("settings", {}).get("backend", "hf") for d in eval_dirs})
-    if len(backends) < 2:
+# Settings of an evaluation that change its answers besides the model: the engine and its arithmetic (a
+# quantized llama.cpp model, bfloat16 and float32 resolve near-ties differently) and the token budget (an
+# answer cut off at the smaller one may have finished at the larger).
+ANSWER_SETTINGS = {"backend": "backends", "dtype": "dtypes", "max_new_tokens": "token budgets"}
+
+
+def mixed_answers_note(eval_dirs: Sequence[str | Path]) -> str:
+    """A warning when the folders' answers were made with different :data:`ANSWER_SETTINGS`: a
+    difference between them is then not the arms' alone."""
+    summaries = [load_summary(d).get("settings", {}) for d in eval_dirs]
+    defaults = {"backend": "hf"}  # folders from before the llama.cpp backend
+    mixed = [f"{ANSWER_SETTINGS[key]} ({', '.join(map(str, sorted(values)))})" for key in ANSWER_SETTINGS
+             if len(values := {s.get(key, defaults.get(key)) for s in summaries} - {None}) > 1]
+    if not mixed:
         return ""
-    return (f"Note: these answers come from different backends ({', '.join(backends)}); a difference between them "
-            "mixes the engines' with the arms' (compare arms evaluated with one backend)")
+    return (f"Note: these answers were made with different {' and '.join(mixed)}; a difference between them mixes "
+            "that with the arms' (compare arms evaluated alike; `eval` with a larger --max-new-tokens grows a "
+            "folder's cut-off answers)")
 
 
 def compare_table(result_dirs: Sequence[str | Path]) -> str:

@@ -23,13 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..arms import find_arms
     from ..figures import arms_plot
-    from ..tables import arms_report, compare_table, engines_note
+    from ..tables import arms_report, compare_table, mixed_answers_note
 
     arms = find_arms(args.result_dirs)
     plain = all(arm.efficiency is None and not arm.baseline for arm in arms)
     # Only evaluation folders: the plain side-by-side table, as it always was.
     print(compare_table(args.result_dirs) if plain else arms_report(arms))
-    note = engines_note([arm.eval_dir for arm in arms if arm.eval_dir is not None])
+    note = mixed_answers_note([arm.eval_dir for arm in arms if arm.eval_dir is not None])
     if note:
         print(note)
     if args.plot:
