@@ -47,6 +47,7 @@ TRAIN_RUN_FILE = "train_run.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
 TRAIN_SUMMARY_FILE = "train_summary.json"
 CHECKPOINTS_DIR = "checkpoints"  # step-N/ inside: the checkpoint format is training's own
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft needs to load it
 
 # Inside an evaluation folder, besides the answer files (answers_file).
 SUMMARY_FILE = "summary.json"

@@ -6,14 +6,15 @@ answer reduced to the model's side and its grade (id, completion, pred, source, 
 correct_strict, tokens, finish, seconds, continued_from, completion_ids), and
 the sample files reduced to the models' outputs (``samples.outputs.jsonl``: the trajectories, KL
 values and soft labels, or the SFT solutions and their grades, keyed by question id; likewise a
-control's ``examples.jsonl``). Left behind:
-model weights and checkpoints, tokenizers, and everything of the benchmark's own: questions,
+control's ``examples.jsonl``); with ``adapters``, each arm's LoRA adapter too. Left behind: the
+models' weights, checkpoints, tokenizers, and everything of the benchmark's own: questions,
 prompts and gold answers.
 
 :func:`restore` puts the benchmark's text back from the data files (the prompts are rebuilt with
 the tokenizer, whose fingerprint must match the one the samples were made with), so a later run,
 on another machine, continues where this one stopped: evaluation answers and sample files resume,
-and stages whose product is weights (training) are marked to be redone.
+and stages whose product is weights (training) are marked to be redone unless their adapter was
+published.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from .answers import is_eval_folder
 from .arms import ARM_EVAL_DIRS
 from .errors import LightReasonerError
-from .layout import (ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
+from .layout import (ADAPTER_DIR, ADAPTER_FILES, ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
                      PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
                      TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, meta_path)
 from .records import JsonlAppender, check_writable, first_record, iter_jsonl, read_json, write_json_atomic
@@ -60,9 +61,11 @@ def published_record(record: dict) -> dict:
     return {key: record[key] for key in ANSWER_FIELDS if key in record}
 
 
-def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
+def publish(run_dir: str | Path, out_dir: str | Path, *, adapters: bool = False) -> list[Path]:
     """Copy the shown files of ``run_dir`` into ``out_dir`` (same layout); return what was written.
-    Evaluations still running are published as far as they have got."""
+    Evaluations still running are published as far as they have got. ``adapters`` adds every arm's
+    trained LoRA adapter (its config and safetensors weights), so that a restored folder need not
+    train again to evaluate further (a larger token budget, another benchmark)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / RUN_FILE).is_file():
         raise LightReasonerError(f"{run_dir}: no run.json here (not a `lightreasoner run` folder)")
@@ -81,7 +84,7 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
             records: Any = (_without_benchmark(record) for _, record in iter_jsonl(path))
         elif path.suffix == ".jsonl" and is_eval_folder(path.parent):
             records = (published_record(record) for _, record in iter_jsonl(path))
-        elif path.name in SHOWN_FILES or path.suffix == ".png":
+        elif path.name in SHOWN_FILES or path.suffix == ".png" or (adapters and _is_adapter_file(relative)):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
             written.append(target)
@@ -96,6 +99,14 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def _is_adapter_file(relative: Path) -> bool:
+    return relative.parent.name == ADAPTER_DIR and relative.name in ADAPTER_FILES
+
+
+def _adapter_published(arm_dir: Path) -> bool:
+    return all((arm_dir / ADAPTER_DIR / name).is_file() for name in ADAPTER_FILES)
+
+
 def _without_benchmark(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key not in BENCHMARK_FIELDS}
 
@@ -104,8 +115,8 @@ def restore(published_dir: str | Path, run_dir: str | Path, *, data_dir: str | P
             trust_remote_code: bool = False) -> list[Path]:
     """Rebuild the run folder ``run_dir`` from ``published_dir`` and the benchmark data in
     ``data_dir``: the published files as they are, the sample files with their questions, gold
-    answers and prompts put back (byte for byte what the run wrote), and the training stages
-    marked not done (their adapters were not published). Returns the files written.
+    answers and prompts put back (byte for byte what the run wrote), and the training stages whose
+    adapter was not published marked not done. Returns the files written.
 
     The expert's tokenizer rebuilds the prompts; code shipped with it runs only with
     ``trust_remote_code``, the caller's own choice: nothing in the published folder turns it on.
@@ -143,7 +154,8 @@ def _restore_files(published_dir: Path, run_dir: Path, data_dir: str | Path | No
         elif path.name == STAGES_FILE:
             stages = read_json(path)
             for name in WEIGHT_STAGES:
-                if name in stages:
+                # A published adapter is kept; the reopened evaluation checks it is the one its answers came from.
+                if name in stages and not _adapter_published(path.parent if name == "train" else path.parent / name):
                     # Only the training is redone: an arm that sampled first (sft) or wrote its examples
                     # (a control; its folder bears its name) keeps those seconds, as that file is restored.
                     arm_stages = path.parent / name / STAGES_FILE

@@ -146,6 +146,41 @@ def test_a_published_run_restores_from_the_data_and_continues_elsewhere(tmp_path
         restore(published, tmp_path / "again")
 
 
+def test_a_run_published_with_its_adapters_restores_without_training(tmp_path, monkeypatch):
+    """publish --adapters keeps each arm's adapter (config and weights, no checkpoint); the restored
+    folder keeps the training stages done and its rerun trains and generates nothing."""
+    pair = save_pair(tmp_path / "pair")
+    config = tiny_config(pair, arms=["baseline", "lightreasoner", "format-only"])
+    out = tmp_path / "run"
+    run_pipeline(config, out, progress=False, say=lambda _: None)
+    published = tmp_path / "published"
+    assert main(["publish", str(out), str(published), "--adapters"]) == 0
+    names = {p.relative_to(published).as_posix() for p in published.rglob("adapter_*") if p.parent.name == "adapter"}
+    assert names == {f"{arm}adapter/{name}" for arm in ("", "format-only/")
+                     for name in ("adapter_config.json", "adapter_model.safetensors")}
+
+    restored = tmp_path / "restored"
+    assert main(["restore", str(published), str(restored)]) == 0
+    stages = json.loads((restored / "stages.json").read_text())
+    assert stages["train"]["done"] and stages["format-only"]["done"]
+    assert not stages["eval_after"]["done"]  # reopened: the adapter is checked against its answers
+
+    import lightreasoner.evaluation as evaluation
+    import lightreasoner.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "train_from_file", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(pipeline, "control", lambda *a, **k: pytest.fail("trained a control again"))
+    monkeypatch.setattr(evaluation, "open_backend", lambda *a, **k: pytest.fail("an answer was generated again"))
+    run_pipeline(config, restored, progress=False, say=lambda _: None)
+    assert json.loads((restored / "stages.json").read_text())["format-only/eval_after"]["done"]
+
+    weights = published / "format-only" / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # not the adapter its answers came from
+    with pytest.raises(LightReasonerError, match="adapter_sha256"):
+        restore(published, tmp_path / "tampered")
+        run_pipeline(config, tmp_path / "tampered", progress=False, say=lambda _: None)
+
+
 def test_run_resumes_after_a_crash_in_training(tmp_path, monkeypatch):
     pair = save_pair(tmp_path / "pair")
     config = tiny_config(pair)

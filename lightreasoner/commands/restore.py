@@ -1,7 +1,8 @@
 """``lightreasoner restore PUBLISHED RUN_DIR``: a run folder again from a published one and the data.
 
 Sample files get their questions, gold answers and prompts back from ``--data-dir``; training
-stages are marked to be redone (adapters are not published); evaluation answers resume as they are.
+stages are marked to be redone unless their adapter was published (`publish --adapters`);
+evaluation answers resume as they are.
 """
 
 from __future__ import annotations
