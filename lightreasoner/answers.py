@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import grading
-from .data import BENCHMARKS, load_problems
+from .data import BENCHMARKS, load_problems, number_text
 from .errors import LightReasonerError
 from .layout import EVAL_KIND, RUN_FILE, SUMMARY_FILE, answers_file, folder_kind
 from .records import (JsonlAppender, check_writable, first_record, iter_jsonl, read_json, refuse_own_input,
@@ -269,5 +269,5 @@ def score(benchmark: str, input_path: str | Path, out_path: str | Path, *, data_
 
 def _gold_text(gold: Any) -> str | None:
     if isinstance(gold, float):
-        return str(int(gold)) if gold.is_integer() else repr(gold)
+        return number_text(gold)
     return None if gold is None else str(gold)

@@ -24,7 +24,7 @@ DATA_DIR_ENV = "LIGHTREASONER_DATA_DIR"
 log = logging.getLogger(__name__)
 
 
-def _number_text(value: Any) -> str:
+def number_text(value: Any) -> str:
     """145.0 -> '145'; 1.84 -> '1.84'."""
     number = float(value)
     return str(int(number)) if number.is_integer() else repr(number)
@@ -87,11 +87,11 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
                              hub=HubSource("HuggingFaceH4/MATH-500")),
     "minerva_math": BenchmarkSpec(lambda r: r["problem"], lambda r: find_last_boxed(r["solution"]),
                                   ("problem", "solution")),
-    "svamp": BenchmarkSpec(lambda r: _join(r["Body"], r["Question"]), lambda r: _number_text(r["Answer"]),
+    "svamp": BenchmarkSpec(lambda r: _join(r["Body"], r["Question"]), lambda r: number_text(r["Answer"]),
                            ("Body", "Question", "Answer")),
     "asdiv": BenchmarkSpec(lambda r: _join(r["body"], r["question"]),
                            lambda r: re.sub(r"\(.*?\)", "", r["answer"]).strip(), ("body", "question", "answer")),
-    "mawps": BenchmarkSpec(lambda r: r["input"], lambda r: _number_text(r["target"]), ("input", "target")),
+    "mawps": BenchmarkSpec(lambda r: r["input"], lambda r: number_text(r["target"]), ("input", "target")),
     "olympiadbench": BenchmarkSpec(lambda r: r["question"], _olympiad_gold, ("question", "final_answer")),
     "mmlu_stem": BenchmarkSpec(_mmlu_question, lambda r: "ABCD"[int(r["answer"])], ("question", "choices", "answer")),
     "college_math": BenchmarkSpec(lambda r: r["question"], lambda r: _strip_dollars(r["answer"]),
@@ -117,7 +117,7 @@ def _generic_problem(record: dict[str, Any], where: str, index: int) -> Problem:
     if isinstance(gold, str) and "####" in gold:
         gold = gold.split("####")[-1].strip().replace(",", "")
     elif isinstance(gold, (int, float)) and not isinstance(gold, bool):
-        gold = _number_text(gold)
+        gold = number_text(gold)
     elif gold is not None and not isinstance(gold, str):
         raise LightReasonerError(f"{where}: field 'answer' must be a string or a number")
     return Problem(str(record.get("id", record.get("idx", index))), question, gold)

@@ -157,10 +157,8 @@ def _cache_keyword_of(model_class: type) -> str:
 def _admit(model: Any, prompts: list[list[int]], cache: DynamicCache, mask: torch.Tensor,
            pad_id: int) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
     """Prefill ``prompts`` into a cache of their own and append them to the batch as new rows."""
-    device = mask.device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    new_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    input_ids, new_mask = left_padded(prompts, pad_id, mask.device)
+    width = input_ids.shape[1]
     new_cache = DynamicCache()
     logits = cached_forward(model, input_ids, new_mask, new_cache)[:, -1].float()
     if mask.shape[0] == 0:
@@ -170,6 +168,14 @@ def _admit(model: Any, prompts: list[list[int]], cache: DynamicCache, mask: torc
         old.keys = torch.cat([_pad_left(old.keys, joint), _pad_left(new.keys, joint)])
         old.values = torch.cat([_pad_left(old.values, joint), _pad_left(new.values, joint)])
     return logits, cache, torch.cat([_pad_left(mask, joint, dim=-1), _pad_left(new_mask, joint, dim=-1)])
+
+
+def left_padded(prompts: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``prompts`` as one batch padded on the left to the longest."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return input_ids, mask
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:

@@ -47,6 +47,7 @@ from .problems import Problem
 from .errors import LightReasonerError
 from .eval_workers import adopt_worker_answers, answer_in_workers
 from .layout import EVAL_KIND, RUN_FILE, answers_file
+from .models import DTYPE_HELP
 from .records import JsonlAppender, check_writable, read_json, refuse_own_input, write_json_atomic
 
 PAPER_BENCHMARKS = ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
@@ -82,7 +83,7 @@ class EvalConfig:
                 "(the embedded pair) when installed; else hf. A folder keeps the backend of its first answers",
         "choices": BACKENDS})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16 or float32"})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     workers: int = field(default=1, metadata={
         "help": "evaluation processes, one per GPU (worker k sees only the k-th visible GPU): each answers every "
                 "workers-th question into <out>/workers/, merged into --out when all are done", "min": 1})

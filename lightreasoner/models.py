@@ -56,6 +56,9 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+DTYPE_HELP = "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"
+
+
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 (the paper's precision) where the hardware has it; float16 on a GPU without
     bf16; float32 on a CPU without native bf16, where emulated bf16 decoding was measured 1.65x

@@ -35,7 +35,7 @@ from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
 from .controls import control
 from .sft import ARM_RESUME_SETTINGS, SFTConfig, sft, sft_config_dict, sft_train_config
-from .models import model_location, resolve_device
+from .models import DTYPE_HELP, model_location, resolve_device
 from .training import TrainConfig, train_from_file
 
 BUDGETED_ARMS = ("baseline", "lightreasoner")
@@ -80,7 +80,7 @@ class RunConfig:
                 "without and with the adapter (0: skip)", "min": 0})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together (sampling and evaluation)",
                                                   "min": 1})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     seed: int = field(default=0, metadata={"help": "seed for data subsets, LoRA init and data order"})
     arms: list[str] = field(default_factory=lambda: ["baseline", "lightreasoner"], metadata={

@@ -31,11 +31,11 @@ from .config import check_fields, config_to_dict
 from .contrast import KeptStep, select_steps
 from .data import check_same_problems, load_problems
 from .problems import Problem
-from .decoding import cached_forward
+from .decoding import cached_forward, left_padded
 from .errors import LightReasonerError
 from .layout import STAGES_FILE, meta_path
-from .models import (chat_prompt, check_prompts_fit, check_same_vocabulary, context_length, encode_prompt, load_model,
-                     load_tokenizer, model_location, real_vocab_size, resolve_device, resolve_dtype,
+from .models import (DTYPE_HELP, chat_prompt, check_prompts_fit, check_same_vocabulary, context_length, encode_prompt,
+                     load_model, load_tokenizer, model_location, real_vocab_size, resolve_device, resolve_dtype,
                      stop_token_ids, tokenizer_fingerprint)
 from .records import JsonlAppender, check_writable, first_record, read_json, repair_torn_tail, write_json_atomic
 from .resume import check_header, check_same_settings, read_header
@@ -64,7 +64,7 @@ class SampleConfig:
     system_prompt: str = field(default="Please reason step by step.", metadata={"help": "system prompt"})
     batch_size: int = field(default=16, metadata={"help": "questions decoded together", "min": 1})
     contrast_every: int = field(default=16, metadata={"help": "amateur catches up every N decoding steps", "min": 1})
-    dtype: str = field(default="auto", metadata={"help": "model dtype: auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float32, float16"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype: " + DTYPE_HELP})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     seed: int = field(default=0, metadata={"help": "seed (for sampled data subsets)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repositories' own code"})
@@ -127,11 +127,8 @@ def sample_batch(pair: ModelPair, problems: list[Problem], config: SampleConfig)
     for problem in problems:
         text = chat_prompt(pair.tokenizer, problem.question, config.system_prompt)
         batch.append(Trajectory(problem, text, encode_prompt(pair.tokenizer, text)))
-    width = max(len(t.prompt_ids) for t in batch)
     pad = pair.tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(t.prompt_ids)) + t.prompt_ids for t in batch], device=device)
-    prompt_mask = torch.tensor([[0] * (width - len(t.prompt_ids)) + [1] * len(t.prompt_ids) for t in batch],
-                               device=device)
+    input_ids, prompt_mask = left_padded([t.prompt_ids for t in batch], pad, device)
 
     def mask_after(new_tokens: int) -> torch.Tensor:
         return torch.cat([prompt_mask, prompt_mask.new_ones(len(batch), new_tokens)], dim=1)

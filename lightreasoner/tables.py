@@ -178,13 +178,13 @@ def kept_cell(efficiency: dict[str, Any]) -> str:
 
 def arms_efficiency(arms: Sequence[Arm]) -> tuple[list[str], list[list[str]]]:
     """The paper's efficiency table for every trained arm: time (sampling + training), sampled
-    problems, tokens generated, examples kept, tuned tokens (tokens carrying loss), optimizer
-    steps, and the average gain over the baseline (in points, on the benchmarks all arms share) by
-    the toolkit's verdict and the strict one."""
+    problems, tokens generated, examples kept, tuned tokens (tokens carrying loss), optimizer steps
+    ("updates"), and the average gain over the baseline (in points, on the benchmarks all arms
+    share) by the toolkit's verdict and the strict one."""
     reference = _reference(arms)
     summaries = {a.label: load_summary(a.eval_dir) for a in arms if a.eval_dir is not None}
     common = _common_benchmarks(list(summaries.values()))
-    header = ["arm", "time", "problems", "generated", "kept", "tuned", "steps", "gain", "strict"]
+    header = ["arm", "time", "problems", "generated", "kept", "tuned", "updates", "gain", "strict"]
     rows = []
     for arm in arms:
         if arm.efficiency is None:

@@ -64,7 +64,7 @@ class TrainConfig:
     max_length: int = field(default=2048, metadata={
         "help": "longest forward sequence; kept steps past it are dropped with a warning", "min": 1})
     dtype: str = field(default="auto", metadata={
-        "help": "compute dtype: auto (bf16 where the hardware computes it, else fp16 on GPU / fp32 on CPU), bfloat16, float16, float32"})
+        "help": "compute dtype: " + models.DTYPE_HELP})
     seed: int = field(default=0, metadata={"help": "seed for LoRA init, dropout and data order"})
     save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps (0 = never)", "min": 0})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept on disk", "min": 1})

@@ -278,7 +278,7 @@ def test_compare_renders_both_tables_from_saved_runs(tmp_path, capsys):
     assert lines[12].split() == ["sft", "50.0", "+15.0", "40.0", "+15.0"]
     start = lines.index(EFFICIENCY_TITLE)
     table = {line.split()[0]: line.split() for line in lines[start + 1:-2]}
-    assert table["arm"] == ["arm", "time", "problems", "generated", "kept", "tuned", "steps", "gain", "strict"]
+    assert table["arm"] == ["arm", "time", "problems", "generated", "kept", "tuned", "updates", "gain", "strict"]
     assert table["sft"][1:] == ["4.00", "h", "4,000", "40,000", "4,000", "solutions", "1,770,000", "7", "+15.0", "+15.0"]
     assert table["lightreasoner"][1:] == ["30.0", "min", "1,000", "10,000", "1,000", "steps", "20,000", "7", "+30.0", "+30.0"]
     assert table["format-only"][-2:] == ["+5.0", "+5.0"]
