@@ -239,43 +239,20 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
         sample_config, train_config, eval_config = stage_configs(config, overrides, source=source)
     eval_config = replace(eval_config, backend=eval_backend)
     arms = config.arms
-    settings = config_to_dict(config)
-    # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
-    record = {"kind": RUN_KIND, "settings": settings, "overrides": overrides or {},
-              "sample": config_to_dict(sample_config), "train": config_to_dict(train_config),
-              "eval": config_to_dict(eval_config)}
-    if plan is not None:
-        record["plan"] = plan
     previous = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else None
     started = read_json(run_dir / STAGES_FILE) if (run_dir / STAGES_FILE).exists() else {}
     sft_config = sft_stage_config(config, train_config, _sft_overrides(overrides, previous, started), source=source) \
         if "sft" in arms else None
-    if sft_config is not None:
-        record["sft"] = sft_config_dict(sft_config)
+    # "overrides" keeps what the YAML sections changed, so the report can show it beside the headline.
+    record = {"kind": RUN_KIND, "settings": config_to_dict(config), "overrides": overrides or {},
+              "sample": config_to_dict(sample_config), "train": config_to_dict(train_config),
+              "eval": config_to_dict(eval_config), **({"plan": plan} if plan is not None else {}),
+              **({"sft": sft_config_dict(sft_config)} if sft_config is not None else {})}
     if previous is not None:
-        # An arm added to an existing run folder brings its own section; a section whose stages have
-        # not started yet may still change; the others must match, or results would be mixed, except
-        # a larger evaluation budget, which grows the evaluations.
-        for section in ("sample", "train", "eval", *(["sft"] if "sft" in previous and "sft" in record else [])):
-            if not any(stage in started for stage in SECTION_STAGES[section]):
-                continue
-            before = previous.get(section, {})
-            if section == "eval":
-                before = grown_eval_budget(run_dir / RUN_FILE, before, record["eval"])
-            check_same_settings(run_dir / RUN_FILE, {section: before}, {section: record[section]},
-                                [name for name in RESUME_SETTINGS if name.startswith(f"{section}.")])
-        # One command per arm is the usual way to fill a folder: it records the arms of them all.
-        settings["arms"] = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *arms]))
-        record = {**previous, **record}
+        record = continued_record(run_dir / RUN_FILE, previous, record, started)
     write_json_atomic(run_dir / RUN_FILE, record)
     stages = Stages(run_dir, started=lambda name: stage_started(run_dir, name))
-    # An evaluation done at a smaller budget runs again, to grow; saved before it starts, so that a kill
-    # once its folder records the larger budget leaves it marked to finish.
-    for stage in SECTION_STAGES["eval"]:
-        folder = run_dir / stage / RUN_FILE
-        if stages.done(stage) and folder.is_file() and read_json(folder)["max_new_tokens"] < eval_config.max_new_tokens:
-            stages.state[stage]["done"] = False
-            stages.save()
+    reopen_smaller_budgets(run_dir, stages, eval_config.max_new_tokens)
 
     def get_pair():
         nonlocal pair
@@ -349,6 +326,34 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
     stages.state.pop("report", None)  # the report is redrawn on every run; it is not a stage to skip
     stages.save()
     return html_path
+
+
+def continued_record(path: Path, previous: dict[str, Any], record: dict[str, Any],
+                     started: dict[str, Any]) -> dict[str, Any]:
+    """The run.json of a run continued in a folder made with ``previous``: an arm added to it brings its
+    own section; a section whose stages have not started yet may still change; the others must match,
+    or results would be mixed, except a larger evaluation budget, which grows the evaluations."""
+    for section in ("sample", "train", "eval", *(["sft"] if "sft" in previous and "sft" in record else [])):
+        if not any(stage in started for stage in SECTION_STAGES[section]):
+            continue
+        before = previous.get(section, {})
+        if section == "eval":
+            before = grown_eval_budget(path, before, record["eval"])
+        check_same_settings(path, {section: before}, {section: record[section]},
+                            [name for name in RESUME_SETTINGS if name.startswith(f"{section}.")])
+    # One command per arm is the usual way to fill a folder: it records the arms of them all.
+    arms = list(dict.fromkeys([*previous.get("settings", {}).get("arms", ()), *record["settings"]["arms"]]))
+    return {**previous, **record, "settings": {**record["settings"], "arms": arms}}
+
+
+def reopen_smaller_budgets(run_dir: Path, stages: Stages, max_new_tokens: int) -> None:
+    """Mark every evaluation done at a smaller budget to run again, to grow; saved before it starts, so
+    that a kill once its folder records the larger budget leaves it marked to finish."""
+    for stage in SECTION_STAGES["eval"]:
+        folder = run_dir / stage / RUN_FILE
+        if stages.done(stage) and folder.is_file() and read_json(folder)["max_new_tokens"] < max_new_tokens:
+            stages.state[stage]["done"] = False
+            stages.save()
 
 
 def grown_eval_budget(path: Path, before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
