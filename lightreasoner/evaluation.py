@@ -212,6 +212,9 @@ def _check_run_settings(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
     previous = read_json(path)
     if not isinstance(previous, dict) or not isinstance(previous.get("max_new_tokens"), int):
         raise LightReasonerError(f"{path}: not the run.json of a lightreasoner evaluation; choose another --out")
+    if config.adapter and previous.get("adapter_sha256") not in (None, settings["adapter_sha256"]) \
+            and previous["adapter_sha256"] == adapter_fingerprint(config.adapter, as_written=True):
+        previous = {**previous, "adapter_sha256": settings["adapter_sha256"]}  # the same adapter, hashed as it was
     check_same_settings(path, previous, settings, [key for key in RESUME_SETTINGS if key != "max_new_tokens"],
                         hint=f"its answers were made otherwise: use another --out folder, or delete {out_dir} to "
                              "answer again")

@@ -375,8 +375,10 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def adapter_fingerprint(adapter: str | Path) -> str:
-    """sha256 of a peft adapter's weights and its settings (paths left out): equal iff it is the same adapter."""
+def adapter_fingerprint(adapter: str | Path, *, as_written: bool = False) -> str:
+    """sha256 of a peft adapter's weights and its settings (paths left out): equal iff it is the same adapter.
+    ``as_written`` keeps target_modules/exclude_modules in the file's order: the fingerprint folders record
+    that were evaluated before the lists were sorted (one adapter then hashed two ways, by process)."""
     folder = Path(adapter)
     weights = folder / "adapter_model.safetensors"
     if not (folder / "adapter_config.json").is_file() or not weights.is_file():
@@ -385,7 +387,7 @@ def adapter_fingerprint(adapter: str | Path) -> str:
     settings = {k: v for k, v in read_json(folder / "adapter_config.json").items()
                 if k not in ("base_model_name_or_path", "revision")}
     for key in ("target_modules", "exclude_modules"):  # peft writes these sets in the process's hash order
-        if isinstance(settings.get(key), list):
+        if isinstance(settings.get(key), list) and not as_written:
             settings[key] = sorted(settings[key])
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     with weights.open("rb") as handle:

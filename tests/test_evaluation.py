@@ -383,8 +383,19 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
     summary = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path / "copy")), out,
                        progress=False)  # every answer is there: nothing to load or generate
     assert summary["benchmarks"]["mmlu_stem"]["n"] == 3
+    # A folder evaluated before the fingerprint sorted those lists recorded the file's order: still accepted.
+    recorded = json.loads((out / "run.json").read_text())
+    legacy = models.adapter_fingerprint(tmp_path / "copy", as_written=True)
+    assert legacy != models.adapter_fingerprint(tmp_path / "copy")
+    (out / "run.json").write_text(json.dumps({**recorded, "adapter_sha256": legacy}))
+    summary = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path / "copy")), out,
+                       progress=False)
+    assert summary["benchmarks"]["mmlu_stem"]["n"] == 3
     other = save_adapter(tmp_path / "b", 1)
     with pytest.raises(LightReasonerError, match=f"adapter_sha256.*delete {re.escape(str(out))} to answer again"):
+        evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=other), out, progress=False)
+    (out / "run.json").write_text(json.dumps({**recorded, "adapter_sha256": legacy}))  # another's legacy hash neither
+    with pytest.raises(LightReasonerError, match="adapter_sha256"):
         evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=other), out, progress=False)
     shutil.rmtree(out)  # what the message offers: the other adapter's answers from scratch
     assert evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=other), out,
