@@ -378,7 +378,7 @@ def test_answers_resume_with_the_same_adapter_anywhere_and_not_with_another(tiny
     shutil.rmtree(first)
     # The same adapter saved by another process: peft writes target_modules (a set) in hash order.
     written = json.loads((tmp_path / "copy" / "adapter_config.json").read_text())
-    written["target_modules"] = list(reversed(written["target_modules"]))
+    written["target_modules"] = sorted(written["target_modules"], reverse=True)  # not sorted, whatever peft wrote
     (tmp_path / "copy" / "adapter_config.json").write_text(json.dumps(written))
     summary = evaluate(config(tiny_dir, data_dir, benchmarks=["mmlu_stem"], adapter=str(tmp_path / "copy")), out,
                        progress=False)  # every answer is there: nothing to load or generate
