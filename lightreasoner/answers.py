@@ -48,7 +48,7 @@ def _verdict(records: Sequence[dict[str, Any]], key: str, suffix: str) -> dict[s
 
 
 def write_summary(out_dir: Path, head: dict[str, Any], benchmarks: Sequence[str],
-                        results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                  results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """summary.json: ``head`` (model, adapter, settings), the results per benchmark, those still pending,
     the average accuracy over benchmarks by each verdict, tokens and seconds."""
     summary = {**head, "benchmarks": results, "pending": [name for name in benchmarks if name not in results]}
@@ -149,8 +149,7 @@ def graded_record(record: dict[str, Any], gold: str | None, benchmark: str, time
 
 
 def is_eval_folder(folder: str | Path) -> bool:
-    """An evaluation folder: its run.json records the settings of its answers
-    (:data:`lightreasoner.evaluation.RESUME_SETTINGS`)."""
+    """An evaluation folder: its run.json says so (``kind``; older ones by their keys, layout.folder_kind)."""
     return folder_kind(folder) == EVAL_KIND
 
 

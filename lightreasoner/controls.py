@@ -326,8 +326,9 @@ def control(model: str, samples: str | Path, config: TrainConfig, out_dir: str |
     if not examples.exists():
         stages.state.pop("examples", None)  # e.g. a restored arm folder: write them again
     stages.timed("examples", lambda: write_examples(samples, examples, model=model, positions=positions, labels=labels,
-                                                  seed=config.seed, amateur=amateur,
-                                                  trust_remote_code=config.trust_remote_code, progress=progress), say)
+                                                    seed=config.seed, amateur=amateur,
+                                                    trust_remote_code=config.trust_remote_code, progress=progress),
+                 say)
     stages.finish("examples")
 
     def fine_tune() -> None:

@@ -188,7 +188,7 @@ def _trajectory_example(record: dict[str, Any], where: str, limit: int, vocab_si
 
 
 def reference_examples(path: str | Path, tokenizer, *, system_prompt: str = REFERENCE_SYSTEM_PROMPT,
-                           max_length: int = 2048) -> SampleSet:
+                       max_length: int = 2048) -> SampleSet:
     """Read the authors' per-step JSONL.
 
     As in their trainer, a line's context is chat_template(system, user=prompt_id) + prefix, as

@@ -252,11 +252,14 @@ def cached_entropies(samples: Path, records: Sequence[dict[str, Any]]) -> tuple[
 
     examples = [*samples.parent.glob(f"*/{EXAMPLES_FILE}"), *samples.parent.glob(f"*/{PUBLISHED_EXAMPLES_FILE}")]
     for path in sorted(examples):
-        _, header, lines = iter_samples(path)
-        teacher = header.get("control", {}).get("teacher_forced")
+        try:  # a cache to look in: a file that is not one is passed over
+            _, header, lines = iter_samples(path)
+            teacher = header.get("control", {}).get("teacher_forced")
+            found = {r.get("id"): r for _, r in lines if "entropy" in r} if teacher else {}
+        except LightReasonerError:
+            continue
         if not teacher:
             continue
-        found = {r.get("id"): r for _, r in lines if "entropy" in r}
         matches = [found.get(r["id"]) for r in records]
         if all(m is not None and m["completion_ids"] == r["completion_ids"] for m, r in zip(matches, records)):
             where = path.relative_to(samples.parent)

@@ -220,7 +220,7 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
 
 
 def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
-        progress: bool = True, say: Callable[[str], None] = print, source: str = "run config") -> Path:
+                 progress: bool = True, say: Callable[[str], None] = print, source: str = "run config") -> Path:
     """Run (or resume) the whole method, and any other arms asked for, into ``run_dir``; returns the
     path of report.html. Every arm trains on the same questions and is evaluated on the same ones.
     ``overrides`` are the YAML sections, read from ``source`` (named in messages)."""
@@ -283,7 +283,7 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
         stages.finish(ARM_EVAL_DIRS["baseline"])
     if on_samples:
         stages.timed("sample", lambda: sample(sample_config, run_dir / SAMPLES_FILE, progress=progress,
-                                            pair=get_pair()), say)
+                                              pair=get_pair()), say)
         stages.finish("sample")
     tokenizer = pair.tokenizer if pair is not None else None
     pair = None  # free both models before training (and any vLLM engine: it measures free GPU memory)
@@ -291,7 +291,7 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
 
     if "lightreasoner" in arms:
         stages.timed("train", lambda: train_from_file(sample_config.expert, run_dir / SAMPLES_FILE, train_config,
-                                                    run_dir / ADAPTER_DIR), say)
+                                                      run_dir / ADAPTER_DIR), say)
         stages.finish("train")
         if config.fit_trajectories:
             stages.timed("adapter_fit", lambda: write_json_atomic(run_dir / ADAPTER_FIT_FILE, adapter_fit(
@@ -302,7 +302,7 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
         write_json_atomic(run_dir / EFFICIENCY_FILE, lightreasoner_efficiency(run_dir))
     if sft_config is not None:
         stages.timed("sft", lambda: sft(sft_config, run_dir / "sft", progress=progress,
-                                      say=lambda text: say(f"[sft] {text}")), say)
+                                        say=lambda text: say(f"[sft] {text}")), say)
         stages.finish("sft")
         eval_arm(run_dir / "sft", ARM_EVAL_DIRS["sft"])
     for (positions, labels), arm in CONTROL_ARMS.items():
@@ -311,9 +311,9 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
         # Same samples, same training settings, same optimizer steps as the lightreasoner arm; its
         # cost includes that arm's sampling, which made the trajectories.
         stages.timed(arm, lambda: control(sample_config.expert, run_dir / SAMPLES_FILE, train_config, run_dir / arm,
-                                        positions=positions, labels=labels, progress=progress,
-                                        sample_seconds=stages.state["sample"]["seconds"],
-                                        say=lambda text: say(f"[{arm}] {text}")), say)
+                                          positions=positions, labels=labels, progress=progress,
+                                          sample_seconds=stages.state["sample"]["seconds"],
+                                          say=lambda text: say(f"[{arm}] {text}")), say)
         stages.finish(arm)
         eval_arm(run_dir / arm, ARM_EVAL_DIRS[arm])
 
@@ -379,5 +379,3 @@ def _sft_overrides(overrides: dict[str, dict[str, Any]] | None, previous: dict[s
     if any(key.replace("-", "_") == "max_new_tokens" for key in section or {}):
         return section
     return {"max_new_tokens": previous["sft"]["max_new_tokens"], **(section or {})}
-
-

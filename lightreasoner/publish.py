@@ -26,8 +26,8 @@ from typing import Any
 from .answers import is_eval_folder
 from .arms import ARM_EVAL_DIRS
 from .errors import LightReasonerError
-from .layout import (ADAPTER_DIR, ADAPTER_FILES, ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE, PUBLISHED_EXAMPLES_FILE,
-                     PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
+from .layout import (ADAPTER_DIR, ADAPTER_FILES, ADAPTER_FIT_FILE, CHECKPOINTS_DIR, EFFICIENCY_FILE, EXAMPLES_FILE,
+                     PUBLISHED_EXAMPLES_FILE, PUBLISHED_SAMPLES_FILE, REPORT_HTML, REPORT_MD, RUN_FILE, SAMPLES_FILE, STAGES_FILE, SUMMARY_FILE,
                      TRAIN_LOG_FILE, TRAIN_SUMMARY_FILE, meta_path)
 from .records import JsonlAppender, check_writable, first_record, iter_jsonl, read_json, write_json_atomic
 from .resume import read_header
@@ -49,9 +49,9 @@ SAMPLE_FORMATS = {SAMPLES_FORMAT: (SAMPLES_VERSION, "lightreasoner sample file")
                   SFT_FORMAT: (SFT_VERSION, "SFT sample file")}
 # What a sample record (LightReasoner or SFT) holds of the benchmark, in the order it is written.
 BENCHMARK_FIELDS = ("question", "gold", "prompt", "prompt_ids")
-# Stages whose product (an adapter) is never published: a restored run does them again. The
-# evaluations of those adapters are reopened too (their answers kept), so that the rebuilt adapter
-# is checked against the one the answers came from (models.adapter_fingerprint) before reuse.
+# Stages whose product is an adapter: a restored run does them again unless it was published (--adapters).
+# The evaluations of adapters are reopened either way (their answers kept), so that the rebuilt or published
+# adapter is checked against the one the answers came from (models.adapter_fingerprint) before reuse.
 WEIGHT_STAGES = tuple("train" if arm == "lightreasoner" else arm for arm in ARM_EVAL_DIRS if arm != "baseline")
 ADAPTER_EVAL_STAGES = tuple(folder for arm, folder in ARM_EVAL_DIRS.items() if arm != "baseline")
 

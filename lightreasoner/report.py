@@ -112,7 +112,10 @@ def report_tokenizer(run_dir: str | Path) -> Any:
         tokenizer = load_tokenizer(expert)
     except LightReasonerError:
         return None
-    _, header, _ = iter_samples(run_dir / PUBLISHED_SAMPLES_FILE)
+    try:
+        _, header, _ = iter_samples(run_dir / PUBLISHED_SAMPLES_FILE)
+    except LightReasonerError:  # not a sample file: no token tables, as without one
+        return None
     return tokenizer if tokenizer_fingerprint(tokenizer) == header.get("tokenizer", {}).get("fingerprint") else None
 
 

@@ -71,8 +71,9 @@ def mixed_answers_note(eval_dirs: Sequence[str | Path]) -> str:
     difference between them is then not the arms' alone."""
     summaries = [load_summary(d).get("settings", {}) for d in eval_dirs]
     defaults = {"backend": "hf"}  # folders from before the llama.cpp backend
+    # "auto" is what was asked, not what ran (bf16 on one machine, float32 on another): not compared.
     mixed = [f"{ANSWER_SETTINGS[key]} ({', '.join(map(str, sorted(values)))})" for key in ANSWER_SETTINGS
-             if len(values := {s.get(key, defaults.get(key)) for s in summaries} - {None}) > 1]
+             if len(values := {s.get(key, defaults.get(key)) for s in summaries} - {None, "auto"}) > 1]
     if not mixed:
         return ""
     return (f"Note: these answers were made with different {' and '.join(mixed)}; a difference between them mixes "
@@ -228,5 +229,3 @@ def arms_report(arms: Sequence[Arm]) -> str:
         if line:
             parts.append(textwrap.fill(line, 100))
     return "\n".join(parts)
-
-

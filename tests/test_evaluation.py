@@ -519,17 +519,19 @@ def test_auto_keeps_the_backend_a_folder_has_answered_with(tiny_dir, data_dir, t
 
 
 def test_compare_says_when_answers_were_made_differently(tmp_path, capsys):
-    """Different engines, dtypes or token budgets are named (a setting a folder does not record is not
-    compared, but a missing backend is hf); folders made alike get no note."""
+    """Different engines, dtypes or token budgets are named (a setting a folder does not record, or a
+    dtype recorded as auto, is not compared; a missing backend is hf); folders made alike get no note."""
     for name, settings in (("a", {"backend": "hf", "max_new_tokens": 512}), ("b", {"backend": "llamacpp"}),
                            ("c", {"backend": "hf", "max_new_tokens": 512}), ("d", {"max_new_tokens": 1024, "dtype": "float32"}),
-                           ("e", {"backend": "hf", "max_new_tokens": 512, "dtype": "bfloat16"})):
+                           ("e", {"backend": "hf", "max_new_tokens": 512, "dtype": "bfloat16"}),
+                           ("f", {"backend": "hf", "max_new_tokens": 512, "dtype": "auto"})):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "summary.json").write_text(json.dumps({"settings": settings, "benchmarks": {
             "gsm8k": {"n": 4, "correct": 2, "accuracy": 0.5, "ci95": [0.15, 0.85], "tokens": 8, "seconds": 1.0}}}))
-    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 0
-    assert "Note:" not in capsys.readouterr().out
+    for alike in ("c", "f"):  # "auto" is what was asked, not what ran: not compared
+        assert cli.main(["compare", str(tmp_path / "e"), str(tmp_path / alike)]) == 0
+        assert "Note:" not in capsys.readouterr().out
     assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "made with different backends (hf, llamacpp);" in capsys.readouterr().out
     assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "d")]) == 0  # a folder without a backend is hf
