@@ -461,3 +461,37 @@ def test_shipped_configs_parse(path):
     sample_config, train_config, eval_config = stage_configs(config, sections)
     assert sample_config.expert == config.expert and train_config.max_steps == config.max_steps
     assert eval_config.benchmarks == config.benchmarks
+
+
+def test_a_stage_command_given_a_run_file_takes_what_run_gives_that_stage(tmp_path):
+    import argparse
+    import dataclasses
+
+    from lightreasoner.commands._settings import config_from_args, values_from_args
+    from lightreasoner.evaluation import EvalConfig
+    from lightreasoner.sampling import SampleConfig
+    from lightreasoner.sft import SFTConfig
+    from lightreasoner.training import TrainConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("expert: some/expert\namateur: some/amateur\nquestions: 7\nmax_new_tokens: 33\n"
+                    "eval_max_new_tokens: 99\nsft_samples_per_question: 3\nmax_steps: 5\n"
+                    "sft: {temperature: 0.5, max_steps: 2}\neval: {batch_size: 4}\n")
+    args = argparse.Namespace(config=path)
+    sample = config_from_args(SampleConfig, args, section="sample")
+    assert (sample.expert, sample.amateur, sample.limit, sample.max_new_tokens) == ("some/expert", "some/amateur", 7, 33)
+    assert config_from_args(TrainConfig, args, section="train").max_steps == 5
+    evaluate = config_from_args(EvalConfig, args, section="eval")
+    assert (evaluate.model, evaluate.max_new_tokens, evaluate.batch_size) == ("some/expert", 99, 4)
+    sft = config_from_args(SFTConfig, args, section="sft")
+    assert (sft.model, sft.limit, sft.max_new_tokens, sft.samples_per_question, sft.temperature) == \
+        ("some/expert", 7, 99, 3, 0.5)
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    sft_train, _ = values_from_args(args, train_names, section="sft", also={f.name for f in dataclasses.fields(SFTConfig)})
+    assert sft_train["max_steps"] == 2  # what `lightreasoner sft` trains with
+    # The command line still wins over the file.
+    assert config_from_args(SampleConfig, argparse.Namespace(config=path, limit=2), section="sample").limit == 2
+    # A file of the stage's own settings is read as before: its section, or its top level.
+    own = tmp_path / "sample.yaml"
+    own.write_text("expert: some/expert\nlimit: 4\n")
+    assert config_from_args(SampleConfig, argparse.Namespace(config=own), section="sample").limit == 4

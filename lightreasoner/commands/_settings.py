@@ -1,10 +1,13 @@
 """A command's settings: dataclass defaults < ``--config`` YAML file < command line.
 
 The YAML file of any command may be a whole run's (``lightreasoner run``): headline settings at the
-top level and any stage's own in its section (``sample:``, ``train:``, ``eval:``, ``sft:``). A command
-of one stage reads its section, or the top level when there is none; every key of the file must be a
-setting of some command, so a typo is refused wherever it is. This knows every stage's config; the
-dataclass machinery it uses (:mod:`lightreasoner.config`) knows none.
+top level and any stage's own in its section (``sample:``, ``train:``, ``eval:``, ``sft:``). Given
+such a file (its top level holds a setting only ``run`` has, such as ``expert`` or ``questions``), a
+command of one stage takes the settings ``run`` would give that stage: the headline settings mapped
+as ``run`` maps them (``expert`` is the model, ``questions`` the limit, ...), then the section. Given a
+file of the command's own settings, it reads its section, or the top level when there is none. Every
+key of the file must be a setting of some command, so a typo is refused wherever it is. This knows
+every stage's config; the dataclass machinery it uses (:mod:`lightreasoner.config`) knows none.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import build_config, load_yaml, refuse_unknown
+from ..config import build_config, config_to_dict, load_yaml, refuse_unknown
 from ..errors import LightReasonerError
 from ..evaluation import EvalConfig
-from ..pipeline import RunConfig
+from ..pipeline import RunConfig, sft_stage_config, stage_configs
 from ..sampling import SampleConfig
 from ..sft import SFTConfig
 from ..training import TrainConfig
@@ -64,12 +67,27 @@ def yaml_values(path: Path, section: str | None, known: set[str], also: typing.I
     sections = yaml_sections(data, path, known)
     top = {k: v for k, v in data.items() if k not in sections}
     refuse_unknown(top, all_setting_names(), str(path))
+    run_only = {f.name for f in dataclasses.fields(RunConfig)} - known - set(also)
+    if section is not None and any(k.replace("-", "_") in run_only for k in top):
+        return {k: v for k, v in run_stage_settings(top, sections, path, section).items() if k in known}, str(path)
     if section is not None and section in data:
         refuse_unknown(data[section], known | set(also), f"{path}: {section}")
         values, where = data[section], f"{path}: {section}"
     else:
         values, where = top, str(path)
     return {k.replace("-", "_"): v for k, v in values.items() if k.replace("-", "_") in known}, where
+
+
+def run_stage_settings(top: dict[str, Any], sections: dict[str, dict[str, Any]], path: str | Path,
+                       section: str) -> dict[str, Any]:
+    """The settings ``lightreasoner run`` gives the stage ``section`` from a run file's top level and
+    sections; for ``sft``, its own settings and its training's in one mapping (their names differ)."""
+    run = build_config(RunConfig, top, source=str(path))
+    sample, train, evaluate = stage_configs(run, sections, source=str(path))
+    if section == "sft":
+        sft = sft_stage_config(run, train, sections.get("sft"), source=str(path))
+        return {**config_to_dict(sft.train), **{k: v for k, v in config_to_dict(sft).items() if k != "train"}}
+    return config_to_dict({"sample": sample, "train": train, "eval": evaluate}[section])
 
 
 def values_from_args(args: argparse.Namespace, known: set[str], *, section: str | None = None,
