@@ -49,12 +49,10 @@ def answer_in_workers(settings: dict[str, Any], out_dir: Path) -> None:
         for index, gpu in enumerate(worker_gpus(workers)):
             folder = out_dir / WORKERS_DIR / f"{index}-of-{workers}"
             folder.mkdir(parents=True, exist_ok=True)
-            # JSON is YAML, what --config reads
-            write_json_atomic(folder / WORKER_CONFIG_FILE, {**settings, "workers": 1, "shard": f"{index}/{workers}"})
+            worker_settings, command = worker_command(settings, folder, index)
+            write_json_atomic(folder / WORKER_CONFIG_FILE, worker_settings)
             env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
             with (folder / WORKER_LOG_FILE).open("a") as log:
-                command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config",
-                           str(folder / WORKER_CONFIG_FILE), "--out", str(folder), "--quiet"]
                 processes.append((folder, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
         codes = [process.wait() for _, process in processes]
     finally:
@@ -67,6 +65,16 @@ def answer_in_workers(settings: dict[str, Any], out_dir: Path) -> None:
             lines = (folder / WORKER_LOG_FILE).read_text(errors="replace").strip().splitlines() or ["(no output)"]
             raise LightReasonerError(f"{folder}: evaluation worker stopped with exit code {code}: {lines[-1]} "
                                      f"(log: {folder / WORKER_LOG_FILE}); rerun to resume")
+
+
+def worker_command(settings: dict[str, Any], folder: Path, index: int) -> tuple[dict[str, Any], list[str]]:
+    """Worker ``index``'s settings file (JSON is YAML, what --config reads) and command line. Remote code is
+    allowed on the command line only: a settings file that turned it on would be refused."""
+    worker_settings = {key: value for key, value in settings.items() if key != "trust_remote_code"}
+    worker_settings.update(workers=1, shard=f"{index}/{settings['workers']}")
+    command = [sys.executable, "-m", "lightreasoner.cli", "eval", "--config", str(folder / WORKER_CONFIG_FILE),
+               "--out", str(folder), "--quiet", *(["--trust-remote-code"] if settings.get("trust_remote_code") else [])]
+    return worker_settings, command
 
 
 def adopt_worker_answers(out_dir: Path, path: Path, todo: list[Problem], done: dict[str, dict[str, Any]],

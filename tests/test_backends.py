@@ -383,6 +383,19 @@ def test_each_worker_sees_one_gpu(monkeypatch):
     assert eval_workers.worker_gpus(2) == [None, None]  # no GPU: the workers share the CPU
 
 
+def test_a_worker_allows_remote_code_on_its_command_line_not_in_its_settings_file(tmp_path):
+    from lightreasoner.cli import build_parser
+    from lightreasoner.commands._settings import config_from_args
+    from lightreasoner.config import config_to_dict
+
+    for trust in (True, False):
+        settings = config_to_dict(EvalConfig(model="m", workers=2, trust_remote_code=trust))
+        worker_settings, command = eval_workers.worker_command(settings, tmp_path, 1)
+        (tmp_path / eval_workers.WORKER_CONFIG_FILE).write_text(json.dumps(worker_settings))
+        config = config_from_args(EvalConfig, build_parser().parse_args(command[3:]), section="eval")
+        assert (config.trust_remote_code, config.shard, config.workers, config.model) == (trust, "1/2", 1, "m")
+
+
 def test_shard_settings_are_checked():
     assert EvalConfig(model="m", shard="1/3").shard_of(list(range(7))) == [1, 4]
     for wrong in ({"shard": "3/3"}, {"shard": "x"}, {"shard": "0/2", "workers": 2}, {"workers": 0}):
