@@ -64,7 +64,7 @@ def paired_fit(trajectories: list[tuple[list[float], list[float]]], *, resamples
 
 
 def adapter_fit(model_spec: str, samples: str | Path, adapter: str | Path, *, trajectories: int = 40, seed: int = 0,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, trust_remote_code: bool = False) -> dict[str, Any]:
     """Base and adapted KL on up to ``trajectories`` trajectories of each group (a seeded choice),
     in float32; returns ``{"adapter": ..., "groups": {group: paired_fit(...)}, ...}``."""
     import torch
@@ -78,14 +78,14 @@ def adapter_fit(model_spec: str, samples: str | Path, adapter: str | Path, *, tr
     adapter = Path(adapter)
     summary = read_json(adapter / TRAIN_SUMMARY_FILE)
     config = summary["config"]
-    tokenizer = models.load_tokenizer(model_spec)
+    tokenizer = models.load_tokenizer(model_spec, trust_remote_code=trust_remote_code)
     data = load_samples(samples, tokenizer, system_prompt=config["system_prompt"], max_length=config["max_length"])
     counts = [example.num_labels for example in data.examples]
     groups = split_trajectories(counts, seen_labels(counts, config["steps_per_update"], config["seed"],
                                                     summary["tokens_tuned"]))
     pick = random.Random(seed)
     chosen = {group: sorted(pick.sample(indices, min(trajectories, len(indices)))) for group, indices in groups.items()}
-    model = PeftModel.from_pretrained(models.load_model(model_spec, dtype=torch.float32), str(adapter)).eval()
+    model = PeftModel.from_pretrained(models.load_model(model_spec, dtype=torch.float32, trust_remote_code=trust_remote_code), str(adapter)).eval()
     measured: dict[str, list[tuple[list[float], list[float]]]] = {}
     with torch.inference_mode():
         for group, indices in chosen.items():

@@ -296,7 +296,8 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
         if config.fit_trajectories:
             stages.timed("adapter_fit", lambda: write_json_atomic(run_dir / ADAPTER_FIT_FILE, adapter_fit(
                 sample_config.expert, run_dir / SAMPLES_FILE, run_dir / ADAPTER_DIR,
-                trajectories=config.fit_trajectories, seed=config.seed, progress=progress)), say)
+                trajectories=config.fit_trajectories, seed=config.seed, progress=progress,
+                trust_remote_code=config.trust_remote_code)), say)
             stages.finish("adapter_fit")
         eval_arm(run_dir, ARM_EVAL_DIRS["lightreasoner"])
         write_json_atomic(run_dir / EFFICIENCY_FILE, lightreasoner_efficiency(run_dir))
@@ -320,7 +321,7 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
     if tokenizer is None:
         from .models import load_tokenizer
 
-        tokenizer = load_tokenizer(sample_config.expert)
+        tokenizer = load_tokenizer(sample_config.expert, trust_remote_code=config.trust_remote_code)
     _, html_path = stages.timed("report", lambda: build_report(run_dir, tokenizer=tokenizer), say)
     stages.finish("report")
     stages.state.pop("report", None)  # the report is redrawn on every run; it is not a stage to skip

@@ -95,21 +95,22 @@ def settings_rows(run: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def report_tokenizer(run_dir: str | Path) -> Any:
+def report_tokenizer(run_dir: str | Path, *, trust_remote_code: bool = False) -> Any:
     """The expert's tokenizer, for the report's token view (a run folder holding its samples with their
     questions) and its tables of kept tokens (also a published folder, from samples.outputs.jsonl).
     None without samples, and for a published folder whose expert's tokenizer is not at hand here or
-    is not the one the samples were made with: those tables are then left out."""
+    is not the one the samples were made with: those tables are then left out. Code shipped with the
+    tokenizer runs only with ``trust_remote_code``, the caller's choice."""
     from .models import load_tokenizer, tokenizer_fingerprint
 
     run_dir = Path(run_dir)
     expert = read_json(run_dir / RUN_FILE)["settings"]["expert"]
     if (run_dir / SAMPLES_FILE).exists():
-        return load_tokenizer(expert)
+        return load_tokenizer(expert, trust_remote_code=trust_remote_code)
     if not (run_dir / PUBLISHED_SAMPLES_FILE).exists():
         return None
     try:
-        tokenizer = load_tokenizer(expert)
+        tokenizer = load_tokenizer(expert, trust_remote_code=trust_remote_code)
     except LightReasonerError:
         return None
     try:

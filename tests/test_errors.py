@@ -142,6 +142,37 @@ def test_restore_never_runs_code_the_published_folder_asks_for(pair, tmp_path, c
     assert marker.read_text() == "ran"
 
 
+def test_the_report_and_adapter_fit_run_tokenizer_code_only_when_allowed(pair, tmp_path, monkeypatch):
+    from lightreasoner import adapter_fit, models
+    from lightreasoner.errors import LightReasonerError
+    from lightreasoner.report import report_tokenizer
+
+    model, marker = remote_code_model(tmp_path, pair[0])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"settings": {"expert": str(model)}}))
+    (run / "samples.jsonl").write_text("")
+    with pytest.raises(LightReasonerError, match="needs remote code"):
+        report_tokenizer(run)
+    assert not marker.exists()
+    assert report_tokenizer(run, trust_remote_code=True) is not None and marker.read_text() == "ran"
+
+    # `run --trust-remote-code` reaches the fit check after training (it loads the tokenizer first).
+    asked = []
+
+    def load_tokenizer(spec, *, trust_remote_code=False):
+        asked.append(trust_remote_code)
+        raise LightReasonerError("stop here")
+
+    monkeypatch.setattr(models, "load_tokenizer", load_tokenizer)
+    (run / "adapter").mkdir()
+    (run / "adapter" / "train_summary.json").write_text(json.dumps({"config": {}}))
+    for trust in (True, False):
+        with pytest.raises(LightReasonerError, match="stop here"):
+            adapter_fit.adapter_fit(str(model), run / "samples.jsonl", run / "adapter", trust_remote_code=trust)
+    assert asked == [True, False]
+
+
 def test_remote_code_is_never_turned_on_by_a_yaml_file(pair, data, tmp_path, capsys):
     for text in ("trust_remote_code: true\n", "sample:\n  trust-remote-code: true\n"):
         (tmp_path / "c.yaml").write_text(text)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..grading import DEFAULT_TIMEOUT
+    from ..config import add_tokenizer_trust_option
 
     parser = subparsers.add_parser("regrade", help="grade a run's or an evaluation's answers again (no model)",
                                    description=__doc__)
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--grading-timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds allowed to grade one answer (default: {DEFAULT_TIMEOUT})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_tokenizer_trust_option(parser)
     parser.set_defaults(func=main)
 
 
@@ -44,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"Regraded {len(folders)} evaluation folders: {', '.join(str(f.relative_to(args.folder)) for f in folders)}")
     if folder_kind(args.folder) == RUN_KIND:
-        md_path, html_path = build_report(args.folder, tokenizer=report_tokenizer(args.folder))
+        md_path, html_path = build_report(args.folder, tokenizer=report_tokenizer(args.folder, trust_remote_code=args.trust_remote_code))
         print(text_summary(args.folder))
         print(f"Report: {html_path} (and {md_path})")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import add_tokenizer_trust_option
 from ..publish import restore
 
 
@@ -19,9 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("published", type=Path, help="folder made by `lightreasoner publish`")
     parser.add_argument("run_dir", type=Path, help="new run folder to write")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with <benchmark>/<split>.jsonl files")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow Python code shipped with the expert's tokenizer to run (never taken from the "
-                             "published folder)")
+    add_tokenizer_trust_option(parser)
     parser.set_defaults(func=main)
 
 
