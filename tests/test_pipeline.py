@@ -495,3 +495,11 @@ def test_a_stage_command_given_a_run_file_takes_what_run_gives_that_stage(tmp_pa
     own = tmp_path / "sample.yaml"
     own.write_text("expert: some/expert\nlimit: 4\n")
     assert config_from_args(SampleConfig, argparse.Namespace(config=own), section="sample").limit == 4
+
+
+def test_the_default_run_folder_keeps_each_models_whole_name():
+    from lightreasoner.commands.run import default_run_dir
+
+    assert default_run_dir(RunConfig()) == Path("runs/coder-1.5b-coder-0.5b-arith")
+    config = RunConfig(expert="Qwen/Qwen2.5-Math-1.5B", amateur="/m/qwen2.5-0.5b.gguf", data="/d/questions.jsonl")
+    assert default_run_dir(config) == Path("runs/Qwen2.5-Math-1.5B-qwen2.5-0.5b-questions")

@@ -31,6 +31,14 @@ SIZES = ("questions", "max_steps", "eval_limit", "fit_trajectories")
 DEFAULT_BUDGET = 15.0
 
 
+def default_run_dir(config: RunConfig) -> Path:
+    """runs/<expert>-<amateur>-<data>, each by its last name: a Hub id's model name, a file's name
+    without .gguf or .jsonl (not Path.stem, which would cut "coder-1.5b" to "coder-1")."""
+    names = (Path(spec).name.removesuffix(".gguf").removesuffix(".jsonl")
+             for spec in (config.expert, config.amateur, config.data))
+    return Path("runs") / "-".join(names)
+
+
 def main(args: argparse.Namespace) -> int:
     refuse_several_processes("run it without accelerate launch or torchrun; to train on several GPUs, run the "
                              "stages one by one and launch only `lightreasoner train` (docs/TRAINING.md)")
@@ -47,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
         overrides = yaml_sections(data, args.config)
         refuse_unknown({k: v for k, v in data.items() if k not in overrides},
                        {f.name for f in dataclasses.fields(RunConfig)}, str(args.config))
-    out = args.out or Path("runs") / "-".join(Path(x).stem for x in (config.expert, config.amateur, config.data))
+    out = args.out or default_run_dir(config)
     html_path = run_pipeline(config, out, overrides=overrides, progress=not args.quiet,
                              source=str(args.config or "run config"))
     table = text_summary(out)
