@@ -135,3 +135,10 @@ DEFAULT_MAX_LORA_RANK = 16
 #   _load_v2_logitsprocs_by_fqcns.
 # vllm/sampling_params.py: _verify_args (line 633 on): temperature in [0, 2], top_p in (0, 1], max_tokens >= 1.
 MAX_TEMPERATURE = 2.0
+
+# How an engine is shut down (its worker process and the GPU memory it holds); LLM has no shutdown of its own:
+# vllm/entrypoints/llm.py:342 LLM.__init__ sets self.llm_engine (vllm/engine/llm_engine.py aliases the v1 LLMEngine);
+# vllm/v1/engine/llm_engine.py:116 LLMEngine.__init__ sets self.engine_core = EngineCoreClient.make_client(...);
+# vllm/v1/engine/core_client.py:173 EngineCoreClient.shutdown(self, timeout: float | None = None) (InprocClient
+# and MPClient implement it).
+SHUTDOWN_PATH = ("llm_engine", "engine_core", "shutdown")

@@ -113,7 +113,8 @@ class LLM:
         from transformers import AutoTokenizer
 
         self.alive, self.calls = True, []
-        self.llm_engine = SimpleNamespace(engine_core=_EngineCore(self))
+        engine, client, _ = real.SHUTDOWN_PATH  # the attributes the real LLM has on the way to shutdown()
+        setattr(self, engine, SimpleNamespace(**{client: _EngineCore(self)}))
         self.tokenizer = AutoTokenizer.from_pretrained(kwargs.get("tokenizer") or model)
         self.model, self.adapted = _engine_model(model, TORCH_DTYPES[dtype], int(kwargs.get("seed", 0))), None
         vllm_config = SimpleNamespace(additional_config=kwargs.get("additional_config") or {},
