@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def resolve_backend(backend: str, device: str, *, llamacpp_model: str | None = N
     """``auto``: vLLM on a CUDA device when it is installed (the hf loop's cache copies are costly on
     GPUs, docs/EVALUATION.md); on a CPU, llama.cpp when it is installed and ``llamacpp_model`` (given by
     callers that evaluate) is a GGUF model, which llama.cpp runs as it is (benchmarks/README.md);
-    else hf. A device index (``cuda:1``) stays with hf, see :func:`check_vllm_device`."""
+    else hf, also where llama.cpp cannot decode on this CPU (checked in a child process, once). A device index (``cuda:1``) stays with hf, see :func:`check_vllm_device`."""
     if backend != "auto":
         return backend
     from .models import resolve_device
@@ -97,7 +98,14 @@ def resolve_backend(backend: str, device: str, *, llamacpp_model: str | None = N
         return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
     if kind == "cpu" and llamacpp_model is not None and is_gguf_model(llamacpp_model) \
             and importlib.util.find_spec("llama_cpp") is not None:
-        return "llamacpp"
+        from .gguf_export import model_gguf
+        from .llamacpp import decoding_problem
+
+        problem = decoding_problem(str(model_gguf(llamacpp_model, progress=False)))
+        if problem is None:
+            return "llamacpp"
+        print(f"lightreasoner: evaluating with the hf backend: llama.cpp {problem} on this CPU "
+              "(docs/EVALUATION.md#the-llamacpp-backend)", file=sys.stderr)
     return "hf"
 
 

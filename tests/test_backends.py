@@ -225,12 +225,15 @@ def test_auto_backend_is_vllm_only_on_cuda_with_vllm_installed(standin_vllm, mon
     assert backends.resolve_backend("hf", "cuda") == "hf"
 
 
-def test_auto_backend_on_a_cpu_is_llamacpp_only_for_gguf_models_with_the_extra(tmp_path, monkeypatch):
+def test_auto_backend_on_a_cpu_is_llamacpp_only_for_gguf_models_with_the_extra(tmp_path, monkeypatch, capsys):
     import importlib.util
 
     real_find_spec, installed = importlib.util.find_spec, {"llama_cpp": True}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (object() if installed[name] else None)
                         if name in installed else real_find_spec(name, *args))
+    problems: dict[str, str] = {}  # what the child-process probe would say of each GGUF file
+    monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, progress=True: Path(str(spec)))
+    monkeypatch.setattr("lightreasoner.llamacpp.decoding_problem", problems.get)
     assert backends.resolve_backend("auto", "cpu", llamacpp_model="coder-1.5b") == "llamacpp"
     assert backends.resolve_backend("auto", "auto", llamacpp_model=str(tmp_path / "model.gguf")) == "llamacpp"
     assert backends.resolve_backend("auto", "cpu", llamacpp_model=str(tmp_path)) == "hf"  # a folder of safetensors
@@ -239,6 +242,10 @@ def test_auto_backend_on_a_cpu_is_llamacpp_only_for_gguf_models_with_the_extra(t
     installed["llama_cpp"] = False
     assert backends.resolve_backend("auto", "cpu", llamacpp_model="coder-1.5b") == "hf"
     installed["llama_cpp"] = True
+    problems["coder-1.5b"] = "crashed (SIGSEGV) decoding one token"  # a build this CPU cannot run
+    assert backends.resolve_backend("auto", "cpu", llamacpp_model="coder-1.5b") == "hf"
+    assert "hf backend: llama.cpp crashed (SIGSEGV) decoding one token on this CPU" in capsys.readouterr().err
+    assert backends.resolve_backend("llamacpp", "cpu", llamacpp_model="coder-1.5b") == "llamacpp"  # asked for
     monkeypatch.setattr("lightreasoner.models.resolve_device", lambda device: torch.device("cuda"))
     assert backends.resolve_backend("auto", "auto", llamacpp_model="coder-1.5b") == "hf"  # llama.cpp: CPU only here
 
@@ -381,6 +388,18 @@ def test_each_worker_sees_one_gpu(monkeypatch):
         eval_workers.worker_gpus(3)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert eval_workers.worker_gpus(2) == [None, None]  # no GPU: the workers share the CPU
+
+
+def test_a_child_that_crashes_or_fails_is_described_not_followed():
+    import sys
+
+    from lightreasoner.llamacpp import child_problem
+
+    assert child_problem([sys.executable, "-c", "pass"]) is None
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    assert child_problem([sys.executable, "-c", crash]) == "crashed (SIGSEGV) decoding one token"
+    assert child_problem([sys.executable, "-c", "raise SystemExit('no model here')"]) == \
+        "failed decoding one token: no model here"
 
 
 def test_a_worker_allows_remote_code_on_its_command_line_not_in_its_settings_file(tmp_path):
