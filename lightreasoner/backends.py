@@ -19,9 +19,12 @@ backend's memory; a backend is also a context manager.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import json
+import signal
+import subprocess
 import sys
 import time
 import typing
@@ -99,7 +102,6 @@ def resolve_backend(backend: str, device: str, *, llamacpp_model: str | None = N
     if kind == "cpu" and llamacpp_model is not None and is_gguf_model(llamacpp_model) \
             and importlib.util.find_spec("llama_cpp") is not None:
         from .gguf_export import model_gguf
-        from .llamacpp import decoding_problem
 
         problem = decoding_problem(str(model_gguf(llamacpp_model, progress=False)))
         if problem is None:
@@ -107,6 +109,29 @@ def resolve_backend(backend: str, device: str, *, llamacpp_model: str | None = N
         print(f"lightreasoner: evaluating with the hf backend: llama.cpp {problem} on this CPU "
               "(docs/EVALUATION.md#the-llamacpp-backend)", file=sys.stderr)
     return "hf"
+
+
+# One token of a 3-token prompt, in a child process: a build whose kernels this machine cannot run
+# crashes the process instead of raising (ggml's AMX matrix product in a VM, docs/EVALUATION.md).
+_PROBE = ("import sys\nfrom lightreasoner.llamacpp import LlamaCppModel\nwith LlamaCppModel(sys.argv[1]) as model:\n"
+          "    list(model.decode([[0, 1, 2]], slots=1, max_new_tokens=1, stop_ids=[], vocab_size=model.rows))\n")
+
+
+@functools.cache
+def decoding_problem(gguf: str) -> str | None:
+    """Why llama.cpp cannot decode the GGUF file ``gguf`` on this machine, or None when it can."""
+    return child_problem([sys.executable, "-c", _PROBE, gguf])
+
+
+def child_problem(command: list[str]) -> str | None:
+    """None when ``command`` succeeds; else how it failed: the signal that killed it, or its last line."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        return f"crashed ({signal.Signals(-done.returncode).name}) decoding one token"
+    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+    return f"failed decoding one token: {lines[-1]}"
 
 
 def is_gguf_model(spec: str) -> bool:

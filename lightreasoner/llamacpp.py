@@ -22,11 +22,7 @@ products, and llama.cpp's kernels, so near-ties can resolve differently than in 
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
-import signal
-import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,27 +37,6 @@ from .decoding import Chooser, Finished, greedy
 from .errors import LightReasonerError
 
 INSTALL_HINT = 'pip install -e ".[test,llamacpp]" (builds llama.cpp for this CPU; docs/EVALUATION.md)'
-# One token of a 3-token prompt, in a child process: a build whose kernels this machine cannot run
-# crashes the process instead of raising (ggml's AMX matrix product in a VM, docs/EVALUATION.md).
-_PROBE = ("import sys\nfrom lightreasoner.llamacpp import LlamaCppModel\nwith LlamaCppModel(sys.argv[1]) as model:\n"
-          "    list(model.decode([[0, 1, 2]], slots=1, max_new_tokens=1, stop_ids=[], vocab_size=model.rows))\n")
-
-
-@functools.cache
-def decoding_problem(gguf: str) -> str | None:
-    """Why llama.cpp cannot decode the GGUF file ``gguf`` on this machine, or None when it can."""
-    return child_problem([sys.executable, "-c", _PROBE, gguf])
-
-
-def child_problem(command: list[str]) -> str | None:
-    """None when ``command`` succeeds; else how it failed: the signal that killed it, or its last line."""
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode == 0:
-        return None
-    if done.returncode < 0:
-        return f"crashed ({signal.Signals(-done.returncode).name}) decoding one token"
-    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-    return f"failed decoding one token: {lines[-1]}"
 CONTEXT_STEP = 256  # llama.cpp pads each sequence's cache to a multiple of this
 
 

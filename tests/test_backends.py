@@ -233,7 +233,7 @@ def test_auto_backend_on_a_cpu_is_llamacpp_only_for_gguf_models_with_the_extra(t
                         if name in installed else real_find_spec(name, *args))
     problems: dict[str, str] = {}  # what the child-process probe would say of each GGUF file
     monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, progress=True: Path(str(spec)))
-    monkeypatch.setattr("lightreasoner.llamacpp.decoding_problem", problems.get)
+    monkeypatch.setattr(backends, "decoding_problem", problems.get)
     assert backends.resolve_backend("auto", "cpu", llamacpp_model="coder-1.5b") == "llamacpp"
     assert backends.resolve_backend("auto", "auto", llamacpp_model=str(tmp_path / "model.gguf")) == "llamacpp"
     assert backends.resolve_backend("auto", "cpu", llamacpp_model=str(tmp_path)) == "hf"  # a folder of safetensors
@@ -393,7 +393,7 @@ def test_each_worker_sees_one_gpu(monkeypatch):
 def test_a_child_that_crashes_or_fails_is_described_not_followed():
     import sys
 
-    from lightreasoner.llamacpp import child_problem
+    from lightreasoner.backends import child_problem
 
     assert child_problem([sys.executable, "-c", "pass"]) is None
     crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +104,9 @@ def test_the_run_evaluates_on_llamacpp_for_the_embedded_pair_and_keeps_what_its_
     real_find_spec, installed = importlib.util.find_spec, []
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (object() if name in installed else None)
                         if name == "llama_cpp" else real_find_spec(name, *args))
+    # llama.cpp decodes here (its probe in a child process is tested in test_backends), without a fetch.
+    monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, progress=True: Path(str(spec)))
+    monkeypatch.setattr("lightreasoner.backends.decoding_problem", lambda gguf: None)
     said: list[str] = []
     embedded = EvalConfig(model="coder-1.5b", device="cpu")
     assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "hf"

@@ -18,7 +18,8 @@ llama_cpp = pytest.importorskip(
 from lightreasoner import gguf_export, zoo  # noqa: E402
 from lightreasoner.decoding import derived_seed, seeded_sampler  # noqa: E402
 from lightreasoner.evaluation import EvalConfig, evaluate  # noqa: E402
-from lightreasoner.llamacpp import LlamaCppModel, decoding_problem  # noqa: E402
+from lightreasoner.backends import decoding_problem  # noqa: E402
+from lightreasoner.llamacpp import LlamaCppModel  # noqa: E402
 from lightreasoner.models import chat_prompt, encode_prompt, load_tokenizer, real_vocab_size, stop_token_ids  # noqa: E402
 from test_gguf_export import save_lora  # noqa: E402
 from tiny import make_model, make_tokenizer  # noqa: E402
