@@ -85,7 +85,8 @@ def adapter_fit(model_spec: str, samples: str | Path, adapter: str | Path, *, tr
                                                     summary["tokens_tuned"]))
     pick = random.Random(seed)
     chosen = {group: sorted(pick.sample(indices, min(trajectories, len(indices)))) for group, indices in groups.items()}
-    model = PeftModel.from_pretrained(models.load_model(model_spec, dtype=torch.float32, trust_remote_code=trust_remote_code), str(adapter)).eval()
+    base = models.load_model(model_spec, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
     measured: dict[str, list[tuple[list[float], list[float]]]] = {}
     with torch.inference_mode():
         for group, indices in chosen.items():

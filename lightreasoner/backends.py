@@ -91,7 +91,8 @@ def resolve_backend(backend: str, device: str, *, llamacpp_model: str | None = N
     """``auto``: vLLM on a CUDA device when it is installed (the hf loop's cache copies are costly on
     GPUs, docs/EVALUATION.md); on a CPU, llama.cpp when it is installed and ``llamacpp_model`` (given by
     callers that evaluate) is a GGUF model, which llama.cpp runs as it is (benchmarks/README.md);
-    else hf, also where llama.cpp cannot decode on this CPU (checked in a child process, once). A device index (``cuda:1``) stays with hf, see :func:`check_vllm_device`."""
+    else hf, also where llama.cpp cannot decode on this CPU (checked in a child process, once). A device
+    index (``cuda:1``) stays with hf, see :func:`check_vllm_device`."""
     if backend != "auto":
         return backend
     from .models import resolve_device

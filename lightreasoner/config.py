@@ -163,7 +163,8 @@ def finite_float(text: str) -> float:
 def add_tokenizer_trust_option(parser: argparse.ArgumentParser) -> None:
     """``--trust-remote-code`` of a command that loads only the expert's tokenizer named in a folder."""
     parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow Python code shipped with the expert's tokenizer to run (never taken from the folder)")
+                        help="allow Python code shipped with the expert's tokenizer to run "
+                             "(never taken from the folder)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, exclude: tuple[str, ...] = ()) -> None:

@@ -479,7 +479,8 @@ def test_a_stage_command_given_a_run_file_takes_what_run_gives_that_stage(tmp_pa
                     "sft: {temperature: 0.5, max_steps: 2}\neval: {batch_size: 4}\n")
     args = argparse.Namespace(config=path)
     sample = config_from_args(SampleConfig, args, section="sample")
-    assert (sample.expert, sample.amateur, sample.limit, sample.max_new_tokens) == ("some/expert", "some/amateur", 7, 33)
+    assert (sample.expert, sample.amateur, sample.limit, sample.max_new_tokens) == \
+        ("some/expert", "some/amateur", 7, 33)
     assert config_from_args(TrainConfig, args, section="train").max_steps == 5
     evaluate = config_from_args(EvalConfig, args, section="eval")
     assert (evaluate.model, evaluate.max_new_tokens, evaluate.batch_size) == ("some/expert", 99, 4)
@@ -487,7 +488,8 @@ def test_a_stage_command_given_a_run_file_takes_what_run_gives_that_stage(tmp_pa
     assert (sft.model, sft.limit, sft.max_new_tokens, sft.samples_per_question, sft.temperature) == \
         ("some/expert", 7, 99, 3, 0.5)
     train_names = {f.name for f in dataclasses.fields(TrainConfig)}
-    sft_train, _ = values_from_args(args, train_names, section="sft", also={f.name for f in dataclasses.fields(SFTConfig)})
+    sft_names = {f.name for f in dataclasses.fields(SFTConfig)}
+    sft_train, _ = values_from_args(args, train_names, section="sft", also=sft_names)
     assert sft_train["max_steps"] == 2  # what `lightreasoner sft` trains with
     # The command line still wins over the file.
     assert config_from_args(SampleConfig, argparse.Namespace(config=path, limit=2), section="sample").limit == 2

@@ -13,8 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="the base model the adapter was trained on")
     parser.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `lightreasoner train`")
     parser.add_argument("--out", required=True, type=Path, help="output model folder")
-    parser.add_argument("--dtype", default="auto", help="dtype of the merged weights: auto (bf16 where this CPU computes it natively, else float32: "
-                             "the merge runs on the CPU), bfloat16, float16, float32")
+    parser.add_argument("--dtype", default="auto",
+                        help="dtype of the merged weights: auto (bf16 where this CPU computes it natively, else "
+                             "float32: the merge runs on the CPU), bfloat16, float16, float32")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
     parser.set_defaults(func=main)
 

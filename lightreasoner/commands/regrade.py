@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..grading import DEFAULT_TIMEOUT
     from ..config import add_tokenizer_trust_option
+    from ..grading import DEFAULT_TIMEOUT
 
     parser = subparsers.add_parser("regrade", help="grade a run's or an evaluation's answers again (no model)",
                                    description=__doc__)
@@ -46,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"Regraded {len(folders)} evaluation folders: {', '.join(str(f.relative_to(args.folder)) for f in folders)}")
     if folder_kind(args.folder) == RUN_KIND:
-        md_path, html_path = build_report(args.folder, tokenizer=report_tokenizer(args.folder, trust_remote_code=args.trust_remote_code))
+        tokenizer = report_tokenizer(args.folder, trust_remote_code=args.trust_remote_code)
+        md_path, html_path = build_report(args.folder, tokenizer=tokenizer)
         print(text_summary(args.folder))
         print(f"Report: {html_path} (and {md_path})")
     return 0

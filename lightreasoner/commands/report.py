@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     if folder_kind(args.run_dir) != RUN_KIND:
         raise LightReasonerError(f"{args.run_dir / RUN_FILE}: not the run.json of a `lightreasoner run` folder")
-    md_path, html_path = build_report(args.run_dir, tokenizer=report_tokenizer(args.run_dir, trust_remote_code=args.trust_remote_code))
+    tokenizer = report_tokenizer(args.run_dir, trust_remote_code=args.trust_remote_code)
+    md_path, html_path = build_report(args.run_dir, tokenizer=tokenizer)
     print(f"Report: {html_path} (and {md_path})")
     return 0
