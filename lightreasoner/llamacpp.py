@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .backends import Output, Request, Sampling, chooser, finish_reason, stop_text_check
+from .backends import Output, Request, Sampling, chooser, decoding_problem, finish_reason, stop_text_check
 from .decoding import Chooser, Finished, greedy
 from .errors import LightReasonerError
 
@@ -238,6 +238,10 @@ class LlamaCppBackend:
         self.stop_ids = stop_token_ids(tokenizer, settings)
         self.vocab_size = real_vocab_size(tokenizer, rows=settings.config.vocab_size)
         gguf = model_gguf(model, progress=progress)
+        problem = decoding_problem(str(gguf))  # a crash here would kill the whole run without a word
+        if problem is not None:
+            raise LightReasonerError(f"--backend llamacpp: llama.cpp {problem} of {gguf} on this CPU; rebuild it "
+                                     "(docs/EVALUATION.md#the-llamacpp-backend) or use --backend hf")
         self.engine: LlamaCppModel | None = LlamaCppModel(gguf, adapter=adapter_gguf(adapter, gguf) if adapter else None)
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[list[Output]]:

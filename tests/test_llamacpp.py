@@ -230,3 +230,22 @@ def test_sft_sampling_with_llamacpp_draws_the_same_whatever_the_batch(setup, tmp
     assert files[0] == files[1]
     assert any(a != b for a, b in files[0])  # two samples of one question differ: it samples
     assert all(max(ids) < setup["vocab"] for question in files[0] for ids in question)
+
+
+def test_an_explicit_llamacpp_backend_that_crashes_on_this_cpu_stops_with_one_line(pair, tokenizer, tmp_path,
+                                                                                monkeypatch):
+    """A segfault cannot be caught in the process it kills: the backend asks the child-process probe
+    first and refuses, naming the GGUF file and the way out."""
+    from lightreasoner.errors import LightReasonerError
+    from lightreasoner.llamacpp import LlamaCppBackend
+
+    probed: list[str] = []
+    monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, progress=True: tmp_path / "expert.gguf")
+    monkeypatch.setattr("lightreasoner.llamacpp.decoding_problem",
+                        lambda gguf: probed.append(gguf) or "crashed (SIGSEGV) decoding one token")
+    with pytest.raises(LightReasonerError) as error:
+        LlamaCppBackend(str(pair[0]), tokenizer, slots=2)
+    assert probed == [str(tmp_path / "expert.gguf")]
+    message = str(error.value)
+    assert "crashed (SIGSEGV)" in message and "expert.gguf" in message and "--backend hf" in message
+    assert "\n" not in message
