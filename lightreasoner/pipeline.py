@@ -30,7 +30,7 @@ from .evaluation import EvalConfig, evaluate
 from .layout import (ADAPTER_DIR, ADAPTER_FIT_FILE, EFFICIENCY_FILE, EVAL_AFTER_DIR, EVAL_BEFORE_DIR, RUN_FILE,
                      RUN_KIND, SAMPLES_FILE, STAGES_FILE)
 from .records import check_writable, read_json, refuse_own_input, write_json_atomic
-from .resume import check_same_settings, setting_names
+from .resume import RUNTIME_SETTINGS, check_same_settings, setting_names
 from .report import build_report
 from .sampling import SampleConfig, load_pair, sample
 from .controls import control
@@ -44,9 +44,12 @@ BUDGETED_ARMS = ("baseline", "lightreasoner")
 SECTION_STAGES = {"sample": ("sample",), "train": ("train", "sft", *CONTROL_ARMS.values()), "sft": ("sft",),
                   "eval": tuple(ARM_EVAL_DIRS.values())}
 # What run.json binds, section by section, once a stage that reads the section has started: every setting but
-# how the work is run (resume.RUNTIME_SETTINGS); a larger evaluation budget grows the evaluations instead.
+# how the work is run (resume.RUNTIME_SETTINGS), and evaluation's batch size, which an evaluation folder lets
+# change too (a greedy float32 answer does not depend on its batch); a larger evaluation budget grows the
+# evaluations instead.
 RESUME_SETTINGS = (*setting_names(SampleConfig, "sample."), *setting_names(TrainConfig, "train."),
-                   *setting_names(EvalConfig, "eval."), *(f"sft.{name}" for name in ARM_RESUME_SETTINGS if name != "arm"))
+                   *setting_names(EvalConfig, "eval.", but=RUNTIME_SETTINGS | {"batch_size"}),
+                   *(f"sft.{name}" for name in ARM_RESUME_SETTINGS if name != "arm"))
 
 
 @dataclass

@@ -285,6 +285,10 @@ def test_a_setting_may_change_until_its_stage_starts(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="eval.max_new_tokens=8; a budget can grow, not shrink"):
         run_pipeline(tiny_config(pair, arms=["baseline"], eval_max_new_tokens=7), out,
                      overrides={"train": {"lora_r": 4}}, progress=False, say=lambda _: None)
+    # Evaluation's batch size is how the answers are computed, not what they are (docs/ERRORS.md#resume).
+    run_pipeline(tiny_config(pair, arms=["baseline"]), out, overrides={"train": {"lora_r": 4}, "eval": {"batch_size": 2}},
+                 progress=False, say=lambda _: None)
+    assert json.loads((out / "run.json").read_text())["eval"]["batch_size"] == 2
     with pytest.raises(Exception, match="eval.prompt='qwen25-math-cot', now 'plain'"):
         run_pipeline(tiny_config(pair, arms=["baseline"]), out,
                      overrides={"train": {"lora_r": 4}, "eval": {"prompt": "plain"}}, progress=False, say=lambda _: None)
