@@ -164,12 +164,17 @@ def recorded_eval_backend(run_dir: Path) -> str | None:
 def choose_eval_backend(eval_config: EvalConfig, run_dir: Path, say: Callable[[str], None]) -> str:
     """The evaluation backend of the run: the one asked for, else (``auto``) the one its evaluations
     already used, else :func:`lightreasoner.backends.resolve_backend`'s pick for the expert, saying so
-    when llama.cpp would serve the embedded pair on this CPU but is not installed."""
-    if eval_config.backend != "auto":
-        return eval_config.backend
+    when llama.cpp would serve the embedded pair on this CPU but is not installed. Another backend than
+    the one the run's answers came from is refused: the arms' answers would be paired across engines."""
     recorded = recorded_eval_backend(run_dir)
     if recorded is not None:
+        if eval_config.backend not in ("auto", recorded):
+            raise LightReasonerError(
+                f"eval.backend={eval_config.backend}: {run_dir}'s evaluations answered with {recorded}, and answers "
+                f"of two engines are never paired; set eval: backend: {recorded} (or auto), or use another --out")
         return recorded
+    if eval_config.backend != "auto":
+        return eval_config.backend
     backend = resolve_backend("auto", eval_config.device, llamacpp_model=eval_config.model)
     if backend == "hf" and is_gguf_model(eval_config.model) and resolve_device(eval_config.device).type == "cpu":
         from .llamacpp import INSTALL_HINT

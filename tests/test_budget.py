@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lightreasoner import budget
 from lightreasoner.cli import main
+from lightreasoner.errors import LightReasonerError
 from lightreasoner.pipeline import RunConfig, run_pipeline
 from tiny import save_pair
 
@@ -121,6 +123,10 @@ def test_the_run_evaluates_on_llamacpp_for_the_embedded_pair_and_keeps_what_its_
     (tmp_path / "eval_before").mkdir()
     (tmp_path / "eval_before" / "run.json").write_text(json.dumps({"backend": "hf", "max_new_tokens": 8}))
     assert pipeline.choose_eval_backend(embedded, tmp_path, said.append) == "hf"
+    assert pipeline.choose_eval_backend(replace(embedded, backend="hf"), tmp_path, said.append) == "hf"
+    with pytest.raises(LightReasonerError, match=r"eval.backend=llamacpp: .*'s evaluations answered with hf, and "
+                                                 r"answers of two engines are never paired; set eval: backend: hf"):
+        pipeline.choose_eval_backend(replace(embedded, backend="llamacpp"), tmp_path, said.append)
 
 
 def test_auto_falls_back_to_hf_where_llamacpp_measures_slower(tmp_path, monkeypatch):
