@@ -47,12 +47,17 @@ def resolve_device(device: str | None) -> torch.device:
     return chosen
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
+def cpu_has_native_bf16(flags: str | None = None, capability: str | None = None) -> bool:
+    """Whether torch computes bf16 in hardware on this CPU: it has AVX512-BF16 or AMX (``flags``: those of
+    /proc/cpuinfo) and torch's kernels run at AVX-512 (``capability``: torch's own level, which
+    ``ATEN_CPU_CAPABILITY=avx2`` caps). Elsewhere bf16 is emulated."""
+    if (capability or torch.backends.cpu.get_cpu_capability()) != "AVX512":
         return False
+    if flags is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

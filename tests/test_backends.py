@@ -187,6 +187,30 @@ def test_auto_dtype_is_what_the_hf_backend_would_use_on_that_gpu(monkeypatch):
     assert backends.vllm_dtype("auto") == "float16"
 
 
+@pytest.mark.parametrize("flags, capability, native", [
+    ("fpu avx2 avx512f avx512_bf16", "AVX512", True), ("fpu avx2 amx_tile amx_bf16", "AVX512", True),
+    ("fpu avx2 avx512f", "AVX512", False),  # AVX-512 without its bf16 instructions
+    ("fpu avx2 avx512f avx512_bf16", "AVX2", False),  # ATEN_CPU_CAPABILITY=avx2: torch's kernels emulate bf16
+    ("fp asimd bf16", "DEFAULT", False)])
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_torch_computes_it_natively(flags, capability, native):
+    from lightreasoner.models import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(flags, capability) is native
+
+
+def test_a_capped_torch_capability_makes_auto_float32():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; from lightreasoner.models import resolve_dtype; "
+            "print(torch.backends.cpu.get_cpu_capability(), resolve_dtype('auto', torch.device('cpu')))")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    capability, dtype = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                       check=True).stdout.split()
+    assert capability != "AVX512" and dtype == "torch.float32"
+
+
 def test_devices_vllm_cannot_honour_are_refused_before_anything_loads(model_dir, data_dir, tmp_path, standin_vllm):
     with pytest.raises(LightReasonerError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
         evaluate(settings(model_dir, data_dir, backend="vllm", device="cuda:1"), tmp_path / "a", progress=False)
