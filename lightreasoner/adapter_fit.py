@@ -22,6 +22,9 @@ from .layout import TRAIN_SUMMARY_FILE
 from .records import read_json
 
 GROUPS = ("trained on", "never seen")
+# The interval resamples trajectories: from fewer than this many it is a handful of points (from one, a
+# single point), not an interval, so the report gives no verdict on it.
+MIN_TRAJECTORIES = 5
 
 
 def seen_labels(label_counts: list[int], steps_per_update: int, seed: int, tokens_tuned: int) -> list[int]:
@@ -112,9 +115,10 @@ def fit_rows(fit: dict[str, Any]) -> list[list[str]]:
         if not result.get("steps"):
             rows.append([group, str(result.get("trajectories", 0)), "0", "-", "-", "none to measure", "-"])
             continue
+        interval = f" [{result['low']:+.4f}, {result['high']:+.4f}]" if result["trajectories"] >= MIN_TRAJECTORIES \
+            else " (too few trajectories for an interval)"
         rows.append([group, str(result["trajectories"]), str(result["steps"]), f"{result['base']:.4f}",
-                     f"{result['adapted']:.4f}",
-                     f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]", f"{result['lowered']:.0%}"])
+                     f"{result['adapted']:.4f}", f"{result['diff']:+.4f}{interval}", f"{result['lowered']:.0%}"])
     return rows
 
 
@@ -124,11 +128,17 @@ def fit_verdict(fit: dict[str, Any]) -> str:
     if not result.get("steps"):
         return ("No kept step was left unseen by training (it ran a whole epoch or more), so the fit beyond the "
                 "trained steps cannot be measured here.")
+    if result["trajectories"] < MIN_TRAJECTORIES:
+        count = f"{result['trajectories']} trajector{'y' if result['trajectories'] == 1 else 'ies'}"
+        return (f"Training left only {count} ({result['steps']} kept steps) unseen: too "
+                f"few for a bootstrap interval (at least {MIN_TRAJECTORIES}), so the fit beyond the trained steps is "
+                "not measured here.")
     interval = f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]"
     if result["high"] < 0:
         return (f"On {result['steps']} kept steps training never reached, the adapter lowered the KL to the contrast's "
                 f"labels by {interval}: the interval excludes zero, so it learned the targets beyond the steps it saw.")
     if result["low"] > 0:
-        return f"On kept steps training never reached, the adapter raised the KL to the labels ({interval})."
+        return (f"On {result['steps']} kept steps training never reached, the adapter raised the KL to the labels by "
+                f"{interval}: the interval excludes zero.")
     return (f"On kept steps training never reached, adapted - base is {interval}: the interval includes zero, "
             "too few steps or too little training to tell.")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lightreasoner import models
-from lightreasoner.adapter_fit import adapter_fit, fit_rows, fit_verdict, paired_fit, seen_labels, split_trajectories
+from lightreasoner.adapter_fit import (MIN_TRAJECTORIES, adapter_fit, fit_rows, fit_verdict, paired_fit, seen_labels,
+                                      split_trajectories)
 from lightreasoner.examples import load_samples
 from lightreasoner.training import train
 from test_training import fast_config, sample_lines, write_jsonl
@@ -93,3 +94,16 @@ def test_the_verdict_says_what_the_interval_says(low, high, words):
     assert words in fit_verdict(fit)
     assert "cannot be measured" in fit_verdict({"groups": {"never seen": {"steps": 0, "trajectories": 0}}})
     assert json.dumps(fit)  # what the pipeline stores is plain JSON
+
+
+def test_no_verdict_and_no_interval_from_too_few_trajectories():
+    # One trajectory resamples to itself: its "interval" is a point that would read as a firm verdict.
+    single = {"steps": 9, "trajectories": 1, "base": 0.5, "adapted": 0.5001, "diff": 1e-4, "low": 1e-4,
+              "high": 1e-4, "lowered": 0.5}
+    enough = {**single, "trajectories": MIN_TRAJECTORIES, "low": -0.1, "high": 0.2}
+    fit = {"groups": {"trained on": enough, "never seen": single}}
+    verdict = fit_verdict(fit)
+    assert "only 1 trajectory (9 kept steps)" in verdict and "raised" not in verdict
+    trained, never = fit_rows(fit)
+    assert trained[5] == "+0.0001 [-0.1000, +0.2000]"
+    assert never[5] == "+0.0001 (too few trajectories for an interval)"
