@@ -1,14 +1,16 @@
 """Sizing ``lightreasoner run`` to a time budget on the machine it runs on (``--time-budget MINUTES``).
 
 CPUs differ by more than 3x in what the default run costs (AVX-512 with bf16 against AVX2 only),
-so the run measures its own speed first, in seconds: a few cached decoding steps of the expert at
-the run's batch width (torch: sampling, training and the adapter fit all run there) and of the
-evaluation backend (llama.cpp or torch). The stages' costs follow from those two speeds through
-ratios measured on this project's own runs (the constants below), and the plan scales the
-demonstration's proportions (16 training questions : 8 optimizer steps : 16 evaluation questions,
-so training leaves about a third of the kept steps unseen for the adapter fit) until the estimate
-fills the budget. The plan is printed before any stage starts and recorded in run.json, so a
-resumed run keeps it.
+so the run measures its own speed first, in seconds: a few cached decoding steps and a prefill of
+the expert at the run's batch width on torch, without and with a fresh LoRA adapter of the run's
+settings (sampling runs the bare expert; training, the adapter fit and evaluation after training
+run it with an adapter, which peft keeps unmerged and in float32 and which cost 1.5x per
+decoding step in bfloat16 on an AMX CPU), and the evaluation backend's steps (llama.cpp or torch). The
+stages' costs follow from those speeds through ratios measured on this project's own runs (the
+constants below), and the plan scales the demonstration's proportions (16 training questions : 6
+optimizer steps : 16 evaluation questions, so training leaves about a third of the kept steps
+unseen for the adapter fit) until the estimate fills the budget. The plan is printed before any
+stage starts and recorded in run.json, so a resumed run keeps it.
 """
 
 from __future__ import annotations
@@ -19,30 +21,45 @@ from typing import Any
 
 import torch
 
-# The demonstration's proportions, scaled by the plan (at least half of them: 8 : 4 : 8).
-UNIT = {"questions": 16, "max_steps": 8, "eval_limit": 16}
+# The demonstration's proportions, scaled by the plan (at least half of them: 8 : 3 : 8). 6 optimizer steps
+# of 16 kept steps train on 96 of the ~140 that 16 arithmetic questions keep (8.9 per question at 128
+# tokens, beta 0.4; GSM8K keeps more), leaving the rest for the adapter fit's never-seen group.
+UNIT = {"questions": 16, "max_steps": 6, "eval_limit": 16}
 SMALLEST_SCALE = 0.5
-# Ratios from results/embedded-gsm8k (float32, batch 32, one machine, one run; benchmarks/README.md):
-# sampling generated 18.1 tokens/s where evaluation of the same expert generated 26.2, i.e. the
-# amateur's teacher-forced chunks and the contrast cost 1.45x plain decoding per generated token;
-# training processed 31.1 forward tokens/s (forward + backward): 0.84x the cost of a decoded token.
-SAMPLING_OVERHEAD = 1.45
-TRAIN_TOKEN_COST = 0.84
-KEPT_PER_QUESTION = 11.6  # 3,477 kept steps of 300 GSM8K trajectories at 128 tokens, beta 0.4
+# From results/embedded-gsm8k (float32, batch 32, one machine; benchmarks/README.md): sampling generated
+# 18.1 tokens/s where evaluation of the same expert generated 26.2, i.e. the amateur's teacher-forced chunks
+# and the contrast cost 1.45x plain decoding per generated token. Two default runs (16 questions, one batch)
+# took 1.16x and 1.42x that estimate (loading the amateur and prefilling the prompts weigh more on a small
+# run): 1.45 x 1.3.
+SAMPLING_OVERHEAD = 1.9
+# Training's forward tokens per kept step trained: a default run forwarded 3,175 tokens (192-token
+# sequences: prompt and trajectory) for 128 kept steps, one sequence per 7.7 kept steps (pieces of a
+# trajectory in two updates are forwarded twice; micro-batches are padded).
+KEPT_PER_FORWARD = 7.7
+TRAIN_PASSES = 3.0  # forward and backward cost about three forward passes (measured: 3.2x the prefill token)
+# The adapter fit scores in float32 whatever the run's dtype: 2.2x the bfloat16 prefill per token on an
+# AMX CPU (131 s for 15 trajectories scored twice, the float32 load included).
+FLOAT32_FIT_COST = 2.2
+# llama.cpp with a LoRA file applied: 19.5 against 22.0 tokens/s without (benchmarks/README.md).
+LLAMACPP_ADAPTER_COST = 1.13
 # Decoding steps of one batch of evaluation answers (at most the token limit): the embedded expert's
 # GSM8K answers averaged 306 tokens (results/embedded-gsm8k), and a batch lasts as long as its longest.
 ANSWER_TOKENS = 400
-FIXED_SECONDS = 60.0  # loading the models again for training and evaluation, the report
+FIXED_SECONDS = 75.0  # loading the models again for training and evaluation, the report (79 s on a default run)
 
 
 @dataclass(frozen=True)
 class Speeds:
     """Seconds per cached decoding step at the run's batch width, and per prefilled token."""
 
-    torch_step: float  # expert, torch, batch width rows (sampling's and hf evaluation's unit)
-    torch_prefill_token: float  # expert, torch, one teacher-forced token (the adapter fit's unit)
+    torch_step: float  # expert, torch, batch width rows (sampling's unit, hf evaluation before training)
+    torch_prefill_token: float  # expert, torch, one teacher-forced token
+    adapter_step: float  # the same with a LoRA attached (hf evaluation after training)
+    adapter_prefill_token: float  # the same with a LoRA attached (training's unit)
     eval_step: float  # the evaluation backend, batch width rows
+    eval_adapter_step: float  # the evaluation backend with the adapter
     batch: int
+    float32: bool = False  # the run computes in float32 (the adapter fit's dtype)
 
 
 def _seconds(work: Any) -> float:
@@ -95,6 +112,22 @@ def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, 
         return max(decode_seconds(1 + steps) - decode_seconds(1), 0.0) / steps
 
 
+def measure_torch_with_lora(model: Any, lora: Any, prompt: list[int], batch: int) -> tuple[float, float]:
+    """:func:`measure_torch` of ``model`` with a fresh LoRA adapter (peft ``lora`` settings) attached as
+    evaluation attaches a trained one; the adapter is removed again and ``model`` left as it was."""
+    from peft import get_peft_model
+
+    params = list(model.parameters())
+    trainable = [p.requires_grad for p in params]
+    adapted = get_peft_model(model, lora)
+    try:
+        return measure_torch(adapted, prompt, batch)
+    finally:
+        adapted.unload()
+        for param, flag in zip(params, trainable):
+            param.requires_grad_(flag)
+
+
 @dataclass(frozen=True)
 class Plan:
     budget_minutes: float
@@ -111,7 +144,7 @@ class Plan:
                 "seconds": {k: round(v, 1) for k, v in self.seconds.items()}}
 
     def text(self) -> str:
-        stages = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in self.seconds.items())
+        stages = ", ".join(f"{name.replace('_', ' ')} {seconds / 60:.1f}" for name, seconds in self.seconds.items())
         total = sum(self.seconds.values()) / 60
         return (f"plan for {self.budget_minutes:g} minutes: {self.questions} training questions, {self.max_steps} "
                 f"optimizer steps, {self.eval_limit} evaluation questions per benchmark before and after; "
@@ -123,16 +156,18 @@ def estimate(scale: float, speeds: Speeds, *, prompt_tokens: int, trajectory_tok
     """The sizes at ``scale`` and the seconds each stage should take with them."""
     sizes = {name: max(1, round(unit * scale)) for name, unit in UNIT.items()}
     questions, steps, evals = sizes["questions"], sizes["max_steps"], sizes["eval_limit"]
-    per_token = speeds.torch_step / speeds.batch  # one decoded token of a full batch, torch
-    rows = min(speeds.batch, questions)
-    sample = -(-questions // rows) * trajectory_tokens * speeds.torch_step * SAMPLING_OVERHEAD
-    step_tokens = steps_per_update / KEPT_PER_QUESTION * (prompt_tokens + trajectory_tokens)
-    train = steps * step_tokens * per_token * TRAIN_TOKEN_COST
+    sequence = prompt_tokens + trajectory_tokens
+    sample = -(-questions // min(speeds.batch, questions)) * trajectory_tokens * speeds.torch_step * SAMPLING_OVERHEAD
+    train = steps * steps_per_update / KEPT_PER_FORWARD * sequence * speeds.adapter_prefill_token * TRAIN_PASSES
     fit_trajectories = min(40, questions)
-    fit = 2 * 2 * fit_trajectories * (prompt_tokens + trajectory_tokens) * speeds.torch_prefill_token
+    # Both groups together hold at most every trajectory; each is scored twice (without and with the adapter).
+    scored = min(questions, 2 * fit_trajectories)
+    fit = scored * 2 * sequence * speeds.torch_prefill_token * (1.0 if speeds.float32 else FLOAT32_FIT_COST)
     answers = benchmarks * evals
-    evaluation = -(-answers // min(speeds.batch, answers)) * answer_tokens * speeds.eval_step
-    seconds = {"sample": sample, "train": train, "adapter fit": fit, "evaluations": 2 * evaluation,
+    batches = -(-answers // min(speeds.batch, answers))
+    # Named as the run's stages (stages.json), in their order, so the report can set each beside its time.
+    seconds = {"eval_before": batches * answer_tokens * speeds.eval_step, "sample": sample, "train": train,
+               "adapter_fit": fit, "eval_after": batches * answer_tokens * speeds.eval_adapter_step,
                "fixed": FIXED_SECONDS}
     return {**sizes, "fit_trajectories": fit_trajectories}, seconds
 

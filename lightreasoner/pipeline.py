@@ -7,7 +7,7 @@ evaluation answers with one backend.
 Every stage resumes on its own (sample files, checkpoints and evaluation files are appended as
 work finishes), and a finished stage is skipped, so rerunning the same command after a crash
 continues where it stopped. The defaults need nothing: the embedded offline pair and the
-project's generated arithmetic problems, at a demonstration budget (16 questions, 8 optimizer steps,
+project's generated arithmetic problems, at a demonstration budget (16 questions, 6 optimizer steps,
 16 evaluation questions; ``lightreasoner run`` with no options sizes them to a 15-minute
 ``time_budget`` on the machine it runs on, :mod:`lightreasoner.budget`): it shows every stage working,
 it is not a reproduction (configs/ has those). Evaluation runs on the backend ``auto`` picks (on a
@@ -67,7 +67,7 @@ class RunConfig:
     max_new_tokens: int = field(default=128, metadata={"help": "trajectory length when sampling", "min": 1})
     alpha: float = field(default=0.2, metadata={"help": "plausibility threshold", "above": 0, "max": 1})
     beta: float = field(default=0.4, metadata={"help": "KL threshold for keeping a step", "min": 0})
-    max_steps: int = field(default=8, metadata={"help": "optimizer steps (16 kept steps each)", "min": 1})
+    max_steps: int = field(default=6, metadata={"help": "optimizer steps (16 kept steps each)", "min": 1})
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate", "above": 0})
     benchmarks: list[str] = field(default_factory=lambda: ["arith"], metadata={"help": "evaluation benchmarks"})
     eval_limit: int | None = field(default=16, metadata={"help": "questions per benchmark (None: all)", "min": 1})
@@ -183,16 +183,20 @@ def choose_eval_backend(eval_config: EvalConfig, run_dir: Path, say: Callable[[s
     return backend
 
 
-def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig, eval_backend: str,
-                  say: Callable[[str], None], *, may_fall_back: bool) -> tuple[RunConfig, dict[str, Any], Any]:
+def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig, train_config: TrainConfig,
+                  eval_backend: str, say: Callable[[str], None], *,
+                  may_fall_back: bool) -> tuple[RunConfig, dict[str, Any], Any]:
     """The run's sizes for ``config.time_budget`` (:mod:`lightreasoner.budget`): the plan recorded in
     run.json for the same budget, else one made from this machine's measured speed. Where ``auto``
     chose llamacpp (``may_fall_back``) and llama.cpp measures slower than torch, evaluation falls back
     to hf: the plan records the backend it was made for (``measured.eval_backend``). Returns the sized
     config, the plan's record, and the model pair when it was loaded to measure."""
+    import torch
+
     from . import budget
     from .data import load_problems
     from .models import chat_prompt, encode_prompt
+    from .training import lora_config
 
     previous = read_json(run_dir / RUN_FILE).get("plan") if (run_dir / RUN_FILE).exists() else None
     pair = None
@@ -204,23 +208,28 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
         question = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=1)[0].question
         prompt = encode_prompt(pair.tokenizer, chat_prompt(pair.tokenizer, question, sample_config.system_prompt))
         torch_step, prefill_token = budget.measure_torch(pair.expert, prompt, config.batch_size)
-        eval_step = torch_step
+        adapter_step, adapter_prefill = (torch_step, prefill_token) if train_config.full else \
+            budget.measure_torch_with_lora(pair.expert, lora_config(train_config), prompt, config.batch_size)
+        eval_step, eval_adapter_step = torch_step, adapter_step
         if eval_backend == "llamacpp":
             from .gguf_export import model_gguf
 
             eval_step = budget.measure_llamacpp(model_gguf(config.expert), prompt, config.batch_size, pair.vocab_size)
+            eval_adapter_step = eval_step * budget.LLAMACPP_ADAPTER_COST
             if eval_step > torch_step and may_fall_back:  # auto: the faster engine here, not llama.cpp at any cost
                 say(f"evaluating with the hf backend: here llama.cpp took {eval_step:.2f} s per decoding step of "
                     f"{config.batch_size} questions, torch {torch_step:.2f} s")
-                eval_backend, eval_step = "hf", torch_step
-        speeds = budget.Speeds(torch_step, prefill_token, eval_step, config.batch_size)
+                eval_backend, eval_step, eval_adapter_step = "hf", torch_step, adapter_step
+        speeds = budget.Speeds(torch_step, prefill_token, adapter_step, adapter_prefill, eval_step, eval_adapter_step,
+                               config.batch_size, float32=pair.expert.dtype == torch.float32)
         made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt),
                            trajectory_tokens=config.max_new_tokens,
                            answer_tokens=min(budget.ANSWER_TOKENS, config.eval_max_new_tokens),
                            benchmarks=len(config.benchmarks))
-        record = {**made.record(), "measured": {"torch_step": round(torch_step, 4), "eval_step": round(eval_step, 4),
-                                                "torch_prefill_token": round(prefill_token, 5),
-                                                "batch": config.batch_size, "eval_backend": eval_backend}}
+        record = {**made.record(), "measured": {
+            "torch_step": round(torch_step, 4), "adapter_step": round(adapter_step, 4), "eval_step": round(eval_step, 4),
+            "torch_prefill_token": round(prefill_token, 5), "adapter_prefill_token": round(adapter_prefill, 5),
+            "batch": config.batch_size, "eval_backend": eval_backend}}
         say(made.text())
     sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],
                     eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"])
@@ -241,7 +250,8 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, *, overrides: dict[str,
     plan, pair = None, None
     if config.time_budget is not None:
         fall_back = eval_config.backend == "auto" and recorded_eval_backend(run_dir) is None
-        config, plan, pair = fit_to_budget(config, run_dir, sample_config, eval_backend, say, may_fall_back=fall_back)
+        config, plan, pair = fit_to_budget(config, run_dir, sample_config, train_config, eval_backend, say,
+                                           may_fall_back=fall_back)
         if fall_back:
             eval_backend = plan["measured"]["eval_backend"]
         sample_config, train_config, eval_config = stage_configs(config, overrides, source=source)

@@ -191,10 +191,12 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
         section(*table)
 
     tokens_tuned = train_summary.get("tokens_tuned")
-    efficiency = [[name, f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
+    planned = run.get("plan", {}).get("seconds", {})  # a time-budgeted run's estimate per stage
+    efficiency = [[name, *([f"{planned[name]:.0f}" if name in planned else "-"] if planned else []),
+                   f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
                   for name, info in stages.items()]
     if efficiency:
-        section("Time per stage", ["stage", "seconds", "status"], efficiency)
+        section("Time per stage", ["stage", *(["planned"] if planned else []), "seconds", "status"], efficiency)
     if sample_meta or records:  # a baseline-only run has no cost to account for
         section("Sampling and training of the lightreasoner arm", ["quantity", "value"], [
             ["questions sampled", f"{sample_meta.get('questions', len(records)):,}"],

@@ -120,15 +120,21 @@ def _prepare_model(model_spec: str, config: TrainConfig, dtype: torch.dtype) -> 
     if config.full:
         model.requires_grad_(True)
     else:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import get_peft_model
 
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=list(config.target_modules), bias="none", task_type=TaskType.CAUSAL_LM)
         try:
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, lora_config(config))
         except ValueError as exc:
             raise LightReasonerError(f"--target-modules: {str(exc).splitlines()[0]}") from None
     return model.train()
+
+
+def lora_config(config: TrainConfig):
+    """The peft LoRA settings of ``config``."""
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.target_modules), bias="none", task_type=TaskType.CAUSAL_LM)
 
 
 def _run_record(config: TrainConfig, data: SampleSet, model_spec: str, samples: str | None) -> dict[str, Any]:

@@ -18,31 +18,63 @@ SHAPE = dict(prompt_tokens=60, trajectory_tokens=128, answer_tokens=192, benchma
 
 
 def test_the_estimate_counts_each_stage_from_the_measured_speeds():
-    speeds = budget.Speeds(torch_step=2.0, torch_prefill_token=0.01, eval_step=0.5, batch=16)
+    speeds = budget.Speeds(torch_step=2.0, torch_prefill_token=0.01, adapter_step=3.0, adapter_prefill_token=0.02,
+                           eval_step=0.5, eval_adapter_step=0.7, batch=16)
     sizes, seconds = budget.estimate(1.0, speeds, **SHAPE)
-    assert sizes == {"questions": 16, "max_steps": 8, "eval_limit": 16, "fit_trajectories": 16}
+    assert sizes == {"questions": 16, "max_steps": 6, "eval_limit": 16, "fit_trajectories": 16}
+    assert list(seconds) == ["eval_before", "sample", "train", "adapter_fit", "eval_after", "fixed"]  # stage names
     assert seconds["sample"] == pytest.approx(1 * 128 * 2.0 * budget.SAMPLING_OVERHEAD)  # one batch of 16
-    step_tokens = 16 / budget.KEPT_PER_QUESTION * (60 + 128)
-    assert seconds["train"] == pytest.approx(8 * step_tokens * 2.0 / 16 * budget.TRAIN_TOKEN_COST)
-    assert seconds["adapter fit"] == pytest.approx(2 * 2 * 16 * (60 + 128) * 0.01)
-    assert seconds["evaluations"] == pytest.approx(2 * 1 * 192 * 0.5)  # 16 answers = one batch, twice
+    forward_tokens = 6 * 16 / budget.KEPT_PER_FORWARD * (60 + 128)  # with the adapter, forward and backward
+    assert seconds["train"] == pytest.approx(forward_tokens * 0.02 * budget.TRAIN_PASSES)
+    # 16 trajectories in all, each scored without and with the adapter, in float32.
+    assert seconds["adapter_fit"] == pytest.approx(16 * 2 * (60 + 128) * 0.01 * budget.FLOAT32_FIT_COST)
+    assert seconds["eval_before"] == pytest.approx(1 * 192 * 0.5)  # 16 answers = one batch
+    assert seconds["eval_after"] == pytest.approx(1 * 192 * 0.7)
+    in_float32 = budget.estimate(1.0, replace(speeds, float32=True), **SHAPE)[1]
+    assert in_float32["adapter_fit"] == pytest.approx(16 * 2 * (60 + 128) * 0.01)
+
+
+def test_measuring_with_a_lora_leaves_the_model_as_it_was(tmp_path):
+    import torch
+    from peft import LoraConfig
+
+    from lightreasoner.models import load_model
+
+    model = load_model(save_pair(tmp_path / "pair")[0]).eval()
+    model.lm_head.weight.requires_grad_(False)
+    ids = torch.tensor([[3, 5, 7, 9]])
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    with torch.no_grad():
+        logits = model(ids).logits
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    step, prefill = budget.measure_torch_with_lora(model, lora, [1, 2, 3, 4, 5], batch=2)
+    assert step > 0 and prefill > 0
+    assert not any("lora" in name for name, _ in model.named_modules())
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits)
 
 
 @pytest.mark.parametrize("minutes", [12, 15, 60])
 def test_the_plan_is_the_largest_that_fits(minutes):
-    speeds = budget.Speeds(torch_step=1.5, torch_prefill_token=0.005, eval_step=0.3, batch=16)
+    speeds = budget.Speeds(torch_step=1.5, torch_prefill_token=0.005, adapter_step=2.0, adapter_prefill_token=0.008,
+                           eval_step=0.3, eval_adapter_step=0.4, batch=16)
     made = budget.plan(minutes, speeds, **SHAPE)
     assert sum(made.seconds.values()) <= minutes * 60
     _, bigger = budget.estimate(made.scale * 1.05, speeds, **SHAPE)
     assert sum(bigger.values()) > minutes * 60
-    assert made.questions == max(1, round(16 * made.scale)) and made.max_steps == max(1, round(8 * made.scale))
+    assert made.questions == max(1, round(16 * made.scale)) and made.max_steps == max(1, round(6 * made.scale))
     assert f"{made.questions} training questions" in made.text() and "total" in made.text()
 
 
 def test_a_machine_too_slow_for_the_budget_gets_the_smallest_plan_with_its_estimate():
-    speeds = budget.Speeds(torch_step=60.0, torch_prefill_token=1.0, eval_step=60.0, batch=16)
+    speeds = budget.Speeds(torch_step=60.0, torch_prefill_token=1.0, adapter_step=90.0, adapter_prefill_token=1.5,
+                           eval_step=60.0, eval_adapter_step=90.0, batch=16)
     made = budget.plan(15, speeds, **SHAPE)
-    assert (made.questions, made.max_steps, made.eval_limit) == (8, 4, 8)
+    assert (made.questions, made.max_steps, made.eval_limit) == (8, 3, 8)
     assert sum(made.seconds.values()) > 15 * 60  # said, not hidden
 
 
@@ -63,8 +95,10 @@ def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monk
     run_pipeline(config, out, progress=False, say=said.append)
     record = json.loads((out / "run.json").read_text())
     plan = record["plan"]
-    assert len(measured) == 1 and all(seconds > 0 for seconds in measured[0])
+    # The bare expert, then with a fresh LoRA of the run's settings (what training and evaluation after it run).
+    assert len(measured) == 2 and all(seconds > 0 for pair_ in measured for seconds in pair_)
     assert plan["budget_minutes"] == 2.0 and plan["measured"]["torch_step"] == 0.5
+    assert plan["measured"]["adapter_step"] == 0.5 and plan["measured"]["adapter_prefill_token"] == 0.002
     assert 8 <= plan["questions"] < 100
     assert plan["measured"]["eval_backend"] == "hf"  # a folder model: hf, whatever is installed
     assert any(line.startswith("plan for 2 minutes") for line in said)
@@ -72,6 +106,10 @@ def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monk
     assert record["eval"]["limit"] == plan["eval_limit"]
     assert json.loads((out / "eval_before" / "summary.json").read_text())["benchmarks"]["arith"]["n"] == \
         plan["eval_limit"]
+    report = (out / "report.md").read_text()  # each stage's estimate beside its time
+    assert "| stage | planned | seconds | status |" in report
+    assert f"| sample | {plan['seconds']['sample']:.0f} | " in report
+    assert f"| eval_after | {plan['seconds']['eval_after']:.0f} | " in report
     # A rerun keeps the recorded plan: nothing is measured again (no model is even loaded).
     monkeypatch.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("measured again"))
     run_pipeline(config, out, progress=False, say=lambda _: None)
@@ -140,10 +178,14 @@ def test_auto_falls_back_to_hf_where_llamacpp_measures_slower(tmp_path, monkeypa
     monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, **kwargs: tmp_path / "model.gguf")
     said: list[str] = []
     sample_config = pipeline.stage_configs(config)[0]
-    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, "llamacpp", said.append,
+    train_config = pipeline.stage_configs(config)[1]
+    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, train_config, "llamacpp", said.append,
                                           may_fall_back=True)
     assert record["measured"]["eval_backend"] == "hf" and record["measured"]["eval_step"] == 0.5
     assert any("here llama.cpp took 0.80 s per decoding step of 4 questions, torch 0.50 s" in line for line in said)
-    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, "llamacpp", said.append,
+    _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, train_config, "llamacpp", said.append,
                                           may_fall_back=False)  # asked for by name: kept, and planned with
     assert record["measured"]["eval_backend"] == "llamacpp" and record["measured"]["eval_step"] == 0.8
+    # llama.cpp with the adapter applied is not measured (no adapter exists yet): its measured ratio.
+    assert record["seconds"]["eval_after"] == pytest.approx(record["seconds"]["eval_before"]
+                                                            * budget.LLAMACPP_ADAPTER_COST, abs=0.2)
