@@ -3,9 +3,9 @@
 CPUs differ by more than 3x in what the default run costs (AVX-512 with bf16 against AVX2 only),
 so the run measures its own speed first, in seconds: a few cached decoding steps and a prefill of
 the expert at the run's batch width on torch, without and with a fresh LoRA adapter of the run's
-settings (sampling runs the bare expert; training, the adapter fit and evaluation after training
-run it with an adapter, which peft keeps unmerged and in float32 and which cost 1.5x per
-decoding step in bfloat16 on an AMX CPU), and the evaluation backend's steps (llama.cpp or torch). The
+settings (sampling runs the bare expert; training and evaluation after training run it with an
+adapter, which peft keeps unmerged and in float32: 1.1x the bare expert's decoding step in
+bfloat16 on an AMX CPU), and the evaluation backend's steps (llama.cpp or torch). The
 stages' costs follow from those speeds through ratios measured on this project's own runs (the
 constants below), and the plan scales the demonstration's proportions (16 training questions : 6
 optimizer steps : 16 evaluation questions, so training leaves about a third of the kept steps
