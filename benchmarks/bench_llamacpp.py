@@ -5,8 +5,8 @@ Every arm answers the same GSM8K test questions (a seeded sample, the qwen25-mat
 greedy, the same token limit) with `lightreasoner eval`'s own generation code, `--batch-size`
 sequences decoded together with continuous batching, one arm after another in one process:
 
-- hf float32, hf with the dtype `--dtype auto` picks on this machine (when it is not float32), and
-  llamacpp on the model's GGUF, for the base expert;
+- hf float32, hf with the dtype `--dtype auto` picks on this machine (when it is not float32; other
+  hf arms with `--dtypes`), and llamacpp on the model's GGUF, for the base expert;
 - the same with `--adapter` (a peft LoRA adapter of that expert), when given.
 
 Usage (the embedded expert; `--data-dir` holds gsm8k/test.jsonl; needs the llamacpp extra):
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=192)
+    parser.add_argument("--dtypes", default="float32,auto", metavar="D,D,..",
+                        help="the hf arms' dtypes (auto: what --dtype auto picks on this machine)")
     parser.add_argument("--steps", default=None, metavar="B,B,..",
                         help="only time decoding steps at these batch widths")
     parser.add_argument("--agree", nargs=2, default=None, metavar=("DIR_A", "DIR_B"),
@@ -78,7 +80,7 @@ def main() -> None:
         return decoding_steps(args.model, args.data_dir, [int(b) for b in args.steps.split(",")], args.adapter)
 
     auto = str(resolve_dtype("auto", resolve_device("cpu"))).removeprefix("torch.")
-    dtypes = ["float32"] + ([auto] if auto != "float32" else [])
+    dtypes = list(dict.fromkeys(auto if d == "auto" else d for d in args.dtypes.split(",")))
     tokenizer = load_tokenizer(args.model)
     problems = load_problems("gsm8k", split="test", data_dir=args.data_dir, sample=args.questions, seed=0)
     texts = [prompts.build_prompt("qwen25-math-cot", prompts.toolkit_question(p.question, p.gold), tokenizer)
@@ -108,7 +110,8 @@ def main() -> None:
         if len(dtypes) == 2:
             (_, a_pred, _), (_, b_pred, _) = results[dtypes[0]], results[dtypes[1]]
             agree = sum(x.pred == y.pred for x, y in zip(a_pred, b_pred))
-            print(f"{label:>10} | hf {dtypes[1]} vs hf float32: final answers agree {agree}/{len(a_pred)}", flush=True)
+            print(f"{label:>10} | hf {dtypes[1]} vs hf {dtypes[0]}: final answers agree {agree}/{len(a_pred)}",
+                  flush=True)
 
 
 def agreement(dir_a: str, dir_b: str) -> None:
