@@ -15,8 +15,11 @@ stage starts and recorded in run.json, so a resumed run keeps it.
 
 from __future__ import annotations
 
+import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,8 +43,6 @@ TRAIN_PASSES = 3.0  # forward and backward cost about three forward passes (meas
 # The adapter fit scores in float32 whatever the run's dtype: 2.2x the bfloat16 prefill per token on an
 # AMX CPU (131 s for 15 trajectories scored twice, the float32 load included).
 FLOAT32_FIT_COST = 2.2
-# llama.cpp with a LoRA file applied: 19.5 against 22.0 tokens/s without (benchmarks/README.md).
-LLAMACPP_ADAPTER_COST = 1.13
 # Decoding steps of one batch of evaluation answers (at most the token limit): the embedded expert's
 # GSM8K answers averaged 306 tokens (results/embedded-gsm8k), and a batch lasts as long as its longest.
 ANSWER_TOKENS = 400
@@ -60,6 +61,13 @@ class Speeds:
     eval_adapter_step: float  # the evaluation backend with the adapter
     batch: int
     float32: bool = False  # the run computes in float32 (the adapter fit's dtype)
+
+    def on_torch(self) -> Speeds:
+        """The same machine evaluating on torch."""
+        return replace(self, eval_step=self.torch_step, eval_adapter_step=self.adapter_step)
+
+    def record(self) -> dict[str, Any]:
+        return {name: round(value, 5) if isinstance(value, float) else value for name, value in asdict(self).items()}
 
 
 def _seconds(work: Any) -> float:
@@ -112,20 +120,51 @@ def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, 
         return max(decode_seconds(1 + steps) - decode_seconds(1), 0.0) / steps
 
 
-def measure_torch_with_lora(model: Any, lora: Any, prompt: list[int], batch: int) -> tuple[float, float]:
-    """:func:`measure_torch` of ``model`` with a fresh LoRA adapter (peft ``lora`` settings) attached as
-    evaluation attaches a trained one; the adapter is removed again and ``model`` left as it was."""
+def measure_with_fresh_lora(model: Any, lora: Any, prompt: list[int], batch: int, *, gguf: Any = None,
+                            vocab_size: int = 0) -> tuple[float, float, float | None]:
+    """(:func:`measure_torch`'s two numbers, llama.cpp's seconds per step or None) with a fresh LoRA
+    adapter (peft ``lora`` settings) as a trained one is applied: attached to ``model`` in torch, and,
+    given the model's ``gguf``, converted to llama.cpp's format and applied there. The adapter is
+    removed again and ``model`` left as it was."""
     from peft import get_peft_model
 
     params = list(model.parameters())
     trainable = [p.requires_grad for p in params]
-    adapted = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question: not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        adapted = get_peft_model(model, lora)
     try:
-        return measure_torch(adapted, prompt, batch)
+        step, prefill = measure_torch(adapted, prompt, batch)
+        if gguf is None:
+            return step, prefill, None
+        from .gguf_export import adapter_gguf
+
+        # Its B matrices are zero, but llama.cpp does the same work for them as for a trained adapter's.
+        with tempfile.TemporaryDirectory() as folder:
+            adapted.save_pretrained(folder)
+            lora_file = adapter_gguf(folder, gguf, out=Path(folder) / "lora.gguf")
+            return step, prefill, measure_llamacpp(gguf, prompt, batch, vocab_size, adapter=lora_file)
     finally:
         adapted.unload()
         for param, flag in zip(params, trainable):
             param.requires_grad_(flag)
+
+
+def measure(model: Any, prompt: list[int], batch: int, *, lora: Any = None, gguf: Any = None,
+            vocab_size: int = 0) -> Speeds:
+    """This machine's speeds at ``batch`` rows: the expert ``model`` on torch, bare and with a fresh LoRA
+    of the run's peft settings ``lora`` (None: full fine-tuning, no adapter), and on llama.cpp when
+    evaluation runs there (``gguf``: the expert's file)."""
+    torch_step, prefill = measure_torch(model, prompt, batch)
+    adapter_step, adapter_prefill, cpp_adapter_step = (torch_step, prefill, None) if lora is None else \
+        measure_with_fresh_lora(model, lora, prompt, batch, gguf=gguf, vocab_size=vocab_size)
+    speeds = Speeds(torch_step, prefill, adapter_step, adapter_prefill, torch_step, adapter_step, batch,
+                    float32=model.dtype == torch.float32)
+    if gguf is None:
+        return speeds
+    cpp_step = measure_llamacpp(gguf, prompt, batch, vocab_size)
+    return replace(speeds, eval_step=cpp_step, eval_adapter_step=cpp_step if cpp_adapter_step is None
+                   else cpp_adapter_step)
 
 
 @dataclass(frozen=True)

@@ -242,20 +242,27 @@ def _add_vocabulary(writer: Any, folder: Path, tokenizer: Any, rows: int) -> Non
 # ---------------------------------------------------------------------------------- adapters
 
 
-def adapter_gguf(adapter: str | Path, base: Path) -> Path:
-    """The llama.cpp LoRA adapter file of a peft adapter folder, for the GGUF model ``base``."""
+def adapter_gguf(adapter: str | Path, base: Path, *, out: Path | None = None) -> Path:
+    """The llama.cpp LoRA adapter file of a peft adapter folder, for the GGUF model ``base``: cached by
+    the adapter's content, or written to ``out``."""
     from . import zoo
     from .models import adapter_fingerprint
 
     metadata = _gguf_fields(base)
     arch = metadata["general.architecture"]
+
+    def write(path: Path) -> Path:
+        return write_adapter_gguf(Path(adapter), path, arch, int(metadata[f"{arch}.block_count"]),
+                                  _gguf_tensor_shapes(base))
+
+    if out is not None:
+        return write(out)
     key = hashlib.sha256(f"{FORMAT_VERSION}:{arch}:{adapter_fingerprint(adapter)}".encode()).hexdigest()
-    out = cache_folder() / f"lora-{key[:16]}.gguf"
-    with zoo._lock(f"gguf-{out.name}"):
-        if not out.is_file():
-            write_adapter_gguf(Path(adapter), out, arch, int(metadata[f"{arch}.block_count"]),
-                               _gguf_tensor_shapes(base))
-    return out
+    cached = cache_folder() / f"lora-{key[:16]}.gguf"
+    with zoo._lock(f"gguf-{cached.name}"):
+        if not cached.is_file():
+            write(cached)
+    return cached
 
 
 def write_adapter_gguf(adapter: Path, out: Path, arch: str, blocks: int,

@@ -188,11 +188,10 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
                   may_fall_back: bool) -> tuple[RunConfig, dict[str, Any], Any]:
     """The run's sizes for ``config.time_budget`` (:mod:`lightreasoner.budget`): the plan recorded in
     run.json for the same budget, else one made from this machine's measured speed. Where ``auto``
-    chose llamacpp (``may_fall_back``) and llama.cpp measures slower than torch, evaluation falls back
-    to hf: the plan records the backend it was made for (``measured.eval_backend``). Returns the sized
+    chose llamacpp (``may_fall_back``) and llama.cpp measures slower than torch for the two evaluations
+    (the bare expert's steps and the adapted one's), evaluation falls back to hf: the plan records the
+    backend it was made for (``measured.eval_backend``). Returns the sized
     config, the plan's record, and the model pair when it was loaded to measure."""
-    import torch
-
     from . import budget
     from .data import load_problems
     from .models import chat_prompt, encode_prompt
@@ -207,29 +206,26 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
         pair = load_pair(sample_config)
         question = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=1)[0].question
         prompt = encode_prompt(pair.tokenizer, chat_prompt(pair.tokenizer, question, sample_config.system_prompt))
-        torch_step, prefill_token = budget.measure_torch(pair.expert, prompt, config.batch_size)
-        adapter_step, adapter_prefill = (torch_step, prefill_token) if train_config.full else \
-            budget.measure_torch_with_lora(pair.expert, lora_config(train_config), prompt, config.batch_size)
-        eval_step, eval_adapter_step = torch_step, adapter_step
+        gguf = None
         if eval_backend == "llamacpp":
             from .gguf_export import model_gguf
 
-            eval_step = budget.measure_llamacpp(model_gguf(config.expert), prompt, config.batch_size, pair.vocab_size)
-            eval_adapter_step = eval_step * budget.LLAMACPP_ADAPTER_COST
-            if eval_step > torch_step and may_fall_back:  # auto: the faster engine here, not llama.cpp at any cost
-                say(f"evaluating with the hf backend: here llama.cpp took {eval_step:.2f} s per decoding step of "
-                    f"{config.batch_size} questions, torch {torch_step:.2f} s")
-                eval_backend, eval_step, eval_adapter_step = "hf", torch_step, adapter_step
-        speeds = budget.Speeds(torch_step, prefill_token, adapter_step, adapter_prefill, eval_step, eval_adapter_step,
-                               config.batch_size, float32=pair.expert.dtype == torch.float32)
+            gguf = model_gguf(config.expert)
+        speeds = budget.measure(pair.expert, prompt, config.batch_size, gguf=gguf, vocab_size=pair.vocab_size,
+                                lora=None if train_config.full else lora_config(train_config))
+        # auto: the faster engine for the two evaluations (bare and adapted) here, not llama.cpp at any cost
+        on_torch = speeds.on_torch()
+        if gguf is not None and may_fall_back and \
+                speeds.eval_step + speeds.eval_adapter_step > on_torch.eval_step + on_torch.eval_adapter_step:
+            say(f"evaluating with the hf backend: here llama.cpp took {speeds.eval_step:.2f} s per decoding step of "
+                f"{config.batch_size} questions ({speeds.eval_adapter_step:.2f} with an adapter), torch "
+                f"{on_torch.eval_step:.2f} s ({on_torch.eval_adapter_step:.2f})")
+            eval_backend, speeds = "hf", on_torch
         made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt),
                            trajectory_tokens=config.max_new_tokens,
                            answer_tokens=min(budget.ANSWER_TOKENS, config.eval_max_new_tokens),
                            benchmarks=len(config.benchmarks))
-        record = {**made.record(), "measured": {
-            "torch_step": round(torch_step, 4), "adapter_step": round(adapter_step, 4), "eval_step": round(eval_step, 4),
-            "torch_prefill_token": round(prefill_token, 5), "adapter_prefill_token": round(adapter_prefill, 5),
-            "batch": config.batch_size, "eval_backend": eval_backend}}
+        record = {**made.record(), "measured": {**speeds.record(), "eval_backend": eval_backend}}
         say(made.text())
     sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],
                     eval_limit=record["eval_limit"], fit_trajectories=record["fit_trajectories"])

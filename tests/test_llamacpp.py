@@ -116,6 +116,25 @@ def test_a_converted_lora_adapter_changes_the_output_as_llama_cpp_applies_it(set
         assert tokens == direct_greedy(setup["gguf"], prompt, 16, vocab=setup["vocab"], stops=setup["stops"], lora=lora)
 
 
+def test_the_time_budget_measures_llama_cpp_with_a_fresh_adapter_applied(setup):
+    from peft import LoraConfig
+
+    from lightreasoner import budget
+    from lightreasoner.models import load_model
+
+    model = load_model(setup["dir"])
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    cached = set(setup["root"].joinpath("cache").glob("**/lora-*.gguf"))
+    speeds = budget.measure(model, setup["prompts"][0], 2, lora=lora, gguf=setup["gguf"], vocab_size=setup["vocab"])
+    assert all(value > 0 for value in (speeds.torch_step, speeds.adapter_step, speeds.adapter_prefill_token,
+                                       speeds.eval_step, speeds.eval_adapter_step))
+    assert speeds.eval_step != speeds.torch_step and speeds.on_torch().eval_adapter_step == speeds.adapter_step
+    assert model.state_dict().keys() == state.keys()  # the adapter is gone again
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
+    assert set(setup["root"].joinpath("cache").glob("**/lora-*.gguf")) == cached  # nothing cached for a throwaway
+
+
 def test_the_adapter_moves_logits_as_peft_does(setup, tmp_path):
     """Same adapter, two engines: llama.cpp's change of the last logits follows peft's (Q8_0 weights
     and quantized activations blur it, but the direction and size agree)."""
