@@ -134,11 +134,17 @@ def fit_verdict(fit: dict[str, Any]) -> str:
                 f"few for a bootstrap interval (at least {MIN_TRAJECTORIES}), so the fit beyond the trained steps is "
                 "not measured here.")
     interval = f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]"
+    # How large, beside whether: a shift can be certain and still a sliver of the KL training removed where it fit.
+    size = f"{abs(result['diff']) / result['base']:.1%} of the base KL"
+    trained = fit["groups"].get("trained on", {})
+    if trained.get("steps") and trained["diff"] < 0:
+        size += f"; on the steps it trained on, {-trained['diff'] / trained['base']:.1%}"
     if result["high"] < 0:
         return (f"On {result['steps']} kept steps training never reached, the adapter lowered the KL to the contrast's "
-                f"labels by {interval}: the interval excludes zero, so it learned the targets beyond the steps it saw.")
+                f"labels by {interval} ({size}): the interval excludes zero, so training moved the expert towards "
+                "the labels beyond the steps it saw.")
     if result["low"] > 0:
         return (f"On {result['steps']} kept steps training never reached, the adapter raised the KL to the labels by "
-                f"{interval}: the interval excludes zero.")
+                f"{interval} ({size}): the interval excludes zero.")
     return (f"On kept steps training never reached, adapted - base is {interval}: the interval includes zero, "
             "too few steps or too little training to tell.")

@@ -90,8 +90,11 @@ def test_paired_fit_against_direct_means_and_a_bootstrap_written_out():
                                               (0.1, 0.2, "raised")])
 def test_the_verdict_says_what_the_interval_says(low, high, words):
     fit = {"groups": {"never seen": {"steps": 30, "trajectories": 5, "diff": (low + high) / 2, "low": low,
-                                     "high": high}}}
+                                     "high": high, "base": 0.5},
+                      "trained on": {"steps": 40, "trajectories": 8, "diff": -0.1, "base": 0.4}}}
     assert words in fit_verdict(fit)
+    if low > 0 or high < 0:  # a verdict says how large the shift is beside the interval
+        assert f"({abs(low + high) / 2 / 0.5:.1%} of the base KL; on the steps it trained on, 25.0%)" in fit_verdict(fit)
     assert "cannot be measured" in fit_verdict({"groups": {"never seen": {"steps": 0, "trajectories": 0}}})
     assert json.dumps(fit)  # what the pipeline stores is plain JSON
 
