@@ -46,7 +46,9 @@ FLOAT32_FIT_COST = 2.2
 # Decoding steps of one batch of evaluation answers (at most the token limit): the embedded expert's
 # GSM8K answers averaged 306 tokens (results/embedded-gsm8k), and a batch lasts as long as its longest.
 ANSWER_TOKENS = 400
-FIXED_SECONDS = 75.0  # loading the models again for training and evaluation, the report (79 s on a default run)
+# Starting Python and writing the report: each stage's time includes loading its models, and measuring the
+# speeds (2-3 minutes with llama.cpp: loading both engines twice) is timed where it happens.
+FIXED_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -211,10 +213,11 @@ def estimate(scale: float, speeds: Speeds, *, prompt_tokens: int, trajectory_tok
     return {**sizes, "fit_trajectories": fit_trajectories}, seconds
 
 
-def plan(budget_minutes: float, speeds: Speeds, **shape: int) -> Plan:
-    """The largest scale of the demonstration's proportions whose estimate fits the budget (never
-    below half of them: a machine too slow for that gets the smallest plan, with its estimate)."""
-    budget = budget_minutes * 60
+def plan(budget_minutes: float, speeds: Speeds, *, measuring: float = 0.0, **shape: int) -> Plan:
+    """The largest scale of the demonstration's proportions whose estimate fits what ``measuring``
+    (the seconds measuring took) left of the budget (never below half of them: a machine too slow for
+    that gets the smallest plan, with its estimate)."""
+    budget = budget_minutes * 60 - measuring
     low, high = SMALLEST_SCALE, SMALLEST_SCALE
     while sum(estimate(high * 2, speeds, **shape)[1].values()) <= budget and high < 1024:
         high *= 2
@@ -227,4 +230,4 @@ def plan(budget_minutes: float, speeds: Speeds, **shape: int) -> Plan:
             high = middle
     sizes, seconds = estimate(low, speeds, **shape)
     return Plan(budget_minutes, low, sizes["questions"], sizes["max_steps"], sizes["eval_limit"],
-                sizes["fit_trajectories"], seconds)
+                sizes["fit_trajectories"], {"measuring": measuring, **seconds})

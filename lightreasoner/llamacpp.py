@@ -22,7 +22,7 @@ products, and llama.cpp's kernels, so near-ties can resolve differently than in 
 from __future__ import annotations
 
 import ctypes
-import logging
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,13 +40,34 @@ INSTALL_HINT = 'pip install -e ".[test,llamacpp]" (builds llama.cpp for this CPU
 CONTEXT_STEP = 256  # llama.cpp pads each sequence's cache to a multiple of this
 
 
+# ggml's log levels (ggml.h of the llama.cpp llama-cpp-python 0.3.36 builds). That package's own log
+# callback maps them by an older numbering: it shows every warning as an error and hides the errors.
+GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
+_log_state = {"error": False}  # whether the last message was an error (a CONT line continues it)
+
+
+def llama_log(level: int, text: bytes) -> None:
+    """llama.cpp's log line: printed if it is (or continues) an error; the rest (every tensor it
+    loads, each adapter matrix it places) is not the user's concern."""
+    if level != GGML_LOG_LEVEL_CONT:
+        _log_state["error"] = level == GGML_LOG_LEVEL_ERROR
+    if _log_state["error"]:
+        print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
+
+
+_log_callback: Any = None  # kept alive: llama.cpp holds a pointer to it
+
+
 def import_llama_cpp() -> Any:
-    """The ``llama_cpp`` module, with llama.cpp's own log (every tensor it loads) kept to errors."""
+    """The ``llama_cpp`` module, with llama.cpp's own log kept to errors."""
+    global _log_callback
     try:
         import llama_cpp
     except ImportError:
         raise LightReasonerError(f"--backend llamacpp: llama-cpp-python is not installed ({INSTALL_HINT})") from None
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    if _log_callback is None:
+        _log_callback = llama_cpp.llama_log_callback(lambda level, text, _: llama_log(level, text))
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     return llama_cpp
 
 

@@ -17,6 +17,7 @@ sampling and training need full distributions and gradients and always run on to
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -203,6 +204,7 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
         record = previous
     else:
         say(f"measuring this machine's speed for a {config.time_budget:g}-minute plan ...")
+        began = time.perf_counter()
         pair = load_pair(sample_config)
         question = load_problems(config.data, split=config.split, data_dir=config.data_dir, limit=1)[0].question
         prompt = encode_prompt(pair.tokenizer, chat_prompt(pair.tokenizer, question, sample_config.system_prompt))
@@ -221,8 +223,8 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
                 f"{config.batch_size} questions ({speeds.eval_adapter_step:.2f} with an adapter), torch "
                 f"{on_torch.eval_step:.2f} s ({on_torch.eval_adapter_step:.2f})")
             eval_backend, speeds = "hf", on_torch
-        made = budget.plan(config.time_budget, speeds, prompt_tokens=len(prompt),
-                           trajectory_tokens=config.max_new_tokens,
+        made = budget.plan(config.time_budget, speeds, measuring=time.perf_counter() - began,
+                           prompt_tokens=len(prompt), trajectory_tokens=config.max_new_tokens,
                            answer_tokens=min(budget.ANSWER_TOKENS, config.eval_max_new_tokens),
                            benchmarks=len(config.benchmarks))
         record = {**made.record(), "measured": {**speeds.record(), "eval_backend": eval_backend}}

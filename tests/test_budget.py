@@ -68,6 +68,10 @@ def test_the_plan_is_the_largest_that_fits(minutes):
     assert sum(bigger.values()) > minutes * 60
     assert made.questions == max(1, round(16 * made.scale)) and made.max_steps == max(1, round(6 * made.scale))
     assert f"{made.questions} training questions" in made.text() and "total" in made.text()
+    # Time spent measuring comes off the budget, and is part of the plan's total.
+    after = budget.plan(minutes, speeds, measuring=120.0, **SHAPE)
+    assert after.seconds["measuring"] == 120.0 and sum(after.seconds.values()) <= minutes * 60
+    assert after.scale <= made.scale
 
 
 def test_a_machine_too_slow_for_the_budget_gets_the_smallest_plan_with_its_estimate():

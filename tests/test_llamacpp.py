@@ -268,3 +268,20 @@ def test_an_explicit_llamacpp_backend_that_crashes_on_this_cpu_stops_with_one_li
     message = str(error.value)
     assert "crashed (SIGSEGV)" in message and "expert.gguf" in message and "--backend hf" in message
     assert "\n" not in message
+
+
+def test_llama_cpp_logs_its_errors_and_nothing_else(tmp_path, capfd):
+    """By ggml's own level numbers: the package's stale mapping printed every warning and hid errors."""
+    from lightreasoner.errors import LightReasonerError
+    from lightreasoner.llamacpp import llama_log
+
+    for level, text in [(2, b"loading tensors\n"), (3, b"lora cannot use buft CPU_REPACK\n"), (4, b"error: "),
+                        (5, b"bad magic\n"), (3, b"a warning "), (5, b"continued\n"), (1, b"debug\n")]:
+        llama_log(level, text)
+    assert capfd.readouterr().err == "error: bad magic\n"
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(LightReasonerError, match="broken.gguf: llama.cpp cannot load this GGUF file"):
+        LlamaCppModel(broken)
+    printed = capfd.readouterr().err  # the log the message points to ("its log above says why")
+    assert printed.strip() and "broken.gguf" in printed
