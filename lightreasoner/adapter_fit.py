@@ -116,7 +116,7 @@ def fit_rows(fit: dict[str, Any]) -> list[list[str]]:
             rows.append([group, str(result.get("trajectories", 0)), "0", "-", "-", "none to measure", "-"])
             continue
         interval = f" [{result['low']:+.4f}, {result['high']:+.4f}]" if result["trajectories"] >= MIN_TRAJECTORIES \
-            else " (too few trajectories for an interval)"
+            else " (too few for a CI)"
         rows.append([group, str(result["trajectories"]), str(result["steps"]), f"{result['base']:.4f}",
                      f"{result['adapted']:.4f}", f"{result['diff']:+.4f}{interval}", f"{result['lowered']:.0%}"])
     return rows

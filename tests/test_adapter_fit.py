@@ -109,4 +109,4 @@ def test_no_verdict_and_no_interval_from_too_few_trajectories():
     assert "only 1 trajectory (9 kept steps)" in verdict and "raised" not in verdict
     trained, never = fit_rows(fit)
     assert trained[5] == "+0.0001 [-0.1000, +0.2000]"
-    assert never[5] == "+0.0001 (too few trajectories for an interval)"
+    assert never[5] == "+0.0001 (too few for a CI)"
