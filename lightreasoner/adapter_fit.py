@@ -135,9 +135,9 @@ def fit_verdict(fit: dict[str, Any]) -> str:
                 "not measured here.")
     interval = f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]"
     # How large, beside whether: a shift can be certain and still a sliver of the KL training removed where it fit.
-    size = f"{abs(result['diff']) / result['base']:.1%} of the base KL"
+    size = f"{abs(result['diff']) / result['base']:.1%} of the base KL" if result["base"] > 0 else "from a KL of 0"
     trained = fit["groups"].get("trained on", {})
-    if trained.get("steps") and trained["diff"] < 0:
+    if trained.get("steps") and trained["diff"] < 0:  # then its base KL is above zero
         size += f"; on the steps it trained on, {-trained['diff'] / trained['base']:.1%}"
     if result["high"] < 0:
         return (f"On {result['steps']} kept steps training never reached, the adapter lowered the KL to the contrast's "

@@ -9,15 +9,14 @@ bfloat16 on an AMX CPU), and the evaluation backend's steps (llama.cpp or torch)
 stages' costs follow from those speeds through ratios measured on this project's own runs (the
 constants below), and the plan scales the demonstration's proportions (16 training questions : 6
 optimizer steps : 16 evaluation questions, so training leaves about a third of the kept steps
-unseen for the adapter fit) until the estimate fills the budget. The plan is printed before any
-stage starts and recorded in run.json, so a resumed run keeps it.
+unseen for the adapter fit) until the estimate fills what measuring left of the budget. The plan is
+printed before any stage starts and recorded in run.json, so a resumed run keeps it.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -122,19 +121,15 @@ def measure_llamacpp(gguf: Any, prompt: list[int], batch: int, vocab_size: int, 
         return max(decode_seconds(1 + steps) - decode_seconds(1), 0.0) / steps
 
 
-def measure_with_fresh_lora(model: Any, lora: Any, prompt: list[int], batch: int, *, gguf: Any = None,
+def measure_with_fresh_lora(model: Any, attach: Any, prompt: list[int], batch: int, *, gguf: Any = None,
                             vocab_size: int = 0) -> tuple[float, float, float | None]:
     """(:func:`measure_torch`'s two numbers, llama.cpp's seconds per step or None) with a fresh LoRA
-    adapter (peft ``lora`` settings) as a trained one is applied: attached to ``model`` in torch, and,
-    given the model's ``gguf``, converted to llama.cpp's format and applied there. The adapter is
-    removed again and ``model`` left as it was."""
-    from peft import get_peft_model
-
+    adapter (``attach(model)``: the model with one, as training makes it) applied as a trained one is:
+    in torch, and, given the model's ``gguf``, converted to llama.cpp's format and applied there. The
+    adapter is removed again and ``model`` left as it was."""
     params = list(model.parameters())
-    trainable = [p.requires_grad for p in params]
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question: not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        adapted = get_peft_model(model, lora)
+    trainable, training = [p.requires_grad for p in params], model.training
+    adapted = attach(model).eval()
     try:
         step, prefill = measure_torch(adapted, prompt, batch)
         if gguf is None:
@@ -147,19 +142,19 @@ def measure_with_fresh_lora(model: Any, lora: Any, prompt: list[int], batch: int
             lora_file = adapter_gguf(folder, gguf, out=Path(folder) / "lora.gguf")
             return step, prefill, measure_llamacpp(gguf, prompt, batch, vocab_size, adapter=lora_file)
     finally:
-        adapted.unload()
+        adapted.unload().train(training)
         for param, flag in zip(params, trainable):
             param.requires_grad_(flag)
 
 
-def measure(model: Any, prompt: list[int], batch: int, *, lora: Any = None, gguf: Any = None,
+def measure(model: Any, prompt: list[int], batch: int, *, attach_lora: Any = None, gguf: Any = None,
             vocab_size: int = 0) -> Speeds:
     """This machine's speeds at ``batch`` rows: the expert ``model`` on torch, bare and with a fresh LoRA
-    of the run's peft settings ``lora`` (None: full fine-tuning, no adapter), and on llama.cpp when
-    evaluation runs there (``gguf``: the expert's file)."""
+    (``attach_lora(model)``; None: full fine-tuning, no adapter), and on llama.cpp when evaluation runs
+    there (``gguf``: the expert's file)."""
     torch_step, prefill = measure_torch(model, prompt, batch)
-    adapter_step, adapter_prefill, cpp_adapter_step = (torch_step, prefill, None) if lora is None else \
-        measure_with_fresh_lora(model, lora, prompt, batch, gguf=gguf, vocab_size=vocab_size)
+    adapter_step, adapter_prefill, cpp_adapter_step = (torch_step, prefill, None) if attach_lora is None else \
+        measure_with_fresh_lora(model, attach_lora, prompt, batch, gguf=gguf, vocab_size=vocab_size)
     speeds = Speeds(torch_step, prefill, adapter_step, adapter_prefill, torch_step, adapter_step, batch,
                     float32=model.dtype == torch.float32)
     if gguf is None:

@@ -52,7 +52,7 @@ def llama_log(level: int, text: bytes) -> None:
     if level != GGML_LOG_LEVEL_CONT:
         _log_state["error"] = level == GGML_LOG_LEVEL_ERROR
     if _log_state["error"]:
-        print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
+        print((text or b"").decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
 
 
 _log_callback: Any = None  # kept alive: llama.cpp holds a pointer to it

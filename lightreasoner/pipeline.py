@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -196,7 +197,7 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
     from . import budget
     from .data import load_problems
     from .models import chat_prompt, encode_prompt
-    from .training import lora_config
+    from .training import attach_lora
 
     previous = read_json(run_dir / RUN_FILE).get("plan") if (run_dir / RUN_FILE).exists() else None
     pair = None
@@ -214,7 +215,7 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
 
             gguf = model_gguf(config.expert)
         speeds = budget.measure(pair.expert, prompt, config.batch_size, gguf=gguf, vocab_size=pair.vocab_size,
-                                lora=None if train_config.full else lora_config(train_config))
+                                attach_lora=None if train_config.full else partial(attach_lora, config=train_config))
         # auto: the faster engine for the two evaluations (bare and adapted) here, not llama.cpp at any cost
         on_torch = speeds.on_torch()
         if gguf is not None and may_fall_back and \

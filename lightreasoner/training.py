@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -120,21 +121,22 @@ def _prepare_model(model_spec: str, config: TrainConfig, dtype: torch.dtype) -> 
     if config.full:
         model.requires_grad_(True)
     else:
-        from peft import get_peft_model
-
-        try:
-            model = get_peft_model(model, lora_config(config))
-        except ValueError as exc:
-            raise LightReasonerError(f"--target-modules: {str(exc).splitlines()[0]}") from None
+        model = attach_lora(model, config)
     return model.train()
 
 
-def lora_config(config: TrainConfig):
-    """The peft LoRA settings of ``config``."""
-    from peft import LoraConfig, TaskType
+def attach_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """``model`` with a fresh peft LoRA adapter of ``config``'s settings (its base weights frozen)."""
+    from peft import LoraConfig, TaskType, get_peft_model
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), bias="none", task_type=TaskType.CAUSAL_LM)
+    try:
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise LightReasonerError(f"--target-modules: {str(exc).splitlines()[0]}") from None
 
 
 def _run_record(config: TrainConfig, data: SampleSet, model_spec: str, samples: str | None) -> dict[str, Any]:

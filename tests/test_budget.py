@@ -34,28 +34,32 @@ def test_the_estimate_counts_each_stage_from_the_measured_speeds():
     assert in_float32["adapter_fit"] == pytest.approx(16 * 2 * (60 + 128) * 0.01)
 
 
-def test_measuring_with_a_lora_leaves_the_model_as_it_was(tmp_path):
+@pytest.mark.parametrize("training", [False, True])
+def test_measuring_with_a_lora_leaves_the_model_as_it_was(tmp_path, training):
+    from functools import partial
+
     import torch
-    from peft import LoraConfig
 
     from lightreasoner.models import load_model
+    from lightreasoner.training import TrainConfig, attach_lora
 
-    model = load_model(save_pair(tmp_path / "pair")[0]).eval()
+    model = load_model(save_pair(tmp_path / "pair")[0]).train(training)
     model.lm_head.weight.requires_grad_(False)
     ids = torch.tensor([[3, 5, 7, 9]])
     before = {name: p.clone() for name, p in model.state_dict().items()}
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     with torch.no_grad():
-        logits = model(ids).logits
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    step, prefill = budget.measure_with_fresh_lora(model, lora, [1, 2, 3, 4, 5], batch=2)[:2]
-    assert step > 0 and prefill > 0
+        logits = model.eval()(ids).logits
+    model.train(training)
+    attach = partial(attach_lora, config=TrainConfig(lora_r=4, lora_alpha=8))
+    step, prefill = budget.measure_with_fresh_lora(model, attach, [1, 2, 3, 4, 5], batch=2)[:2]
+    assert step > 0 and prefill > 0 and model.training == training
     assert not any("lora" in name for name, _ in model.named_modules())
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, logits)
+        assert torch.equal(model.eval()(ids).logits, logits)
 
 
 @pytest.mark.parametrize("minutes", [12, 15, 60])
@@ -178,7 +182,7 @@ def test_auto_falls_back_to_hf_where_llamacpp_measures_slower(tmp_path, monkeypa
     config = RunConfig(expert=str(pair[0]), amateur=str(pair[1]), max_new_tokens=8, eval_max_new_tokens=8,
                        batch_size=4, dtype="float32", device="cpu", time_budget=2.0)
     monkeypatch.setattr(budget, "measure_torch", lambda model, prompt, batch: (0.5, 0.002))
-    monkeypatch.setattr(budget, "measure_with_fresh_lora", lambda model, lora, prompt, batch, gguf=None, vocab_size=0:
+    monkeypatch.setattr(budget, "measure_with_fresh_lora", lambda model, attach, prompt, batch, gguf=None, vocab_size=0:
                         (0.6, 0.003, None if gguf is None else 0.9))
     monkeypatch.setattr(budget, "measure_llamacpp", lambda *args, **kwargs: 0.8)
     monkeypatch.setattr("lightreasoner.gguf_export.model_gguf", lambda spec, **kwargs: tmp_path / "model.gguf")

@@ -117,16 +117,18 @@ def test_a_converted_lora_adapter_changes_the_output_as_llama_cpp_applies_it(set
 
 
 def test_the_time_budget_measures_llama_cpp_with_a_fresh_adapter_applied(setup):
-    from peft import LoraConfig
+    from functools import partial
 
     from lightreasoner import budget
     from lightreasoner.models import load_model
+    from lightreasoner.training import TrainConfig, attach_lora
 
     model = load_model(setup["dir"])
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    attach = partial(attach_lora, config=TrainConfig(lora_r=4, lora_alpha=8))
     cached = set(setup["root"].joinpath("cache").glob("**/lora-*.gguf"))
-    speeds = budget.measure(model, setup["prompts"][0], 2, lora=lora, gguf=setup["gguf"], vocab_size=setup["vocab"])
+    speeds = budget.measure(model, setup["prompts"][0], 2, attach_lora=attach, gguf=setup["gguf"],
+                            vocab_size=setup["vocab"])
     assert all(value > 0 for value in (speeds.torch_step, speeds.adapter_step, speeds.adapter_prefill_token,
                                        speeds.eval_step, speeds.eval_adapter_step))
     assert speeds.eval_step != speeds.torch_step and speeds.on_torch().eval_adapter_step == speeds.adapter_step
