@@ -131,14 +131,14 @@ def fit_verdict(fit: dict[str, Any]) -> str:
     if result["trajectories"] < MIN_TRAJECTORIES:
         count = f"{result['trajectories']} trajector{'y' if result['trajectories'] == 1 else 'ies'}"
         return (f"Training left only {count} ({result['steps']} kept steps) unseen: too "
-                f"few for a bootstrap interval (at least {MIN_TRAJECTORIES}), so the fit beyond the trained steps is "
-                "not measured here.")
+                f"few for a bootstrap interval (at least {MIN_TRAJECTORIES}), so the fit beyond the trained steps gets "
+                "no verdict here.")
     interval = f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]"
     # How large, beside whether: a shift can be certain and still a sliver of the KL training removed where it fit.
     size = f"{abs(result['diff']) / result['base']:.1%} of the base KL" if result["base"] > 0 else "from a KL of 0"
     trained = fit["groups"].get("trained on", {})
     if trained.get("steps") and trained["diff"] < 0:  # then its base KL is above zero
-        size += f"; on the steps it trained on, {-trained['diff'] / trained['base']:.1%}"
+        size += f"; on the steps it trained on, lowered by {-trained['diff'] / trained['base']:.1%}"
     if result["high"] < 0:
         return (f"On {result['steps']} kept steps training never reached, the adapter lowered the KL to the contrast's "
                 f"labels by {interval} ({size}): the interval excludes zero, so training moved the expert towards "

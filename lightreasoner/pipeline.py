@@ -78,7 +78,7 @@ class RunConfig:
                 "long answers, and the toolkit's grading may still credit their last number)", "min": 1})
     time_budget: float | None = field(default=None, metadata={
         "help": "minutes: size questions, max_steps, eval_limit and fit_trajectories to finish in about this long "
-                "on this machine, from its speed measured in the first seconds (lightreasoner run with no config "
+                "on this machine, from its speed measured first, in 1-4 minutes (lightreasoner run with no config "
                 "and no sizes: 15)", "above": 0})
     fit_trajectories: int = field(default=40, metadata={
         "help": "adapter fit: trajectories per group (trained on / never seen) whose kept steps are scored "
@@ -227,7 +227,7 @@ def fit_to_budget(config: RunConfig, run_dir: Path, sample_config: SampleConfig,
         made = budget.plan(config.time_budget, speeds, measuring=time.perf_counter() - began,
                            prompt_tokens=len(prompt), trajectory_tokens=config.max_new_tokens,
                            answer_tokens=min(budget.ANSWER_TOKENS, config.eval_max_new_tokens),
-                           benchmarks=len(config.benchmarks))
+                           benchmarks=len(config.benchmarks), steps_per_update=train_config.steps_per_update)
         record = {**made.record(), "measured": {**speeds.record(), "eval_backend": eval_backend}}
         say(made.text())
     sized = replace(config, questions=record["questions"], max_steps=record["max_steps"],

@@ -192,6 +192,8 @@ def build_report(run_dir: str | Path, *, tokenizer: Any = None) -> tuple[Path, P
 
     tokens_tuned = train_summary.get("tokens_tuned")
     planned = run.get("plan", {}).get("seconds", {})  # a time-budgeted run's estimate per stage
+    if "eval_before" not in planned:  # none, or a plan recorded before stages and estimates shared names
+        planned = {}
     efficiency = [[name, *([f"{planned[name]:.0f}" if name in planned else "-"] if planned else []),
                    f"{info.get('seconds', 0):.1f}", "done" if info.get("done") else "not finished"]
                   for name, info in stages.items()]

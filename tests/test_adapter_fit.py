@@ -94,7 +94,8 @@ def test_the_verdict_says_what_the_interval_says(low, high, words):
                       "trained on": {"steps": 40, "trajectories": 8, "diff": -0.1, "base": 0.4}}}
     assert words in fit_verdict(fit)
     if low > 0 or high < 0:  # a verdict says how large the shift is beside the interval
-        assert f"({abs(low + high) / 2 / 0.5:.1%} of the base KL; on the steps it trained on, 25.0%)" in fit_verdict(fit)
+        assert f"({abs(low + high) / 2 / 0.5:.1%} of the base KL; on the steps it trained on, lowered by 25.0%)" \
+            in fit_verdict(fit)
     assert "cannot be measured" in fit_verdict({"groups": {"never seen": {"steps": 0, "trajectories": 0}}})
     assert json.dumps(fit)  # what the pipeline stores is plain JSON
 

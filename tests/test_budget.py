@@ -96,17 +96,22 @@ def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monk
     measure = budget.measure_torch
     # The tiny models are fast enough for thousands of questions: pretend a slow CPU (and check the real
     # measurement ran on the expert at the run's batch width).
+    from peft import PeftModel
+
+    fake = iter([(0.5, 0.002), (0.7, 0.003)])  # bare, then with the fresh LoRA: told apart in the record
     monkeypatch.setattr(budget, "measure_torch", lambda model, prompt, batch: measured.append(
-        measure(model, prompt, batch)) or (0.5, 0.002))
+        (isinstance(model, PeftModel), measure(model, prompt, batch))) or next(fake))
     said: list[str] = []
     out = tmp_path / "run"
     run_pipeline(config, out, progress=False, say=said.append)
     record = json.loads((out / "run.json").read_text())
     plan = record["plan"]
     # The bare expert, then with a fresh LoRA of the run's settings (what training and evaluation after it run).
-    assert len(measured) == 2 and all(seconds > 0 for speeds in measured for seconds in speeds)
+    assert [adapted for adapted, _ in measured] == [False, True]
+    assert all(seconds > 0 for _, speeds in measured for seconds in speeds)
     assert plan["budget_minutes"] == 2.0 and plan["measured"]["torch_step"] == 0.5
-    assert plan["measured"]["adapter_step"] == 0.5 and plan["measured"]["adapter_prefill_token"] == 0.002
+    assert plan["measured"]["adapter_step"] == 0.7 and plan["measured"]["adapter_prefill_token"] == 0.003
+    assert plan["seconds"]["measuring"] > 0  # the time spent measuring is part of the plan
     assert 8 <= plan["questions"] < 100
     assert plan["measured"]["eval_backend"] == "hf"  # a folder model: hf, whatever is installed
     assert any(line.startswith("plan for 2 minutes") for line in said)
@@ -122,6 +127,13 @@ def test_a_budgeted_run_measures_plans_records_and_keeps_its_plan(tmp_path, monk
     monkeypatch.setattr(pipeline, "load_pair", lambda *a, **k: pytest.fail("measured again"))
     run_pipeline(config, out, progress=False, say=lambda _: None)
     assert json.loads((out / "run.json").read_text())["plan"] == plan
+    # A plan recorded before its estimates were named as the stages: no half-filled column.
+    from lightreasoner.report import build_report
+
+    record["plan"]["seconds"] = {"sample": 1.0, "train": 2.0, "adapter fit": 3.0, "evaluations": 4.0, "fixed": 5.0}
+    (out / "run.json").write_text(json.dumps(record))
+    build_report(out)
+    assert "| stage | seconds | status |" in (out / "report.md").read_text()
 
 
 def test_the_command_line_budget_and_explicit_sizes_exclude_each_other(tmp_path, capsys):
@@ -197,5 +209,6 @@ def test_auto_falls_back_to_hf_where_llamacpp_measures_slower(tmp_path, monkeypa
     _, record, _ = pipeline.fit_to_budget(config, tmp_path, sample_config, train_config, "llamacpp", said.append,
                                           may_fall_back=False)  # asked for by name: kept, and planned with
     measured = record["measured"]
-    assert measured["eval_backend"] == "llamacpp" and (measured["eval_step"], measured["eval_adapter_step"]) == (0.8, 0.9)
+    assert measured["eval_backend"] == "llamacpp"
+    assert (measured["eval_step"], measured["eval_adapter_step"]) == (0.8, 0.9)
     assert record["seconds"]["eval_after"] == pytest.approx(record["seconds"]["eval_before"] * 0.9 / 0.8, abs=0.2)

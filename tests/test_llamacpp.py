@@ -116,7 +116,7 @@ def test_a_converted_lora_adapter_changes_the_output_as_llama_cpp_applies_it(set
         assert tokens == direct_greedy(setup["gguf"], prompt, 16, vocab=setup["vocab"], stops=setup["stops"], lora=lora)
 
 
-def test_the_time_budget_measures_llama_cpp_with_a_fresh_adapter_applied(setup):
+def test_the_time_budget_measures_llama_cpp_with_a_fresh_adapter_applied(setup, monkeypatch):
     from functools import partial
 
     from lightreasoner import budget
@@ -127,10 +127,15 @@ def test_the_time_budget_measures_llama_cpp_with_a_fresh_adapter_applied(setup):
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     attach = partial(attach_lora, config=TrainConfig(lora_r=4, lora_alpha=8))
     cached = set(setup["root"].joinpath("cache").glob("**/lora-*.gguf"))
+    applied = []  # the llama.cpp LoRA files measured with, while they exist
+    real = budget.measure_llamacpp
+    monkeypatch.setattr(budget, "measure_llamacpp", lambda *args, adapter=None, **kwargs: applied.append(
+        adapter and (adapter.name, adapter.is_file())) or real(*args, adapter=adapter, **kwargs))
     speeds = budget.measure(model, setup["prompts"][0], 2, attach_lora=attach, gguf=setup["gguf"],
                             vocab_size=setup["vocab"])
     assert all(value > 0 for value in (speeds.torch_step, speeds.adapter_step, speeds.adapter_prefill_token,
                                        speeds.eval_step, speeds.eval_adapter_step))
+    assert applied == [("lora.gguf", True), None]  # with the converted fresh adapter, then bare
     assert speeds.eval_step != speeds.torch_step and speeds.on_torch().eval_adapter_step == speeds.adapter_step
     assert model.state_dict().keys() == state.keys()  # the adapter is gone again
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
