@@ -1,9 +1,9 @@
 """Sizing ``lightreasoner run`` to a time budget on the machine it runs on (``--time-budget MINUTES``).
 
 CPUs differ by more than 3x in what the default run costs (AVX-512 with bf16 against AVX2 only),
-so the run measures its own speed first, in seconds: a few cached decoding steps and a prefill of
-the expert at the run's batch width on torch, without and with a fresh LoRA adapter of the run's
-settings (sampling runs the bare expert; training and evaluation after training run it with an
+so the run measures its own speed first (1-4 minutes, taken off the budget): a few cached decoding
+steps and a prefill of the expert at the run's batch width on torch, without and with a fresh LoRA
+adapter of the run's settings (sampling runs the bare expert; training and evaluation after training run it with an
 adapter, which peft keeps unmerged and in float32: 1.1x the bare expert's decoding step in
 bfloat16 on an AMX CPU), and the evaluation backend's steps (llama.cpp or torch). The
 stages' costs follow from those speeds through ratios measured on this project's own runs (the
@@ -46,7 +46,7 @@ FLOAT32_FIT_COST = 2.2
 # GSM8K answers averaged 306 tokens (results/embedded-gsm8k), and a batch lasts as long as its longest.
 ANSWER_TOKENS = 400
 # Starting Python and writing the report: each stage's time includes loading its models, and measuring the
-# speeds (2-3 minutes with llama.cpp: loading both engines twice) is timed where it happens.
+# speeds (2-3 minutes with llama.cpp, which it loads twice: bare and with the LoRA) is timed where it happens.
 FIXED_SECONDS = 30.0
 
 
